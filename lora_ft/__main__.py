@@ -1,0 +1,3 @@
+from lora_ft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""The run directory: what a finished run leaves behind, written for the people and engines that read it.
+
+    <output_dir>/
+      adapter/                 the PEFT adapter to serve: adapter_model.safetensors, adapter_config.json,
+                               tokenizer files with the chat template used in training, README.md (model card)
+      config.yaml              the resolved config (every default filled in)
+      manifest.json            versions, git commit, data and tokenizer hashes, seed, hardware, final metrics
+      metrics.jsonl            every logged training / eval record
+      checkpoints/             intermediate trainer checkpoints (when train.save_steps is set)
+      tensorboard/, wandb/     tracker files, when those trackers are on
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from lora_ft.errors import UserError
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.jsonl"
+PACKAGES = ("lora-ft", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "wandb",
+            "safetensors", "tokenizers")
+
+
+def check_run_dir_free(output_dir: str) -> None:
+    """Refuse a directory that already holds a run, so nothing finished is ever overwritten."""
+    run_dir = Path(output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} exists and is not a directory",
+                        fix="choose another output_dir, e.g. --set output_dir=runs/my-run")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        finished = (run_dir / MANIFEST_FILE).is_file()
+        state = "a finished run" if finished else "files from an earlier run"
+        raise UserError(
+            f"output_dir {output_dir} already holds {state}; lora-ft never writes over a run",
+            fix=f"train into a new directory: --set output_dir={output_dir.rstrip('/')}-2 (or move the old one away)",
+        )
+
+
+def create_run_dir(output_dir: str) -> Path:
+    """Create the (free) run directory and check that it is writable."""
+    check_run_dir_free(output_dir)
+    run_dir = Path(output_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to output_dir {output_dir}: {exc.strerror}",
+                        fix="choose a writable directory with --set output_dir=...") from exc
+    return run_dir
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def hardware(device: str) -> dict:
+    info = {
+        "device": device,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    write_text_atomic(run_dir / METRICS_FILE, lines)
+
+
+def save_adapter(model, tokenizer, chat_template: str, run_dir: Path) -> Path:
+    """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training."""
+    adapter_dir = run_dir / ADAPTER_DIR
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(str(adapter_dir))
+    return adapter_dir
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    manifest = {"format": 1, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest}
+    write_text_atomic(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, data_rows: list[dict],
+               outcome, trainable: int, total: int, end_of_turn: str, run_dir: Path) -> str:
+    """The adapter's README.md: what it is, how it was trained, how well, and how to use it."""
+    lora = cfg.lora
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    data_lines = "\n".join(
+        f"| `{d['path']}` | {d['format']} | {d['kept']} | {d['dropped']} | `{(d['sha256'] or '')[:12]}` |"
+        for d in data_rows
+    )
+    improvement = ""
+    if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
+        improvement = f" ({outcome.eval_loss_after - outcome.eval_loss_before:+.4f})"
+    hub_line = f"\nUpstream model: `{upstream}`." if upstream else ""
+    return f"""---
+library_name: peft
+base_model: {upstream or base_name}
+tags: [lora, lora-ft, {'qlora, ' if cfg.model.quantization == 'nf4' else ''}sft]
+---
+
+# LoRA adapter for {base_name}
+
+Trained with [lora-ft](https://github.com/lora-ft/lora-ft) from `{run_dir / CONFIG_FILE}`.
+Base model: {base_name} (loaded from `{base_path}`).{hub_line}
+
+## Results
+
+| | value |
+| --- | --- |
+| eval loss, base model | {_fmt(outcome.eval_loss_before)} |
+| eval loss, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |
+| final train loss | {_fmt(outcome.train_loss)} |
+| optimizer steps | {outcome.steps} |
+| tokens seen | {outcome.tokens_seen:,} |
+| training time | {outcome.seconds / 60:.1f} min on {cfg.train.device} |
+
+## Training
+
+- LoRA: r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, targets: {targets}
+  {'(top ' + str(lora.top_n_layers) + ' layers)' if lora.top_n_layers else ''}{', DoRA' if lora.use_dora else ''}{', rsLoRA' if lora.use_rslora else ''};
+  {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%).
+- Quantization during training: {cfg.model.quantization}; compute dtype {cfg.model.dtype}.
+- Learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}, warmup {cfg.train.warmup_ratio:g}),
+  batch {cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation, max length
+  {cfg.data.max_seq_length}, seed {cfg.train.seed}.
+- Loss on: {'assistant answers and their end-of-turn token' if cfg.data.train_on == 'answers' else 'all tokens'}.
+
+| dataset | format | rows used | rows dropped | sha256 |
+| --- | --- | --- | --- | --- |
+{data_lines}
+
+## Use
+
+The tokenizer files here carry the chat template used in training; answers end with `{end_of_turn}`.
+
+```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{run_dir / ADAPTER_DIR}")
+tokenizer = AutoTokenizer.from_pretrained("{run_dir / ADAPTER_DIR}")
+messages = [{{"role": "user", "content": "What is consideration in contract law?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**inputs, max_new_tokens=200)
+print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+## Limitations
+
+This adapter learned from the datasets above only. It inherits the base model's limits and can state wrong
+facts with confidence; check its answers before relying on them, and do not use it as legal, medical or
+financial advice without review by a professional.
+"""

@@ -1,0 +1,469 @@
+"""Reading instruction data: files, formats and faults.
+
+Every row becomes a :class:`Sample` -- a conversation (``messages``) or raw ``text`` -- that knows the file and
+line it came from. Rows that cannot be used are not fatal one by one: each is counted with its reason and
+location in a :class:`DatasetReport`, and the run stops only when too few rows remain. Turning samples into
+tokens and labels is :mod:`lora_ft.tokenization`'s job.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_ft.config import DatasetSource, LoadedConfig, _looks_like_hub_id
+from lora_ft.errors import Problem, UserError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+}
+FORMAT_COLUMNS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+
+
+class RowFault(Exception):
+    """A row that cannot be used; the message is the reason, the same for every row with this fault."""
+
+
+@dataclass
+class Sample:
+    """One training example: a conversation or raw text, and where it came from."""
+
+    location: str
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+
+
+@dataclass
+class DatasetReport:
+    """What happened to one dataset's rows."""
+
+    path: str
+    format: str = "?"
+    column_map: dict[str, str] = field(default_factory=dict)
+    rows_read: int = 0
+    kept: int = 0
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> locations
+    sha256: str | None = None
+
+    def drop(self, reason: str, location: str) -> None:
+        self.dropped.setdefault(reason, []).append(location)
+
+    @property
+    def dropped_count(self) -> int:
+        return sum(len(v) for v in self.dropped.values())
+
+    def summary_lines(self, max_locations: int = 3) -> list[str]:
+        mapping = ", ".join(f"{k}<-{v}" for k, v in self.column_map.items())
+        lines = [
+            f"{self.path}: format {self.format}{f' (columns {mapping})' if mapping else ''}; "
+            f"{self.rows_read} rows read, {self.kept} kept, {self.dropped_count} dropped"
+        ]
+        for reason, locations in sorted(self.dropped.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(locations[:max_locations]) + (" ..." if len(locations) > max_locations else "")
+            lines.append(f"  dropped {len(locations)}: {reason} [{shown}]")
+        return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading rows
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _read_jsonl(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+    shown = _display(path)
+    with path.open("r", encoding="utf-8-sig", errors="strict", newline=None) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            location = f"{shown}:{number}"
+            report.rows_read += 1
+            try:
+                yield location, json.loads(line)
+            except json.JSONDecodeError as exc:
+                report.drop(f"invalid JSON ({exc.msg})", location)
+
+
+def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+    shown = _display(path)
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
+            yield from _read_jsonl(path, report)
+            return
+        raise UserError(f"{shown} is not valid JSON: {exc.msg}", where=f"{shown}:{exc.lineno}:{exc.colno}",
+                        fix="fix the JSON there, or save the data as JSON Lines (one object per line)") from exc
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise UserError(f"{shown} holds a JSON object, not a list of rows",
+                            fix="make the file a JSON array of rows, or JSON Lines")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise UserError(f"{shown} must hold a JSON array of rows", fix="or use JSON Lines")
+    # Line numbers of the array's items, found by decoding the text item by item.
+    decoder = json.JSONDecoder()
+    starts: list[int] = []
+    pos = text.find("[") + 1 if text.lstrip().startswith("[") else -1
+    if pos > 0:
+        try:
+            for _ in data:
+                while text[pos] in " \t\r\n,":
+                    pos += 1
+                starts.append(text.count("\n", 0, pos) + 1)
+                _, pos = decoder.raw_decode(text, pos)
+        except (json.JSONDecodeError, IndexError):
+            starts = []
+    for index, row in enumerate(data):
+        report.rows_read += 1
+        where = f"{shown}:{starts[index]}" if len(starts) == len(data) else f"{shown} item {index}"
+        yield where, row
+
+
+def _read_csv(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+    shown = _display(path)
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        line = reader.line_num + 1
+        for row in reader:
+            report.rows_read += 1
+            if None in row:
+                report.drop("more fields than the header has columns", f"{shown}:{line}")
+            else:
+                yield f"{shown}:{line}", {k: v for k, v in row.items() if k is not None}
+            line = reader.line_num + 1
+
+
+def _read_parquet(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    shown = _display(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a broken file
+        raise UserError(f"cannot read Parquet file {shown}: {exc}", fix="check that the file is a complete "
+                        "Parquet file") from exc
+    for index, row in enumerate(table.to_pylist()):
+        report.rows_read += 1
+        yield f"{shown} row {index}", row
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def _read_hub(name: str, split: str, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types
+        raise UserError(f"cannot load dataset '{name}' (split {split}) from the dataset hub: {exc}",
+                        fix="check the name and your connection, or download it and point data.path at the files"
+                        ) from exc
+    for index, row in enumerate(dataset):
+        report.rows_read += 1
+        yield f"{name}[{split}] row {index}", row
+
+
+def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
+    """The local files a dataset entry names (empty for a hub name)."""
+    path = loaded.resolve_path(source.path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+        if not files:
+            raise UserError(f"the data directory {source.path} holds no {', '.join(FILE_SUFFIXES)} files",
+                            fix="put the data files there or point data.path at a file")
+        return files
+    if path.is_file():
+        if path.suffix.lower() not in FILE_SUFFIXES:
+            raise UserError(f"unsupported data file type '{path.suffix}' ({source.path})",
+                            fix=f"use one of {', '.join(FILE_SUFFIXES)}")
+        return [path]
+    if _looks_like_hub_id(source.path):
+        return []
+    raise UserError(f"data file not found: {source.path}", fix=f"looked for {path}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats
+
+
+def detect_format(row: dict) -> str | None:
+    if isinstance(row.get("messages"), list):
+        return "messages"
+    if isinstance(row.get("conversations"), list):
+        first = next((t for t in row["conversations"] if isinstance(t, dict)), {})
+        return "messages" if "role" in first else "sharegpt"
+    for name in ("alpaca", "prompt_completion", "text"):
+        if all(col in row for col in FORMAT_COLUMNS[name]):
+            return name
+    return None
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": "..."}]
+        texts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
+        if texts and all(isinstance(t, str) for t in texts) and len(texts) == len(value):
+            return "".join(texts)
+        raise RowFault(f"{where}: content is a list with non-text parts")
+    if not isinstance(value, str):
+        raise RowFault(f"{where}: content is {type(value).__name__}, not text")
+    return value
+
+
+def _turns_from_messages(turns: Any, role_key: str, content_key: str, column: str) -> list[dict[str, str]]:
+    if not isinstance(turns, list) or not turns:
+        raise RowFault(f"'{column}' is empty or not a list")
+    messages = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowFault(f"'{column}' item is not an object")
+        if role_key not in turn:
+            raise RowFault(f"'{column}' item has no '{role_key}' field")
+        if content_key not in turn:
+            raise RowFault(f"'{column}' item has no '{content_key}' field")
+        raw_role = str(turn[role_key]).strip().lower()
+        role = ROLE_ALIASES.get(raw_role)
+        if role is None:
+            raise RowFault(f"unknown role '{turn[role_key]}' (use system, user or assistant)")
+        messages.append({"role": role, "content": _content(turn[content_key], "turn")})
+    return messages
+
+
+def _check_conversation(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    for index, message in enumerate(messages):
+        if message["role"] == "system" and index != 0:
+            raise RowFault("system message after the first turn")
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for prev, cur in zip(body, body[1:]):
+        if prev["role"] == cur["role"]:
+            raise RowFault(f"two {cur['role']} turns in a row")
+    while body and body[-1]["role"] != "assistant":  # a trailing question has no answer to learn
+        body = body[:-1]
+    if not body or all(m["role"] != "assistant" for m in body):
+        raise RowFault("no assistant answer")
+    if body[0]["role"] != "user":
+        raise RowFault("the conversation does not start with a user turn")
+    for message in body:
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise RowFault("empty answer")
+        if message["role"] == "user" and not message["content"].strip():
+            raise RowFault("empty user turn")
+    return (messages[:1] if messages[0]["role"] == "system" else []) + body
+
+
+def _required_text(row: dict, column: str, what: str) -> str:
+    if column not in row or row[column] is None:
+        raise RowFault(f"missing field '{column}'")
+    value = row[column]
+    if not isinstance(value, str):
+        raise RowFault(f"'{column}' is {type(value).__name__}, not text")
+    if not value.strip():
+        raise RowFault(f"empty {what}")
+    return value
+
+
+def normalize_row(row: Any, fmt: str) -> Sample:
+    """Turn one row of a known format into a Sample (location filled in by the caller)."""
+    if not isinstance(row, dict):
+        raise RowFault("row is not an object")
+    if fmt == "messages":
+        column = "messages" if "messages" in row else "conversations"
+        if column not in row:
+            raise RowFault("missing field 'messages'")
+        return Sample("", messages=_check_conversation(_turns_from_messages(row[column], "role", "content", column)))
+    if fmt == "sharegpt":
+        if "conversations" not in row:
+            raise RowFault("missing field 'conversations'")
+        turns = _turns_from_messages(row["conversations"], "from", "value", "conversations")
+        return Sample("", messages=_check_conversation(turns))
+    if fmt == "alpaca":
+        instruction = _required_text(row, "instruction", "instruction")
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise RowFault(f"'input' is {type(extra).__name__}, not text")
+        output = _required_text(row, "output", "answer")
+        user = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction.strip()
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output.strip()}]
+        system = row.get("system")
+        if isinstance(system, str) and system.strip():
+            messages.insert(0, {"role": "system", "content": system.strip()})
+        return Sample("", messages=messages)
+    if fmt == "prompt_completion":
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if prompt is None:
+            raise RowFault("missing field 'prompt'")
+        if completion is None:
+            raise RowFault("missing field 'completion'")
+        if isinstance(prompt, list) or isinstance(completion, list):  # conversational prompt/completion
+            turns = _turns_from_messages(prompt, "role", "content", "prompt") + _turns_from_messages(
+                completion, "role", "content", "completion")
+            return Sample("", messages=_check_conversation(turns))
+        prompt = _required_text(row, "prompt", "prompt")
+        completion = _required_text(row, "completion", "answer")
+        return Sample("", messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
+    if fmt == "text":
+        return Sample("", text=_required_text(row, "text", "text"))
+    raise ValueError(f"unknown format {fmt}")
+
+
+def _rename(row: Any, columns: dict[str, str]) -> Any:
+    if not columns or not isinstance(row, dict):
+        return row
+    renamed = dict(row)
+    for expected, actual in columns.items():
+        if actual in renamed:
+            renamed[expected] = renamed.pop(actual)
+    return renamed
+
+
+def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str | None) -> tuple[list[Sample],
+                                                                                                    DatasetReport]:
+    """Read one dataset entry: every usable row as a Sample, every other row counted in the report."""
+    files = data_files(source, loaded)
+    report = DatasetReport(path=source.path, column_map=dict(source.columns))
+    if len(files) == 1:
+        report.sha256 = file_sha256(files[0])
+    elif files:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
+        report.sha256 = digest.hexdigest()
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        if not files:
+            yield from _read_hub(source.path, source.split, report)
+        for path in files:
+            try:
+                yield from READERS[path.suffix.lower()](path, report)
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{_display(path)} is not UTF-8 text (byte {exc.start})",
+                                fix="save the file as UTF-8") from exc
+
+    samples: list[Sample] = []
+    fmt = None if source.format == "auto" else source.format
+    for location, raw in rows():
+        row = _rename(raw, source.columns)
+        if fmt is None:
+            if not isinstance(row, dict):
+                report.drop("row is not an object", location)
+                continue
+            fmt = detect_format(row)
+            if fmt is None:
+                raise UserError(
+                    f"cannot tell the data format of {source.path} from its columns {sorted(row)}",
+                    where=location,
+                    fix="set format (messages, sharegpt, alpaca, prompt_completion, text) and map columns, "
+                    "for example columns: {instruction: question, output: answer}",
+                )
+        try:
+            sample = normalize_row(row, fmt)
+        except RowFault as fault:
+            report.drop(str(fault), location)
+            continue
+        sample.location = location
+        if system_prompt and sample.messages is not None and sample.messages[0]["role"] != "system":
+            sample.messages.insert(0, {"role": "system", "content": system_prompt})
+        samples.append(sample)
+        if source.max_samples and len(samples) >= source.max_samples:
+            break
+    report.format = fmt or source.format
+    report.kept = len(samples)
+    return samples, report
+
+
+@dataclass
+class LoadedData:
+    train: list[Sample]
+    eval: list[Sample]
+    reports: list[DatasetReport]
+    eval_source: str  # "files" or "held out N% of train (seed S)" or "none"
+
+
+def check_drops(reports: list[DatasetReport], max_fraction: float) -> None:
+    """Stop when a dataset is empty or has lost too many rows; say which rows and why."""
+    problems = []
+    for report in reports:
+        if report.rows_read and report.kept == 0:
+            problems.append(Problem(f"no usable rows in {report.path} ({report.rows_read} read)"))
+        elif report.rows_read and report.dropped_count / report.rows_read > max_fraction:
+            problems.append(Problem(
+                f"{report.path}: {report.dropped_count} of {report.rows_read} rows are unusable "
+                f"(more than data.max_dropped_fraction = {max_fraction})"))
+        elif report.rows_read == 0:
+            problems.append(Problem(f"{report.path} holds no rows"))
+    if problems:
+        for report in reports:
+            for reason, locations in report.dropped.items():
+                shown = ", ".join(locations[:3]) + (" ..." if len(locations) > 3 else "")
+                problems.append(Problem(f"{len(locations)} x {reason}", shown))
+        raise UserError("the data is not usable", problems,
+                        fix="fix the rows named above (file:line), or raise data.max_dropped_fraction to train on "
+                        "what remains")
+
+
+def load_data(loaded: LoadedConfig, say=print) -> LoadedData:
+    """Read every train and eval dataset, mix them, and hold out an eval split if asked."""
+    cfg = loaded.config.data
+    reports: list[DatasetReport] = []
+    train: list[Sample] = []
+    evaluation: list[Sample] = []
+    for source in cfg.train:
+        samples, report = read_dataset(source, loaded, cfg.system_prompt)
+        train += samples
+        reports.append(report)
+    for source in cfg.eval:
+        samples, report = read_dataset(source, loaded, cfg.system_prompt)
+        evaluation += samples
+        reports.append(report)
+    check_drops(reports, cfg.max_dropped_fraction)
+    rng = random.Random(loaded.config.train.seed)
+    if cfg.eval:
+        eval_source = f"{len(evaluation)} rows from data.eval"
+    elif cfg.eval_fraction > 0 and len(train) >= 2:
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        n_eval = min(len(train) - 1, max(1, round(cfg.eval_fraction * len(train))))
+        held = set(order[:n_eval])
+        evaluation = [s for i, s in enumerate(train) if i in held]
+        train = [s for i, s in enumerate(train) if i not in held]
+        eval_source = f"{n_eval} rows held out of the training data ({cfg.eval_fraction:.0%}, seed " \
+                      f"{loaded.config.train.seed})"
+    else:
+        eval_source = "none"
+    return LoadedData(train=train, eval=evaluation, reports=reports, eval_source=eval_source)

@@ -1,0 +1,54 @@
+"""User-facing errors.
+
+Every error a user can fix (a bad config, bad data, a missing file, a wrong flag) is raised as a
+:class:`UserError`. The CLI prints it on one screen and exits with :data:`EXIT_USAGE`; it never prints a
+traceback for it.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an unexpected failure: a bug, or the environment broke mid-run
+EXIT_USAGE = 2  # bad config, data, files or flags: the message says what to change
+
+
+class Problem:
+    """One thing that is wrong: what, where (file:line or key path) and how to fix it."""
+
+    def __init__(self, what: str, where: str = "", fix: str = "") -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+
+    def render(self) -> str:
+        head = f"{self.where}: {self.what}" if self.where else self.what
+        return f"{head}\n  fix: {self.fix}" if self.fix else head
+
+    def __repr__(self) -> str:
+        return f"Problem({self.render()!r})"
+
+
+class UserError(Exception):
+    """An error the user can fix: a title and every problem found, reported together."""
+
+    def __init__(self, title: str, problems: list[Problem] | None = None, *, where: str = "", fix: str = "") -> None:
+        super().__init__(title)
+        self.title = title
+        self.problems = list(problems or [])
+        self.where = where
+        self.fix = fix
+
+    def render(self, max_problems: int = 15) -> str:
+        head = f"error: {self.where}: {self.title}" if self.where else f"error: {self.title}"
+        lines = [head]
+        shown = self.problems[:max_problems]
+        for problem in shown:
+            lines.append("  - " + problem.render().replace("\n", "\n    "))
+        if len(self.problems) > len(shown):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()

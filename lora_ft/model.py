@@ -1,0 +1,186 @@
+"""Loading the base model and tokenizer, and attaching the LoRA adapter (PEFT)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_ft.config import EMBEDDED_MODEL, LoadedConfig, LoraSection, ModelSection
+from lora_ft.errors import UserError
+
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+
+
+@dataclass
+class BaseModelSource:
+    """Where the base model's files come from."""
+
+    path: str  # a local directory or a hub id, as passed to from_pretrained
+    display_name: str  # what the model card and summary call it
+    is_embedded: bool = False
+
+
+def locate_base_model(loaded: LoadedConfig, say=print) -> BaseModelSource:
+    base = loaded.config.model.base
+    if base == EMBEDDED_MODEL:
+        from lora_ft import embedded
+
+        directory = embedded.ensure_embedded_model(say)
+        return BaseModelSource(str(directory), f"{embedded.MODEL_NAME} (embedded)", is_embedded=True)
+    local = loaded.resolve_path(base)
+    if local.exists():
+        return BaseModelSource(str(local), base)
+    return BaseModelSource(base, base)
+
+
+def load_tokenizer(source: BaseModelSource, model_cfg: ModelSection):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of {source.display_name}: {exc}",
+                        fix="check model.base (a directory with tokenizer files, or a reachable hub id)") from exc
+    return tokenizer
+
+
+def choose_pad_token(tokenizer) -> str:
+    """Give the tokenizer a pad token distinct from EOS when its vocabulary allows; say what was done.
+
+    Labels are built before padding and padding is masked by position, never by token id, so an answer's EOS is
+    trained even when no distinct pad token exists.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return f"pad token {tokenizer.pad_token!r} (distinct from EOS {eos!r})"
+    before = "the EOS token" if tokenizer.pad_token is not None else "unset"
+    vocab = tokenizer.get_vocab()
+    for candidate in (tokenizer.unk_token, *PAD_CANDIDATES):
+        if candidate and candidate != eos and candidate in vocab:
+            tokenizer.pad_token = candidate
+            return f"pad token set to {candidate!r} (was {before}); EOS {eos!r} stays a trained label"
+    tokenizer.pad_token = eos
+    return f"pad token = EOS {eos!r} (no spare token in the vocabulary); padding is masked by position, " \
+           "so EOS is still trained"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def quantization_config(model_cfg: ModelSection):
+    from transformers import BitsAndBytesConfig
+
+    compute = torch_dtype(model_cfg.dtype)
+    if model_cfg.quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=compute,
+        )
+    if model_cfg.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: str):
+    """Load the causal LM at its configured precision and quantization, ready for k-bit training."""
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(model_cfg)
+    kwargs = dict(
+        dtype=torch_dtype(model_cfg.dtype),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        attn_implementation=model_cfg.attn_implementation,
+        use_safetensors=None,
+    )
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the model {source.display_name}: {exc}",
+                        fix="check model.base, model.trust_remote_code and model.attn_implementation") from exc
+    if quant is None and device == "cuda":
+        model.to("cuda")
+    model.config.use_cache = False
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    return model
+
+
+def _uses_conv1d(model) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def lora_config(lora: LoraSection, model):
+    """The PEFT LoraConfig for the ``lora`` section and this model."""
+    from peft import LoraConfig
+
+    layers = None
+    if lora.top_n_layers is not None:
+        total = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+        if total is None:
+            raise UserError("lora.top_n_layers needs the model's layer count, which its config does not give",
+                            fix="remove lora.top_n_layers")
+        if lora.top_n_layers > total:
+            raise UserError(f"lora.top_n_layers = {lora.top_n_layers} but the model has {total} layers",
+                            fix=f"use a value from 1 to {total}")
+        layers = list(range(total - lora.top_n_layers, total))
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        modules_to_save=lora.modules_to_save or None,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        layers_to_transform=layers,
+        fan_in_fan_out=_uses_conv1d(model),  # GPT-2 style Conv1D layers store weights transposed
+    )
+
+
+def attach_lora(model, lora: LoraSection):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(lora, model))
+    except ValueError as exc:
+        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if m.__class__.__name__ in
+                        ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")})
+        raise UserError(f"cannot attach LoRA: {exc}",
+                        fix=f"check lora.target_modules; this model's linear layers are: {', '.join(names)}") from exc
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights are counted as the parameters they stand for."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return int(trainable), int(total)
+
+
+def model_files_digest(path: str) -> str | None:
+    """A hash of a local model's tokenizer, to record in the manifest."""
+    import hashlib
+
+    tok = Path(path) / "tokenizer.json"
+    if not tok.is_file():
+        return None
+    return hashlib.sha256(tok.read_bytes()).hexdigest()

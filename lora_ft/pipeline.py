@@ -1,0 +1,210 @@
+"""The one place that knows the order of a training run's steps.
+
+config -> settings -> data -> tokenizer and template -> tokens -> model and adapter -> trainer -> artifacts.
+Each step lives in its own module and can be tested alone; this file only calls them in order and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_ft import artifacts, data, settings, tokenization
+from lora_ft.config import LoadedConfig, dump_config
+from lora_ft.errors import UserError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    adapter_dir: Path
+    outcome: object
+    manifest: dict
+
+
+def _quiet_libraries() -> None:
+    """Keep the libraries' deprecation chatter and per-file progress bars out of the run's output."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def _section(say, title: str) -> None:
+    say(f"\n== {title}")
+
+
+def train(loaded: LoadedConfig, say=print) -> RunResult:
+    """Run a whole fine-tuning job from a validated config; return where its results are."""
+    started = time.time()
+    resolved = settings.resolve(loaded)
+    cfg = resolved.config
+    artifacts.check_run_dir_free(cfg.output_dir)
+
+    _section(say, "resolved config")
+    say(dump_config(cfg).rstrip())
+    for note in resolved.notes:
+        say(f"note: {note}")
+
+    import torch
+
+    from lora_ft import model as model_lib
+    from lora_ft.templates import choose_chat_template
+
+    _quiet_libraries()
+    torch.manual_seed(cfg.train.seed)
+
+    _section(say, "data")
+    loaded_data = data.load_data(loaded)
+    for report in loaded_data.reports:
+        for line in report.summary_lines():
+            say(line)
+    say(f"eval data: {loaded_data.eval_source}")
+
+    _section(say, "model")
+    source = model_lib.locate_base_model(loaded, say)
+    tokenizer = model_lib.load_tokenizer(source, cfg.model)
+    say(model_lib.choose_pad_token(tokenizer))
+    template, template_origin = choose_chat_template(cfg.model.chat_template, tokenizer.chat_template,
+                                                     loaded.resolve_path)
+    renderer = tokenization.ChatRenderer(tokenizer, template)
+    tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)
+    say(f"chat template: {template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
+
+    train_tokens = tokenization.tokenize_samples(loaded_data.train, renderer, cfg.data.max_seq_length,
+                                                 cfg.data.train_on)
+    eval_tokens = tokenization.tokenize_samples(loaded_data.eval, renderer, cfg.data.max_seq_length,
+                                                cfg.data.train_on)
+    for name, toks in (("train", train_tokens), ("eval", eval_tokens)):
+        if not toks.input_ids and name == "eval" and not loaded_data.eval:
+            continue
+        say(f"{name}: {len(toks.input_ids)} samples, {toks.tokens:,} tokens, {toks.trained_tokens:,} trained; "
+            f"{toks.truncated} truncated at {cfg.data.max_seq_length} tokens (losing {toks.truncated_trained_tokens}"
+            f" trained tokens); {len(toks.dropped_no_label)} left with no trained token")
+    if not train_tokens.input_ids:
+        raise UserError("no training sample has a trained token left",
+                        fix="raise data.max_seq_length, or check that the samples have answers")
+
+    say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
+    base = model_lib.load_base_model(source, cfg.model, resolved.device)
+    model = model_lib.attach_lora(base, cfg.lora)
+    trainable, total = model_lib.count_parameters(model)
+    say(f"LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
+
+    from datasets import Dataset
+
+    from lora_ft import tracking
+    from lora_ft import train as train_lib
+
+    train_dataset = Dataset.from_dict({"input_ids": train_tokens.input_ids, "labels": train_tokens.labels})
+    eval_dataset = (Dataset.from_dict({"input_ids": eval_tokens.input_ids, "labels": eval_tokens.labels})
+                    if eval_tokens.input_ids else None)
+
+    run_dir = artifacts.create_run_dir(cfg.output_dir)
+    artifacts.write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
+    resolved_dict = json.loads(cfg.model_dump_json())
+    trackers = tracking.start_trackers(cfg, run_dir, resolved_dict)
+    history = train_lib.LogHistory()
+    trainer = train_lib.build_trainer(
+        model, tokenizer, cfg, train_dataset, eval_dataset, run_dir / artifacts.CHECKPOINT_DIR,
+        trackers.report_to, [train_lib.ProgressBar(), history, *trackers.callbacks],
+    )
+    effective = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    _section(say, "training")
+    say(f"{len(train_dataset)} samples, effective batch {effective}, "
+        f"{trainer.args.max_steps if trainer.args.max_steps > 0 else 'epochs: ' + str(cfg.train.epochs)} "
+        f"{'steps' if trainer.args.max_steps > 0 else ''}".rstrip())
+    for note in trackers.notes:
+        say(note)
+    try:
+        outcome = train_lib.run_training(trainer, resolved.device, cfg.train.eval_before_training,
+                                         eval_dataset is not None, train_tokens.trained_tokens, say)
+    finally:
+        artifacts.write_metrics(run_dir, history.records)
+        trackers.finish()
+
+    adapter_dir = artifacts.save_adapter(trainer.model, tokenizer, template, run_dir)
+    data_rows = [
+        {"path": r.path, "format": r.format, "rows_read": r.rows_read, "kept": r.kept,
+         "dropped": r.dropped_count, "drop_reasons": {k: len(v) for k, v in r.dropped.items()},
+         "sha256": r.sha256}
+        for r in loaded_data.reports
+    ]
+    from lora_ft import embedded
+
+    upstream = embedded.UPSTREAM_ID if source.is_embedded else None
+    card = artifacts.model_card(
+        base_name=source.display_name, base_path=source.path, upstream=upstream, cfg=cfg, data_rows=data_rows,
+        outcome=outcome, trainable=trainable, total=total, end_of_turn=renderer.end_of_turn, run_dir=run_dir,
+    )
+    artifacts.write_text_atomic(adapter_dir / "README.md", card)
+    manifest = {
+        "lora_ft_version": artifacts.package_versions().get("lora-ft"),
+        "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
+                       "tokenizer_sha256": model_lib.model_files_digest(source.path)},
+        "config_file": str(loaded.path) if loaded.path else None,
+        "overrides": loaded.overrides,
+        "git_commit": artifacts.git_commit(loaded.base_dir),
+        "seed": cfg.train.seed,
+        "packages": artifacts.package_versions(),
+        "hardware": artifacts.hardware(resolved.device),
+        "data": data_rows,
+        "chat_template": {"origin": template_origin, "end_of_turn": renderer.end_of_turn,
+                          "end_of_turn_id": renderer.end_of_turn_token_id(),
+                          "pad_token": tokenizer.pad_token},
+        "parameters": {"trainable": trainable, "total": total},
+        "metrics": {
+            "steps": outcome.steps,
+            "train_seconds": round(outcome.seconds, 2),
+            "train_loss": outcome.train_loss,
+            "eval_loss_before": outcome.eval_loss_before,
+            "eval_loss_after": outcome.eval_loss_after,
+            "tokens_seen": outcome.tokens_seen,
+            "tokens_per_second": round(outcome.tokens_per_second, 2),
+            "trained_tokens_per_epoch": outcome.trained_tokens_per_epoch,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
+            "peak_memory": outcome.peak_memory,
+            "best_checkpoint": outcome.best_checkpoint,
+        },
+        "trackers": trackers.notes,
+        "total_seconds": round(time.time() - started, 2),
+        "outputs": {"adapter": str(adapter_dir), "config": str(run_dir / artifacts.CONFIG_FILE),
+                    "metrics": str(run_dir / artifacts.METRICS_FILE)},
+    }
+    artifacts.write_manifest(run_dir, manifest)
+    _section(say, "summary")
+    say(summary_table(outcome, run_dir, adapter_dir))
+    return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest)
+
+
+def summary_table(outcome, run_dir: Path, adapter_dir: Path) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    change = ""
+    if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
+        change = f"  ({outcome.eval_loss_after - outcome.eval_loss_before:+.4f})"
+    rows = [
+        ("steps", f"{outcome.steps}" + ("  (stopped early)" if outcome.stopped_early else "")),
+        ("time", f"{outcome.seconds:.0f} s  ({outcome.tokens_per_second:.0f} non-pad tokens/s)"),
+        ("train loss", fmt(outcome.train_loss)),
+        ("eval loss before", fmt(outcome.eval_loss_before)),
+        ("eval loss after", fmt(outcome.eval_loss_after) + change),
+        ("tokens seen", f"{outcome.tokens_seen:,}"),
+        ("peak memory", outcome.peak_memory),
+        ("adapter", str(adapter_dir)),
+        ("run directory", str(run_dir)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    rule = "-" * (width + 2 + max(len(v) for _, v in rows))
+    return "\n".join([rule, *(f"{k.ljust(width)}  {v}" for k, v in rows), rule])

@@ -1,0 +1,77 @@
+"""Turning the config's ``auto`` values into concrete settings for the device at hand.
+
+The resolved config -- every default filled in, every ``auto`` decided -- is what is printed at the start of a
+run and saved with it, so a run directory says exactly what ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_ft.config import LoadedConfig, RunConfig
+from lora_ft.errors import UserError
+
+
+@dataclass
+class Resolved:
+    config: RunConfig  # with every auto value decided
+    device: str  # "cuda" or "cpu"
+    notes: list[str]  # one line per decision worth saying
+
+    @property
+    def quantized(self) -> bool:
+        return self.config.model.quantization in ("nf4", "int8")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
+    """Decide device, quantization, dtype, checkpointing, optimizer and names; say the decisions worth saying."""
+    cfg = loaded.config.model_copy(deep=True)
+    has_cuda = cuda_available() if has_cuda is None else has_cuda
+    notes: list[str] = []
+    if cfg.train.device == "cuda" and not has_cuda:
+        raise UserError("train.device is 'cuda' but no CUDA GPU is visible",
+                        fix="set train.device: auto (or cpu), or check the GPU driver and CUDA_VISIBLE_DEVICES")
+    device = "cuda" if (cfg.train.device == "cuda" or (cfg.train.device == "auto" and has_cuda)) else "cpu"
+    cfg.train.device = device
+
+    model = cfg.model
+    if model.quantization == "auto":
+        model.quantization = "nf4" if device == "cuda" else "none"
+        if device == "cpu":
+            notes.append("no CUDA GPU: training on the CPU in float32 without quantization "
+                         "(set model.quantization: nf4 for QLoRA on the CPU)")
+    if model.quantization == "int8" and device == "cpu":
+        raise UserError("int8 quantization needs a CUDA GPU", fix="use model.quantization: nf4 or none")
+    if model.dtype == "auto":
+        if device == "cuda":
+            import torch
+
+            model.dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            model.dtype = "float32"
+    elif device == "cpu" and model.dtype == "bfloat16":
+        notes.append("bfloat16 on a CPU is several times slower than float32 on most CPUs")
+    if device == "cpu" and model.dtype == "float16":
+        raise UserError("float16 training is not supported on a CPU", fix="use model.dtype: float32")
+    if model.attn_implementation == "auto":
+        model.attn_implementation = "sdpa"
+    if model.gradient_checkpointing is None:
+        model.gradient_checkpointing = model.quantization in ("nf4", "int8") and device == "cuda"
+    if cfg.train.optimizer == "auto":
+        cfg.train.optimizer = "paged_adamw_8bit" if (device == "cuda" and model.quantization != "none") \
+            else "adamw_torch"
+    if cfg.output_dir is None:
+        stem = loaded.path.stem if loaded.path is not None else "run"
+        cfg.output_dir = str(Path("runs") / stem)
+    if cfg.tracking.run_name is None:
+        cfg.tracking.run_name = Path(cfg.output_dir).name
+    if cfg.data.eval:
+        cfg.data.eval_fraction = 0.0
+    return Resolved(config=cfg, device=device, notes=notes)

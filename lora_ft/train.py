@@ -1,0 +1,207 @@
+"""The training loop: TRL's SFTTrainer set up from the resolved config, with progress and tracking."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from lora_ft.config import RunConfig
+
+SCHEDULERS = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+    "reduce_on_plateau": "reduce_lr_on_plateau",
+}
+
+
+def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str]):
+    """TRL's SFTConfig for the resolved run config."""
+    from trl import SFTConfig
+
+    train = cfg.train
+    periodic_eval = has_eval and train.eval_steps is not None
+    keep_best = train.early_stopping_patience is not None and periodic_eval
+    save_steps = train.save_steps or (train.eval_steps if keep_best else None)
+    return SFTConfig(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=SCHEDULERS[train.lr_scheduler],
+        warmup_steps=train.warmup_ratio,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=train.optimizer,
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=train.eval_steps if periodic_eval else None,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=train.save_total_limit,
+        save_only_model=False,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best or train.lr_scheduler == "reduce_on_plateau" else None,
+        greater_is_better=False if keep_best else None,
+        bf16=cfg.model.dtype == "bfloat16" and cfg.model.quantization == "none" and cfg.train.device == "cuda",
+        fp16=cfg.model.dtype == "float16" and cfg.model.quantization == "none",
+        use_cpu=cfg.train.device == "cpu",
+        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        report_to=report_to,
+        run_name=cfg.tracking.run_name,
+        max_length=cfg.data.max_seq_length,
+        packing=train.packing,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+        push_to_hub=False,
+        hub_token=None,
+    )
+
+
+class ProgressBar(TrainerCallback):
+    """One progress bar for the training steps, with the latest loss and non-pad tokens per second."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.started = 0.0
+        self.last_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        postfix = {"tok/s": f"{state.num_input_tokens_seen / elapsed:.0f}"}
+        if self.last_loss is not None:
+            postfix["loss"] = f"{self.last_loss:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+        if logs and "eval_loss" in logs and self.bar is not None:
+            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class LogHistory(TrainerCallback):
+    """Keeps every logged record, with a timestamp, for the run's metrics file."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.records.append({"step": state.global_step, "time": time.time(), **logs})
+
+
+@dataclass
+class TrainOutcome:
+    steps: int = 0
+    seconds: float = 0.0
+    train_loss: float | None = None
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    best_checkpoint: str | None = None
+    tokens_seen: int = 0
+    trained_tokens_per_epoch: int = 0
+    peak_memory: str = ""
+    peak_memory_bytes: int = 0
+    stopped_early: bool = False
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.seconds if self.seconds else 0.0
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    if device == "cuda":
+        import torch
+
+        allocated = torch.cuda.max_memory_allocated()
+        reserved = torch.cuda.max_memory_reserved()
+        return allocated, f"{allocated / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved (GPU)"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return rss, f"{rss / 2**30:.2f} GiB RSS (CPU)"
+
+
+def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset, checkpoint_dir: Path,
+                  report_to: list[str], extra_callbacks: list):
+    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    args = sft_config(cfg, checkpoint_dir, eval_dataset is not None, report_to)
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    callbacks = list(extra_callbacks)
+    if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
+                                               early_stopping_threshold=cfg.train.early_stopping_threshold))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def run_training(trainer, device: str, eval_before: bool, has_eval: bool, trained_tokens_per_epoch: int,
+                 say=print) -> TrainOutcome:
+    """Evaluate the base, train, evaluate the result; return the numbers for the summary."""
+    outcome = TrainOutcome(trained_tokens_per_epoch=trained_tokens_per_epoch)
+    history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LogHistory))
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    if has_eval and eval_before:
+        say("evaluating the base model (adapter off) on the eval data ...")
+        with trainer.model.disable_adapter():
+            outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+        say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
+    started = time.perf_counter()
+    result = trainer.train()
+    outcome.seconds = time.perf_counter() - started
+    outcome.steps = trainer.state.global_step
+    outcome.train_loss = result.training_loss if math.isfinite(result.training_loss) else None
+    outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
+    outcome.best_checkpoint = trainer.state.best_model_checkpoint
+    outcome.stopped_early = trainer.state.global_step < trainer.state.max_steps
+    if has_eval:
+        outcome.eval_loss_after = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+    outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
+    outcome.log = history.records
+    return outcome
