@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -163,6 +164,11 @@ class TrainSection(_Section):
         "auto", description="`auto` is `paged_adamw_8bit` for quantized models on a GPU, else `adamw_torch`."
     )
     packing: bool = Field(False, description="Pack several samples into each sequence of `max_seq_length`.")
+    padding_free: bool = Field(
+        True,
+        description="Concatenate each batch into one row with per-sample position ids instead of padding it: no "
+        "compute is spent on pad tokens, and attention stays within each sample (same loss as padded batches).",
+    )
     seed: int = Field(42, ge=0, description="Seed for data order, the eval split and LoRA initialisation.")
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N steps; `null` evaluates before and after training only."
@@ -632,7 +638,7 @@ def type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Literal:
         return " | ".join(f"`{a}`" for a in get_args(annotation))
-    if origin in (Union,) or str(origin) == "types.UnionType":
+    if origin in (Union, types.UnionType):
         return " or ".join(type_name(a) for a in get_args(annotation) if a is not type(None)) + (
             " or null" if type(None) in get_args(annotation) else ""
         )

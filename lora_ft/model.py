@@ -129,6 +129,20 @@ def _uses_conv1d(model) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
+def linear_module_names(model) -> list[str]:
+    """Names of the linear layers LoRA can target (what ``all-linear`` means), without the output head."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
+    return sorted(names)
+
+
 def lora_config(lora: LoraSection, model):
     """The PEFT LoraConfig for the ``lora`` section and this model."""
     from peft import LoraConfig
@@ -143,18 +157,23 @@ def lora_config(lora: LoraSection, model):
             raise UserError(f"lora.top_n_layers = {lora.top_n_layers} but the model has {total} layers",
                             fix=f"use a value from 1 to {total}")
         layers = list(range(total - lora.top_n_layers, total))
+    targets = lora.target_modules
+    if layers is not None and targets == "all-linear":  # PEFT needs module names to select layers
+        targets = linear_module_names(model)
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
         bias=lora.bias,
         modules_to_save=lora.modules_to_save or None,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
         layers_to_transform=layers,
         fan_in_fan_out=_uses_conv1d(model),  # GPT-2 style Conv1D layers store weights transposed
+        # a fully trained lm_head / embedding of a model with tied embeddings must stay tied to its twin
+        ensure_weight_tying=bool(lora.modules_to_save) and bool(getattr(model.config, "tie_word_embeddings", False)),
     )
 
 
@@ -164,10 +183,8 @@ def attach_lora(model, lora: LoraSection):
     try:
         return get_peft_model(model, lora_config(lora, model))
     except ValueError as exc:
-        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if m.__class__.__name__ in
-                        ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")})
-        raise UserError(f"cannot attach LoRA: {exc}",
-                        fix=f"check lora.target_modules; this model's linear layers are: {', '.join(names)}") from exc
+        raise UserError(f"cannot attach LoRA: {exc}", fix="check lora.target_modules; this model's linear "
+                        f"layers are: {', '.join(linear_module_names(model))}") from exc
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -22,6 +22,7 @@ class RunResult:
     adapter_dir: Path
     outcome: object
     manifest: dict
+    model: object  # the trained PeftModel, for callers that go on in the same process
 
 
 def _quiet_libraries() -> None:
@@ -115,18 +116,17 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     resolved_dict = json.loads(cfg.model_dump_json())
     trackers = tracking.start_trackers(cfg, run_dir, resolved_dict)
     history = train_lib.LogHistory()
-    trainer = train_lib.build_trainer(
-        model, tokenizer, cfg, train_dataset, eval_dataset, run_dir / artifacts.CHECKPOINT_DIR,
-        trackers.report_to, [train_lib.ProgressBar(), history, *trackers.callbacks],
-    )
-    effective = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
-    _section(say, "training")
-    say(f"{len(train_dataset)} samples, effective batch {effective}, "
-        f"{trainer.args.max_steps if trainer.args.max_steps > 0 else 'epochs: ' + str(cfg.train.epochs)} "
-        f"{'steps' if trainer.args.max_steps > 0 else ''}".rstrip())
-    for note in trackers.notes:
-        say(note)
     try:
+        trainer = train_lib.build_trainer(
+            model, tokenizer, cfg, train_dataset, eval_dataset, run_dir / artifacts.CHECKPOINT_DIR,
+            trackers.report_to, [train_lib.ProgressBar(), history, *trackers.callbacks],
+        )
+        _section(say, "training")
+        steps = f"{trainer.args.max_steps} steps" if trainer.args.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
+        say(f"{len(train_dataset)} samples, effective batch "
+            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps}, {steps}")
+        for note in trackers.notes:
+            say(note)
         outcome = train_lib.run_training(trainer, resolved.device, cfg.train.eval_before_training,
                                          eval_dataset is not None, train_tokens.trained_tokens, say)
     finally:
@@ -184,7 +184,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     artifacts.write_manifest(run_dir, manifest)
     _section(say, "summary")
     say(summary_table(outcome, run_dir, adapter_dir))
-    return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest)
+    return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
 
 
 def summary_table(outcome, run_dir: Path, adapter_dir: Path) -> str:

@@ -129,9 +129,10 @@ def check_end_of_turn_trained(renderer: ChatRenderer, train_on: str) -> None:
             fix="use model.chat_template: chatml, llama3 or alpaca (which end answers with EOS)",
         )
     probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
-    sample = Sample("template check", messages=probe)
-    tokenized = tokenize_samples([sample], renderer, max_length=10_000, train_on=train_on)
-    trained = [t for t in tokenized.labels[0] if t != IGNORE]
-    if not trained or trained[-1] != renderer.end_of_turn_token_id():
+    tokenized = tokenize_samples([Sample("template check", messages=probe)], renderer, 10_000, train_on)
+    ids, labels = tokenized.input_ids[0], tokenized.labels[0]
+    eot = renderer.end_of_turn_token_id()
+    closing = max(i for i, token in enumerate(ids) if token == eot)  # the answer is the last turn of the probe
+    if labels[closing] == IGNORE:
         raise UserError("the end-of-turn token of an answer is not trained by this template",
                         fix="use model.chat_template: chatml, llama3 or alpaca")

@@ -63,8 +63,10 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
         run_name=cfg.tracking.run_name,
-        max_length=cfg.data.max_seq_length,
+        # Samples arrive tokenized and truncated to data.max_seq_length; TRL needs max_length only to pack.
+        max_length=cfg.data.max_seq_length if train.packing or not train.padding_free else None,
         packing=train.packing,
+        padding_free=train.padding_free,
         dataloader_num_workers=0,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
@@ -155,11 +157,10 @@ def peak_memory(device: str) -> tuple[int, str]:
 
 def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset, checkpoint_dir: Path,
                   report_to: list[str], extra_callbacks: list):
+    import torch
     from trl import SFTTrainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     args = sft_config(cfg, checkpoint_dir, eval_dataset is not None, report_to)
-    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     callbacks = list(extra_callbacks)
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
@@ -170,9 +171,15 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=collator,
         callbacks=callbacks,
     )
+    if cfg.model.quantization != "none":
+        # TRL stores a quantized model's LoRA weights in bfloat16; keep them in the compute dtype instead, which is
+        # the same on a GPU and avoids bfloat16 arithmetic a CPU has no fast path for.
+        compute = getattr(torch, cfg.model.dtype)
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != compute:
+                param.data = param.data.to(compute)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer

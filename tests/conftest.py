@@ -1,0 +1,145 @@
+"""Shared fixtures: tiny models and a tokenizer built in-process (no model hub), and data files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "A contract is a legally binding agreement between two or more parties.",
+    "Consideration is something of value exchanged by each party to a contract.",
+    "The tenant shall pay rent on the first day of each month.",
+    "What is the statute of frauds? Explain force majeure in plain English.",
+    "Indemnification shifts the cost of certain losses from one party to another.",
+    "You are a careful legal assistant. Answer clearly and concisely.",
+    "hello world the quick brown fox jumps over the lazy dog 0123456789 ,.;:!?'\"()[]{}",
+]
+
+
+def build_tokenizer(directory: Path, chat_template: str | None = CHATML, eos: str = "<|im_end|>"):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token="<|im_start|>",
+                                   unk_token="<|endoftext|>", pad_token=eos)
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(directory)
+    return fast
+
+
+def build_llama(directory: Path, vocab_size: int, layers: int = 2) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+
+
+def build_gpt2(directory: Path, vocab_size: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512,
+                        bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tokenizer(directory)
+    build_llama(directory, len(tokenizer), layers=3)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A GPT-2 family model (Conv1D layers) whose tokenizer has no chat template and EOS <|endoftext|>."""
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = build_tokenizer(directory, chat_template=None, eos="<|endoftext|>")
+    build_gpt2(directory, len(tokenizer))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def legal_rows(n: int, offset: int = 0) -> list[dict]:
+    return [
+        {"instruction": f"What is consideration in contract {i}?", "input": "",
+         "output": f"Consideration is something of value exchanged by each party {i}."}
+        for i in range(offset, offset + n)
+    ]
+
+
+def write_config(path: Path, model_dir: Path, data_dir: Path, *, extra: str = "", output_dir: Path | None = None,
+                 train_file: str = "train.jsonl", eval_file: str | None = "eval.jsonl") -> Path:
+    eval_block = f"  eval:\n    - path: {data_dir / eval_file}\n" if eval_file else ""
+    path.write_text(
+        f"""output_dir: {output_dir or path.parent / 'run'}
+model:
+  base: {model_dir}
+lora:
+  r: 4
+  alpha: 8
+  dropout: 0.0
+data:
+  train:
+    - path: {data_dir / train_file}
+{eval_block}  max_seq_length: 128
+train:
+  max_steps: 3
+  batch_size: 2
+  gradient_accumulation_steps: 1
+  learning_rate: 1.0e-2
+  warmup_ratio: 0.0
+  logging_steps: 1
+{extra}""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def legal_data(tmp_path) -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", legal_rows(12))
+    write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
+    return data_dir

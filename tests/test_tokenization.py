@@ -1,0 +1,93 @@
+"""Loss masking: only the answers and their end-of-turn token carry labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_ft.data import Sample
+from lora_ft.errors import UserError
+from lora_ft.templates import available_chat_templates, read_chat_template
+from lora_ft.tokenization import IGNORE, ChatRenderer, check_end_of_turn_trained, tokenize_samples
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a careful legal assistant."},
+    {"role": "user", "content": "What is a contract?"},
+    {"role": "assistant", "content": "A legally binding agreement."},
+    {"role": "user", "content": "And consideration?"},
+    {"role": "assistant", "content": "Something of value exchanged."},
+]
+
+
+def _trained_text(tokenizer, ids, labels) -> list[str]:
+    """The trained tokens, grouped into contiguous runs and decoded."""
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs
+
+
+def test_only_answers_and_their_end_of_turn_are_trained(chat_tokenizer):
+    renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
+    out = tokenize_samples([Sample("x:1", messages=CONVERSATION)], renderer, 1000, "answers")
+    runs = _trained_text(chat_tokenizer, out.input_ids[0], out.labels[0])
+    assert runs == ["A legally binding agreement.<|im_end|>", "Something of value exchanged.<|im_end|>"]
+    eos = chat_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # every end-of-turn after an answer is trained; the ones closing system and user turns are not
+    positions = [i for i, t in enumerate(out.input_ids[0]) if t == eos]
+    assert [out.labels[0][i] != IGNORE for i in positions] == [False, False, True, False, True]
+
+
+def test_train_on_all_labels_every_token(chat_tokenizer):
+    renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
+    out = tokenize_samples([Sample("x:1", messages=CONVERSATION)], renderer, 1000, "all")
+    assert out.labels[0] == out.input_ids[0]
+
+
+def test_truncation_counts_lost_tokens_and_drops_samples_without_labels(chat_tokenizer):
+    renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
+    long_prompt = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "Short."}]
+    full = tokenize_samples([Sample("x:1", messages=CONVERSATION)], renderer, 1000, "answers")
+    cut = tokenize_samples([Sample("x:1", messages=CONVERSATION), Sample("x:2", messages=long_prompt)], renderer,
+                           len(full.input_ids[0]) - 3, "answers")
+    assert cut.truncated == 2
+    assert cut.dropped_no_label == ["x:2"]
+    assert cut.truncated_trained_tokens >= 3
+    assert len(cut.input_ids) == 1
+
+
+def test_raw_text_ends_with_eos(chat_tokenizer):
+    renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
+    out = tokenize_samples([Sample("x:1", text="A contract.")], renderer, 1000, "answers")
+    assert out.input_ids[0][-1] == chat_tokenizer.eos_token_id
+    assert out.labels[0] == out.input_ids[0]
+
+
+@pytest.mark.parametrize("name", ["chatml", "alpaca"])  # the tiny tokenizer has no <|eot_id|> for llama3
+def test_shipped_templates_train_their_end_of_turn(chat_tokenizer, name):
+    renderer = ChatRenderer(chat_tokenizer, read_chat_template(name))
+    check_end_of_turn_trained(renderer, "answers")
+    out = tokenize_samples([Sample("x:1", messages=CONVERSATION)], renderer, 1000, "answers")
+    runs = _trained_text(chat_tokenizer, out.input_ids[0], out.labels[0])
+    assert runs[0].startswith("A legally binding agreement.")
+    assert runs[-1].endswith(renderer.end_of_turn)
+
+
+def test_every_shipped_template_renders_a_generation_prompt(chat_tokenizer):
+    assert {"chatml", "llama3", "alpaca", "plain"} <= set(available_chat_templates())
+    for name in available_chat_templates():
+        renderer = ChatRenderer(chat_tokenizer, read_chat_template(name))
+        text, spans = renderer.trained_spans(CONVERSATION)
+        assert len(spans) == 2 and all(text[s:e].strip() for s, e in spans)
+
+
+def test_template_without_end_of_turn_token_is_refused(chat_tokenizer):
+    no_stop = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(UserError, match="never learn to stop"):
+        check_end_of_turn_trained(ChatRenderer(chat_tokenizer, no_stop), "answers")

@@ -1,0 +1,187 @@
+"""End-to-end training runs on tiny models built in-process, through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_ft import cli
+from lora_ft.config import load_config
+
+from .conftest import write_config
+
+
+def _base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_cli_train_writes_a_complete_run_dir(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["train", str(config)]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "run"
+    adapter = run_dir / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "README.md"):
+        assert (adapter / name).is_file(), name
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt")), "no pickled weights"
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert metrics["steps"] == 3
+    assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert "eval loss before" in out and "peak memory" in out and str(adapter) in out
+    assert manifest["data"][0]["sha256"] and manifest["packages"]["torch"] and manifest["seed"] == 42
+    assert manifest["chat_template"]["end_of_turn"] == "<|im_end|>"
+    assert "eval loss, with this adapter" in (adapter / "README.md").read_text()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in records) and any("eval_loss" in r for r in records)
+
+    saved = load_config(run_dir / "config.yaml")  # the resolved config is itself a valid config
+    assert saved.config.model.quantization == "none" and saved.config.train.device == "cpu"
+
+
+def test_training_changes_lora_weights_and_not_the_base(tiny_llama, legal_data, tmp_path):
+    from lora_ft import pipeline
+
+    loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data))
+    result = pipeline.train(loaded, say=lambda _: None)
+    reference = _base_weights(tiny_llama)
+    state = {k: v for k, v in result.model.get_base_model().state_dict().items()}
+    lora_b = {k: v for k, v in state.items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values()), "LoRA B starts at zero and must move"
+    frozen = {k.replace(".base_layer", ""): v for k, v in state.items() if "lora_" not in k}
+    assert set(reference) <= set(frozen)
+    for name, value in reference.items():
+        assert torch.equal(frozen[name].to(value.dtype), value), f"base weight {name} changed"
+    saved = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert all("lora_" in k for k in saved), "only adapter weights are saved"
+
+
+def test_train_refuses_an_existing_run_dir(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    assert cli.main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run" in err and "--set output_dir=" in err
+    assert (tmp_path / "run" / "manifest.json").read_text() == "{}"
+
+
+def test_gpt2_family_with_conv1d_and_fallback_template(tiny_gpt2, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_gpt2, legal_data)
+    assert cli.main(["train", str(config), "--set", "lora.top_n_layers=1"]) == 0
+    out = capsys.readouterr().out
+    assert "'alpaca' from data_templates/chat" in out
+    adapter_cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["fan_in_fan_out"] is True
+    assert adapter_cfg["layers_to_transform"] == [1]
+    weights = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert weights and all(".h.1." in k for k in weights)
+    template = (tmp_path / "run" / "adapter" / "chat_template.jinja").read_text()
+    assert "### Response:" in template
+
+
+def test_lora_options_reach_peft(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from lora_ft.config import LoraSection
+    from lora_ft.model import attach_lora, count_parameters
+
+    section = LoraSection(r=4, alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True, use_rslora=True,
+                          modules_to_save=["lm_head"], top_n_layers=2)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), section)
+    config = model.peft_config["default"]
+    assert config.use_dora and config.use_rslora and config.layers_to_transform == [1, 2]
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_magnitude_vector" in n for n in names)
+    assert not any(".layers.0." in n for n in names)
+    trainable, total = count_parameters(model)
+    assert 0 < trainable < total
+
+
+def test_nf4_on_cpu_trains_through_4bit_layers(tiny_llama, legal_data, tmp_path):
+    import bitsandbytes as bnb
+
+    from lora_ft import pipeline
+
+    loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
+                         ["model.quantization=nf4", "train.max_steps=2"])
+    seen = []
+    result = pipeline.train(loaded, say=seen.append)
+    assert result.manifest["metrics"]["steps"] == 2
+    assert any("(nf4, float32) on cpu" in line for line in seen)
+    from peft import PeftModel  # noqa: F401 - the adapter loads on an un-quantized base
+
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert bnb.nn.Linear4bit  # the backend the run used
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_llama, legal_data, tmp_path):
+    from lora_ft import pipeline
+
+    loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
+                         ["train.max_steps=8", "train.eval_steps=2", "train.early_stopping_patience=1",
+                          "train.learning_rate=0.5"])
+    result = pipeline.train(loaded, say=lambda _: None)
+    metrics = result.manifest["metrics"]
+    assert metrics["best_checkpoint"] is not None
+    evals = [r["eval_loss"] for r in result.outcome.log if "eval_loss" in r]
+    assert metrics["eval_loss_after"] == pytest.approx(min(evals[:-1]), rel=1e-4)
+
+
+def test_wandb_offline_run_writes_its_files(tiny_llama, legal_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "canary-wandb-key-0123456789abcdef0123456789abcdef")
+    monkeypatch.setenv("HF_TOKEN", "hf_canaryTOKENcanaryTOKENcanary")
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data,
+                          extra="tracking:\n  report_to: [wandb, tensorboard]\n  project: tests\n  tags: [t1]\n")
+    assert cli.main(["train", str(config)]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "run"
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, "an offline W&B run directory under the run directory"
+    assert list(offline_runs[0].glob("*.wandb")), "the W&B run file"
+    assert "W&B offline run files:" in out and "wandb sync" in out
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # secrets from the environment appear in no file the run wrote
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"canary-wandb-key" not in blob and b"hf_canaryTOKEN" not in blob, path
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.packing=true", "train.max_steps=2"],
+    ["train.padding_free=false", "train.max_steps=2"],
+    ["train.lr_scheduler=reduce_on_plateau", "train.eval_steps=1", "train.max_steps=2"],
+    ["train.lr_scheduler=constant", "data.train_on=all", "train.max_steps=2"],
+], ids=["packing", "padded", "reduce_on_plateau", "constant-train-on-all"])
+def test_training_options_run(tiny_llama, legal_data, tmp_path, overrides):
+    from lora_ft import pipeline
+
+    loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), overrides)
+    result = pipeline.train(loaded, say=lambda _: None)
+    assert result.manifest["metrics"]["steps"] == 2
+    assert result.manifest["metrics"]["train_loss"] is not None
+
+
+def test_padding_free_batches_give_the_same_loss_as_padded_ones(tiny_llama, legal_data, tmp_path):
+    from lora_ft import pipeline
+
+    losses = {}
+    for padding_free in ("true", "false"):
+        loaded = load_config(write_config(tmp_path / f"{padding_free}.yaml", tiny_llama, legal_data,
+                                          output_dir=tmp_path / f"run-{padding_free}"),
+                             [f"train.padding_free={padding_free}", "train.max_steps=1", "lora.dropout=0"])
+        result = pipeline.train(loaded, say=lambda _: None)
+        losses[padding_free] = (result.manifest["metrics"]["eval_loss_before"],
+                                result.manifest["metrics"]["train_loss"])
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
