@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lora_ft.errors import UserError
+from lora_ft.files import write_text_atomic
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
@@ -59,12 +60,6 @@ def create_run_dir(output_dir: str) -> Path:
         raise UserError(f"cannot write to output_dir {output_dir}: {exc.strerror}",
                         fix="choose a writable directory with --set output_dir=...") from exc
     return run_dir
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def package_versions() -> dict[str, str]:

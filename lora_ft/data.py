@@ -20,6 +20,7 @@ from typing import Any
 
 from lora_ft.config import DatasetSource, LoadedConfig, _looks_like_hub_id
 from lora_ft.errors import Problem, UserError
+from lora_ft.files import file_sha256
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLE_ALIASES = {
@@ -211,14 +212,6 @@ def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
     raise UserError(f"data file not found: {source.path}", fix=f"looked for {path}")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Formats
 
@@ -235,14 +228,14 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
-def _content(value: Any, where: str) -> str:
+def _content(value: Any) -> str:
     if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": "..."}]
         texts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
         if texts and all(isinstance(t, str) for t in texts) and len(texts) == len(value):
             return "".join(texts)
-        raise RowFault(f"{where}: content is a list with non-text parts")
+        raise RowFault("a turn's content is a list with non-text parts")
     if not isinstance(value, str):
-        raise RowFault(f"{where}: content is {type(value).__name__}, not text")
+        raise RowFault(f"a turn's content is {type(value).__name__}, not text")
     return value
 
 
@@ -250,7 +243,7 @@ def _turns_from_messages(turns: Any, role_key: str, content_key: str, column: st
     if not isinstance(turns, list) or not turns:
         raise RowFault(f"'{column}' is empty or not a list")
     messages = []
-    for index, turn in enumerate(turns):
+    for turn in turns:
         if not isinstance(turn, dict):
             raise RowFault(f"'{column}' item is not an object")
         if role_key not in turn:
@@ -261,7 +254,7 @@ def _turns_from_messages(turns: Any, role_key: str, content_key: str, column: st
         role = ROLE_ALIASES.get(raw_role)
         if role is None:
             raise RowFault(f"unknown role '{turn[role_key]}' (use system, user or assistant)")
-        messages.append({"role": role, "content": _content(turn[content_key], "turn")})
+        messages.append({"role": role, "content": _content(turn[content_key])})
     return messages
 
 

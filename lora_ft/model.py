@@ -195,9 +195,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 def model_files_digest(path: str) -> str | None:
     """A hash of a local model's tokenizer, to record in the manifest."""
-    import hashlib
+    from lora_ft.files import file_sha256
 
     tok = Path(path) / "tokenizer.json"
-    if not tok.is_file():
-        return None
-    return hashlib.sha256(tok.read_bytes()).hexdigest()
+    return file_sha256(tok) if tok.is_file() else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from lora_ft import artifacts, data, settings, tokenization
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
+from lora_ft.files import write_text_atomic
 
 
 @dataclass
@@ -112,7 +113,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
                     if eval_tokens.input_ids else None)
 
     run_dir = artifacts.create_run_dir(cfg.output_dir)
-    artifacts.write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
+    write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
     resolved_dict = json.loads(cfg.model_dump_json())
     trackers = tracking.start_trackers(cfg, run_dir, resolved_dict)
     history = train_lib.LogHistory()
@@ -147,7 +148,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         base_name=source.display_name, base_path=source.path, upstream=upstream, cfg=cfg, data_rows=data_rows,
         outcome=outcome, trainable=trainable, total=total, end_of_turn=renderer.end_of_turn, run_dir=run_dir,
     )
-    artifacts.write_text_atomic(adapter_dir / "README.md", card)
+    write_text_atomic(adapter_dir / "README.md", card)
     manifest = {
         "lora_ft_version": artifacts.package_versions().get("lora-ft"),
         "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,

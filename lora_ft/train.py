@@ -77,35 +77,55 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
 
 
 class ProgressBar(TrainerCallback):
-    """One progress bar for the training steps, with the latest loss and non-pad tokens per second."""
+    """Training progress with the latest loss and non-pad tokens per second.
 
-    def __init__(self) -> None:
+    On a terminal it is a live progress bar; in a log file (no terminal) it is one line per logging step.
+    """
+
+    def __init__(self, live: bool | None = None) -> None:
+        self.live = sys.stderr.isatty() if live is None else live
         self.bar = None
         self.started = 0.0
         self.last_loss: float | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
+    def _rate(self, state) -> float:
+        return state.num_input_tokens_seen / max(time.perf_counter() - self.started, 1e-9)
 
+    def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
-        self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+        if self.live:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is None:
             return
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        postfix = {"tok/s": f"{state.num_input_tokens_seen / elapsed:.0f}"}
+        postfix = {"tok/s": f"{self._rate(state):.0f}"}
         if self.last_loss is not None:
             postfix["loss"] = f"{self.last_loss:.3f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        logs = logs or {}
+        if "loss" in logs:
             self.last_loss = float(logs["loss"])
-        if logs and "eval_loss" in logs and self.bar is not None:
-            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+        if "eval_loss" in logs:
+            self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+        elif "loss" in logs and not self.live:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            self._write(f"step {state.global_step}/{state.max_steps}  loss {self.last_loss:.4f}  "
+                        f"lr {logs.get('learning_rate', 0):.2e}  {self._rate(state):.0f} tok/s  "
+                        f"elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left")
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -60,6 +60,13 @@ def test_unknown_top_level_section(tmp_path):
     assert "did you mean 'lora'?" in _problems(exc)
 
 
+def test_unknown_key_inside_a_dataset_entry(tmp_path):
+    with pytest.raises(UserError) as exc:
+        load_config(_write(tmp_path, MINIMAL + "      fromat: alpaca\n"))
+    text = _problems(exc)
+    assert "unknown key 'data.train[0].fromat'" in text and "did you mean 'format'?" in text
+
+
 def test_wrong_type_and_out_of_range_and_bad_choice_all_reported_at_once(tmp_path):
     text = MINIMAL + "lora:\n  r: lots\n  dropout: 1.5\ntrain:\n  lr_scheduler: cosin\n  batch_size: 0\n"
     with pytest.raises(UserError) as exc:

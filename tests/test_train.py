@@ -22,7 +22,9 @@ def _base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
 def test_cli_train_writes_a_complete_run_dir(tiny_llama, legal_data, tmp_path, capsys):
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     assert cli.main(["train", str(config)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "step 3/3  loss" in captured.err and "tok/s" in captured.err  # progress, one line per log step
     run_dir = tmp_path / "run"
     adapter = run_dir / "adapter"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
