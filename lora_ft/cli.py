@@ -12,7 +12,10 @@ EPILOG = """examples:
   lora-ft train configs/legal_domain.yaml
   lora-ft train configs/legal_domain.yaml --set train.max_steps=20 --set model.quantization=nf4
   lora-ft validate configs/legal_domain.yaml
-docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md"""
+  lora-ft eval runs/legal-domain
+  lora-ft chat runs/legal-domain
+  lora-ft export runs/legal-domain --format gguf
+docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md, docs/serving.md"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +52,59 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config and print it with every default filled in",
                               description="Check a config without loading anything heavy; exit 2 on any fault.")
     _add_config_args(validate)
+
+    merge = sub.add_parser("merge", help="merge a run's adapter into a full-precision copy of its base",
+                           description="Merge the adapter into the base weights (never into 4-bit weights), save "
+                           "safetensors, tokenizer and generation config, and check parity with base + adapter.")
+    _add_run_args(merge)
+    merge.add_argument("--out", help="output directory (default: RUN_DIR/merged)")
+    merge.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                       help="dtype of the merged weights (default: the base model's)")
+    merge.add_argument("--into", choices=["original", "dequantized"], default="original",
+                       help="for QLoRA runs: merge into the original 16-bit base (default) or into the "
+                       "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
+
+    export = sub.add_parser("export", help="export a run for serving: peft adapter, merged model or GGUF",
+                            description="Export for vLLM (peft), transformers/vLLM/TGI (merged) or llama.cpp and "
+                            "Ollama (gguf); each export ends with a load-and-generate check.")
+    _add_run_args(export)
+    export.add_argument("--format", required=True, choices=["peft", "merged", "gguf"])
+    export.add_argument("--out", help="output directory (default: RUN_DIR/export-FORMAT)")
+    export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="merged: weight dtype")
+    export.add_argument("--into", choices=["original", "dequantized"], default="original",
+                        help="merged, QLoRA runs: what to merge into")
+    export.add_argument("--gguf-types", default="f16,q8_0", help="gguf: comma-separated types (default f16,q8_0)")
+
+    chat = sub.add_parser("chat", help="chat with a run's model (streaming)",
+                          description="Interactive chat with base + adapter and the saved chat template. Commands: "
+                          "/reset, /system TEXT, /exit.")
+    _add_run_args(chat)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+
+    generate = sub.add_parser("generate", help="answer one prompt or a file of prompts",
+                              description="Generate answers with base + adapter; prompts from --prompt or a file "
+                              "with one prompt per line (or a .jsonl with a 'prompt' field).")
+    _add_run_args(generate)
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt")
+    source.add_argument("--prompts", metavar="FILE")
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--max-new-tokens", type=int, default=256)
+
+    evaluate = sub.add_parser("eval", help="held-out loss, perplexity and answers: base vs tuned",
+                              description="Evaluate base and tuned model on the run's eval data (or --data FILE); "
+                              "print a table and write RUN_DIR/eval/report.json and report.md.")
+    _add_run_args(evaluate)
+    evaluate.add_argument("--data", help="a data file to evaluate on instead of the run's eval data")
+    evaluate.add_argument("--samples", type=int, default=3, help="answers to generate and show (default 3)")
+    evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (as `lora-ft train` wrote it)")
+    parser.add_argument("--base", help="the base model's directory, when it has moved since training")
 
 
 def _say(message: str = "") -> None:
@@ -75,7 +130,142 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate}
+def cmd_merge(args) -> int:
+    from pathlib import Path
+
+    from lora_ft.finished_run import open_run
+    from lora_ft.merge import merge_run
+
+    run = open_run(args.run_dir)
+    _quiet()
+    out = Path(args.out) if args.out else run.run_dir / "merged"
+    report = merge_run(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
+    _say(f"merged model: {out}")
+    return EXIT_OK if report.within_tolerance else EXIT_FAILURE
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from lora_ft import export
+    from lora_ft.finished_run import open_run
+
+    run = open_run(args.run_dir)
+    _quiet()
+    out = Path(args.out) if args.out else run.run_dir / f"export-{args.format}"
+    if args.format == "peft":
+        check = export.export_peft(run, out, base=args.base, say=_say)
+    elif args.format == "merged":
+        check = export.export_merged(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
+    else:
+        types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
+        check = export.export_gguf(run, out, types=types, base=args.base, say=_say)
+    _say(f"exported: {out}")
+    return EXIT_OK if check["passed"] else EXIT_FAILURE
+
+
+def cmd_chat(args) -> int:
+    from lora_ft import inference
+    from lora_ft.finished_run import open_run
+
+    run = open_run(args.run_dir)
+    _quiet()
+    model = inference.load_tuned(run, args.base, _say)
+    tokenizer = inference.load_tokenizer(run)
+    system = run.config.data.system_prompt
+    history: list[dict[str, str]] = []
+    _say(f"chatting with {run.run_dir} ({run.base_name} + adapter). /reset clears, /system TEXT sets the system "
+         "message, /exit (or Ctrl-D) quits.")
+    while True:
+        try:
+            line = input("\nyou> ").strip()
+        except EOFError:
+            _say()
+            return EXIT_OK
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return EXIT_OK
+        if line == "/reset":
+            history = []
+            _say("(conversation cleared)")
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            history = []
+            _say(f"(system message {'set' if system else 'cleared'}; conversation cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        print("model> ", end="", flush=True)
+        answer = ""
+        for piece in inference.stream(model, tokenizer, run, messages, args.max_new_tokens, args.temperature):
+            answer += piece
+            print(piece, end="", flush=True)
+        print(flush=True)
+        history.append({"role": "assistant", "content": answer.strip()})
+
+
+def _read_prompts(path: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"prompts file not found: {path}", fix="give a text file with one prompt per line")
+    lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if file.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"line {number} is not a JSON object with a 'prompt' field", where=f"{path}:{number}",
+                                fix='write {"prompt": "..."} on each line') from exc
+        return prompts
+    return lines
+
+
+def cmd_generate(args) -> int:
+    import json
+
+    from lora_ft import inference
+    from lora_ft.finished_run import open_run
+
+    run = open_run(args.run_dir)
+    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts)
+    _quiet()
+    model = inference.load_tuned(run, args.base, _say)
+    tokenizer = inference.load_tokenizer(run)
+    system = run.config.data.system_prompt
+    for prompt in prompts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        answer, stopped = inference.generate(model, tokenizer, run, messages, args.max_new_tokens, args.temperature)
+        if args.prompts:
+            _say(json.dumps({"prompt": prompt, "answer": answer, "stopped_at_end_of_turn": stopped}))
+        else:
+            _say(answer)
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from lora_ft.evaluate import evaluate_run
+    from lora_ft.finished_run import open_run
+
+    run = open_run(args.run_dir)
+    _quiet()
+    evaluate_run(run, data_file=args.data, samples_to_show=args.samples, out_dir=args.out, base=args.base, say=_say)
+    return EXIT_OK
+
+
+def _quiet() -> None:
+    from lora_ft.pipeline import quiet_libraries
+
+    quiet_libraries()
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "merge": cmd_merge, "export": cmd_export,
+            "chat": cmd_chat, "generate": cmd_generate, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ class RunResult:
     model: object  # the trained PeftModel, for callers that go on in the same process
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the libraries' deprecation chatter and per-file progress bars out of the run's output."""
     import warnings
 
@@ -63,7 +63,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     from lora_ft import model as model_lib
     from lora_ft.templates import choose_chat_template
 
-    _quiet_libraries()
+    quiet_libraries()
     torch.manual_seed(cfg.train.seed)
 
     _section(say, "data")

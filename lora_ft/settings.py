@@ -74,4 +74,12 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         cfg.tracking.run_name = Path(cfg.output_dir).name
     if cfg.data.eval:
         cfg.data.eval_fraction = 0.0
+    # Local paths become absolute, so the saved config means the same files wherever it is read from.
+    for source in [*cfg.data.train, *cfg.data.eval]:
+        if loaded.resolve_path(source.path).exists():
+            source.path = str(loaded.resolve_path(source.path).resolve())
+    if model.base != "embedded" and loaded.resolve_path(model.base).exists():
+        model.base = str(loaded.resolve_path(model.base).resolve())
+    if model.chat_template.endswith(".jinja") and loaded.resolve_path(model.chat_template).is_file():
+        model.chat_template = str(loaded.resolve_path(model.chat_template).resolve())
     return Resolved(config=cfg, device=device, notes=notes)

@@ -50,14 +50,15 @@ def build_tokenizer(directory: Path, chat_template: str | None = CHATML, eos: st
     return fast
 
 
-def build_llama(directory: Path, vocab_size: int, layers: int = 2) -> None:
+def build_llama(directory: Path, vocab_size: int, layers: int = 2, init_range: float = 0.02) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+                         initializer_range=init_range)
     LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
 
 

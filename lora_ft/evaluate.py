@@ -1,0 +1,146 @@
+"""Evaluating a finished run: held-out loss and perplexity of base and tuned model, and answers side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lora_ft import data as data_lib
+from lora_ft.config import DatasetSource, LoadedConfig
+from lora_ft.errors import UserError
+from lora_ft.files import write_text_atomic
+from lora_ft.finished_run import FinishedRun
+from lora_ft.tokenization import IGNORE, ChatRenderer, tokenize_samples
+
+
+@dataclass
+class EvalReport:
+    run_dir: str
+    data: str
+    samples: int
+    trained_tokens: int
+    base_loss: float
+    tuned_loss: float
+    answers: list[dict] = field(default_factory=list)
+
+    @property
+    def base_perplexity(self) -> float:
+        return math.exp(self.base_loss)
+
+    @property
+    def tuned_perplexity(self) -> float:
+        return math.exp(self.tuned_loss)
+
+    def table(self) -> str:
+        rows = [("model", "eval loss", "perplexity"),
+                ("base", f"{self.base_loss:.4f}", f"{self.base_perplexity:.2f}"),
+                ("tuned", f"{self.tuned_loss:.4f}", f"{self.tuned_perplexity:.2f}"),
+                ("change", f"{self.tuned_loss - self.base_loss:+.4f}",
+                 f"{100 * (self.tuned_perplexity / self.base_perplexity - 1):+.1f}%")]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        parts = [f"# Evaluation of {self.run_dir}", "",
+                 f"Data: {self.data} ({self.samples} samples, {self.trained_tokens:,} answer tokens scored).", "",
+                 "| model | eval loss | perplexity |", "| --- | --- | --- |",
+                 f"| base | {self.base_loss:.4f} | {self.base_perplexity:.2f} |",
+                 f"| tuned | {self.tuned_loss:.4f} | {self.tuned_perplexity:.2f} |", ""]
+        for index, item in enumerate(self.answers, start=1):
+            parts += [f"## Sample {index}", "", f"**Prompt:** {item['prompt']}", "",
+                      f"**Reference:** {item['reference']}", "", f"**Base:** {item['base']}", "",
+                      f"**Tuned:** {item['tuned']}", ""]
+        return "\n".join(parts)
+
+
+def eval_samples(run: FinishedRun, data_file: str | None) -> tuple[list[data_lib.Sample], str]:
+    """The samples to evaluate on: a given file, or the run's own eval data (files or the same held-out split)."""
+    config = run.config.model_copy(deep=True)
+    if data_file:
+        if not Path(data_file).exists():
+            raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
+        config.data.train = [DatasetSource(path=str(Path(data_file).resolve()))]
+        config.data.eval = []
+        loaded = LoadedConfig(config, None, [])
+        samples, report = data_lib.read_dataset(config.data.train[0], loaded, config.data.system_prompt)
+        data_lib.check_drops([report], config.data.max_dropped_fraction)
+        return samples, data_file
+    loaded = LoadedConfig(config, None, [])
+    loaded_data = data_lib.load_data(loaded)
+    if not loaded_data.eval:
+        raise UserError("the run has no eval data", fix="pass --data FILE with held-out samples")
+    return loaded_data.eval, loaded_data.eval_source
+
+
+def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
+    """Mean cross-entropy per trained token, over padded batches."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    for start in range(0, len(input_ids), batch_size):
+        ids_batch, lab_batch = input_ids[start:start + batch_size], labels[start:start + batch_size]
+        width = max(len(x) for x in ids_batch)
+        ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
+        lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(ids_batch), width, dtype=torch.long)
+        for row, (x, y) in enumerate(zip(ids_batch, lab_batch)):
+            ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        shifted = lab[:, 1:].to(logits.device)
+        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                 ignore_index=IGNORE, reduction="sum").item()
+        count += (shifted != IGNORE).sum().item()
+    return total / max(count, 1)
+
+
+def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_show: int = 3,
+                 max_new_tokens: int = 160, out_dir: Path | None = None, base: str | None = None,
+                 say=print) -> EvalReport:
+    from lora_ft import inference
+
+    samples, source = eval_samples(run, data_file)
+    tokenizer = inference.load_tokenizer(run)
+    renderer = ChatRenderer(tokenizer, tokenizer.chat_template)
+    tokens = tokenize_samples(samples, renderer, run.config.data.max_seq_length, "answers")
+    if not tokens.input_ids:
+        raise UserError("no eval sample has an answer to score", fix="check the eval data")
+    say(f"evaluating on {source}: {len(tokens.input_ids)} samples, {tokens.trained_tokens:,} answer tokens")
+    model = inference.load_tuned(run, base, say)
+    started = time.time()
+    with model.disable_adapter():
+        base_loss = eval_loss(model, tokens.input_ids, tokens.labels)
+    tuned_loss = eval_loss(model, tokens.input_ids, tokens.labels)
+    say(f"losses computed in {time.time() - started:.0f} s; generating {samples_to_show} answers ...")
+    answers = []
+    for sample in [s for s in samples if s.messages][:samples_to_show]:
+        prompt = sample.messages[:-1]
+        with model.disable_adapter():
+            base_answer, _ = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
+        tuned_answer, stopped = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
+        answers.append({"location": sample.location, "prompt": prompt[-1]["content"],
+                        "reference": sample.messages[-1]["content"], "base": base_answer, "tuned": tuned_answer,
+                        "tuned_stopped_at_end_of_turn": stopped})
+    report = EvalReport(run_dir=str(run.run_dir), data=source, samples=len(tokens.input_ids),
+                        trained_tokens=tokens.trained_tokens, base_loss=base_loss, tuned_loss=tuned_loss,
+                        answers=answers)
+    out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**asdict(report), "base_perplexity": report.base_perplexity,
+               "tuned_perplexity": report.tuned_perplexity}
+    write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", report.markdown())
+    say(report.table())
+    for item in answers:
+        say(f"\nprompt:    {item['prompt'][:200]}")
+        say(f"reference: {item['reference'][:300]}")
+        say(f"base:      {item['base'][:300]}")
+        say(f"tuned:     {item['tuned'][:300]}")
+    say(f"\nreport: {out_dir / 'report.md'} and report.json")
+    return report

@@ -1,0 +1,218 @@
+"""Merging an adapter into a full-precision copy of its base, with a parity check.
+
+The adapter is never merged into 4-bit weights: rounding the merged sum back to NF4 would throw most of the
+update away. For a QLoRA run there are two honest choices:
+
+- ``original`` (default): merge into the base's original 16-bit weights. This is what serving engines load, and
+  what a later re-quantization starts from; the adapter was trained against the NF4-rounded weights, so the merged
+  model differs slightly from the trained one. The parity report measures by how much (KL divergence, greedy
+  answers).
+- ``dequantized``: merge into the NF4 weights dequantized to 16-bit: exactly the weights the adapter was trained
+  against, so the merged model matches the trained one closely, at the price of carrying the 4-bit rounding error
+  into a 16-bit checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lora_ft.errors import UserError
+from lora_ft.files import write_text_atomic
+from lora_ft.finished_run import FinishedRun, locate_base
+
+PARITY_PROMPTS = [
+    "What is consideration in contract law?",
+    "Explain force majeure in one sentence.",
+    "Write a short confidentiality clause.",
+    "What is the difference between a warranty and a condition?",
+]
+PARITY_FILE = "parity.json"
+# Float LoRA merged into float32 weights must agree to this; 16-bit merges and QLoRA runs are measured by KL and
+# greedy answers (16-bit rounding alone moves logits by about 1e-2).
+FLOAT32_MAX_ABS_LOGIT_DIFF = 1e-3
+SIXTEEN_BIT_MAX_MEAN_KL = 1e-2
+
+
+@dataclass
+class ParityReport:
+    merged_dtype: str
+    merged_into: str  # "original 16-bit weights", "dequantized NF4 weights", "float weights"
+    reference: str
+    prompts: int
+    max_abs_logit_diff: float = 0.0
+    mean_kl: float = 0.0
+    top1_agreement: float = 1.0
+    greedy_answers_match: int = 0
+    tolerance: str = ""
+    within_tolerance: bool = True
+    answers: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        verdict = "within tolerance" if self.within_tolerance else "OUTSIDE tolerance"
+        return [
+            f"parity: merged ({self.merged_dtype}, into {self.merged_into}) vs {self.reference}, "
+            f"{self.prompts} prompts",
+            f"  max |logit diff| {self.max_abs_logit_diff:.2e}   mean KL {self.mean_kl:.2e}   "
+            f"next-token agreement {self.top1_agreement:.1%}",
+            f"  greedy answers identical: {self.greedy_answers_match}/{self.prompts}   ({self.tolerance}: {verdict})",
+        ]
+
+
+def _prompt_batch(tokenizer, prompts: list[str]):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          return_tensors="pt", return_dict=True) for p in prompts]
+
+
+def _greedy(model, tokenizer, inputs, stop_ids: list[int], max_new_tokens: int = 40) -> str:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(**{k: v.to(model.device) for k, v in inputs.items()}, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def model_outputs(model, tokenizer, stop_ids: list[int], prompts: list[str] = PARITY_PROMPTS) -> list[dict]:
+    """Each prompt's logits (rendered with the chat template) and greedy answer."""
+    import torch
+
+    outputs = []
+    for prompt, inputs in zip(prompts, _prompt_batch(tokenizer, prompts)):
+        with torch.no_grad():
+            logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits.float().cpu()
+        outputs.append({"prompt": prompt, "logits": logits, "answer": _greedy(model, tokenizer, inputs, stop_ids)})
+    return outputs
+
+
+def compare_outputs(reference: list[dict], candidate: list[dict]) -> dict:
+    """Logit and greedy-answer agreement of two models' outputs on the same prompts."""
+    import torch.nn.functional as F
+
+    max_abs, kls, agree, total, same, answers = 0.0, [], 0, 0, 0, []
+    for ref, got in zip(reference, candidate):
+        a, b = ref["logits"], got["logits"]
+        max_abs = max(max_abs, (a - b).abs().max().item())
+        kls.append(F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True,
+                            reduction="none").sum(-1).mean().item())
+        agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
+        total += a.shape[1]
+        same += ref["answer"] == got["answer"]
+        answers.append({"prompt": ref["prompt"], "reference": ref["answer"], "merged": got["answer"]})
+    return {"max_abs_logit_diff": max_abs, "mean_kl": max(0.0, sum(kls) / len(kls)), "top1_agreement": agree / total,
+            "greedy_answers_match": same, "answers": answers}
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir} already exists and is not empty; lora-ft does not write over it",
+                        fix="choose a new --out directory, or remove the old one")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir.parent, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}",
+                        fix="choose a writable --out directory") from exc
+
+
+def save_tokenizer_and_generation_config(model, tokenizer, stop_ids: list[int], directory: Path) -> None:
+    from transformers import GenerationConfig
+
+    tokenizer.save_pretrained(directory)  # with the chat template used in training
+    generation = GenerationConfig.from_model_config(model.config)
+    generation.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.save_pretrained(directory)
+
+
+def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into: str = "original",
+              base: str | None = None, say=print) -> ParityReport:
+    """Merge the run's adapter into a full-precision base, save it to ``out_dir`` and return the parity report.
+
+    Everything is written to a temporary folder beside ``out_dir`` and moved into place only when complete.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lora_ft.inference import stop_token_ids
+
+    if into not in ("original", "dequantized"):
+        raise UserError(f"unknown merge target '{into}'", fix="use --into original or --into dequantized")
+    if into == "dequantized" and run.config.model.quantization != "nf4":
+        raise UserError("--into dequantized is for QLoRA (nf4) runs; this run trained on full weights",
+                        fix="leave out --into")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    base_path = locate_base(run, base, say)
+    base_config = json.loads((Path(base_path) / "config.json").read_text()) if Path(base_path).is_dir() else {}
+    dtype = dtype or base_config.get("dtype") or base_config.get("torch_dtype") or "bfloat16"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown dtype '{dtype}'", fix="use float32, bfloat16 or float16")
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
+    stop_ids = stop_token_ids(tokenizer, run)
+    trust = run.config.model.trust_remote_code
+
+    say(f"loading the base model {run.base_name} in float32 ...")
+    if run.trained_quantized:
+        # The reference is the model as trained: NF4 base + adapter.
+        from lora_ft.model import quantization_config
+
+        nf4 = quantization_config(run.config.model.model_copy(update={"quantization": "nf4", "dtype": "float32"}))
+
+        def load_nf4():
+            return AutoModelForCausalLM.from_pretrained(base_path, quantization_config=nf4, dtype=torch.float32,
+                                                        device_map={"": "cpu"}, trust_remote_code=trust)
+
+        trained = PeftModel.from_pretrained(load_nf4(), str(run.adapter_dir)).eval()
+        reference = model_outputs(trained, tokenizer, stop_ids)
+        reference_name = "the trained model (NF4 base + adapter)"
+        del trained
+        if into == "dequantized":
+            float_base = load_nf4().dequantize()
+            merged_into = "dequantized NF4 weights"
+        else:
+            float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+            merged_into = "original 16-bit weights"
+        tuned = PeftModel.from_pretrained(float_base, str(run.adapter_dir)).eval()
+    else:
+        float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+        tuned = PeftModel.from_pretrained(float_base, str(run.adapter_dir)).eval()
+        reference = model_outputs(tuned, tokenizer, stop_ids)  # before merging rewrites the weights in place
+        reference_name = "base + adapter (unmerged, float32)"
+        merged_into = "float weights"
+
+    say(f"merging the adapter into {merged_into}, saving in {dtype} ...")
+    merged = tuned.merge_and_unload().to(getattr(torch, dtype)).eval()
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True, max_shard_size="2GB")
+        save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging)
+        say("checking parity (logits and greedy answers) ...")
+        numbers = compare_outputs(reference, model_outputs(merged, tokenizer, stop_ids))
+        if run.trained_quantized:
+            tolerance = f"QLoRA merge, measured against the NF4-trained model: mean KL <= {SIXTEEN_BIT_MAX_MEAN_KL:g}"
+            within = numbers["mean_kl"] <= SIXTEEN_BIT_MAX_MEAN_KL
+        elif dtype == "float32":
+            tolerance = f"float32 merge: max |logit diff| <= {FLOAT32_MAX_ABS_LOGIT_DIFF:g}"
+            within = numbers["max_abs_logit_diff"] <= FLOAT32_MAX_ABS_LOGIT_DIFF
+        else:
+            tolerance = f"{dtype} merge: mean KL <= {SIXTEEN_BIT_MAX_MEAN_KL:g}"
+            within = numbers["mean_kl"] <= SIXTEEN_BIT_MAX_MEAN_KL
+        report = ParityReport(merged_dtype=dtype, merged_into=merged_into, reference=reference_name,
+                              prompts=len(PARITY_PROMPTS), tolerance=tolerance, within_tolerance=within, **numbers)
+        write_text_atomic(staging / PARITY_FILE, json.dumps(asdict(report), indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # exists and is empty (checked above)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for line in report.lines():
+        say(line)
+    return report

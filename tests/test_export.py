@@ -1,0 +1,195 @@
+"""Finished runs to serving: merge parity, adapter exports, generation that stops, evaluation, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lora_ft import cli
+from lora_ft.config import load_config
+from lora_ft.errors import UserError
+from lora_ft.finished_run import open_run
+
+from .conftest import build_llama, build_tokenizer, legal_rows, write_config, write_jsonl
+
+
+def _train(tmp_path: Path, model_dir: Path, name: str, overrides: list[str], rows: list[dict] | None = None) -> Path:
+    from lora_ft import pipeline
+
+    data_dir = tmp_path / f"data-{name}"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", rows or legal_rows(12))
+    write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
+    config = write_config(tmp_path / f"{name}.yaml", model_dir, data_dir, output_dir=tmp_path / name)
+    pipeline.train(load_config(config, overrides), say=lambda _: None)
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_llama, tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("lora-run"), tiny_llama, "run", ["train.max_steps=4"])
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tiny_llama, tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("qlora-run"), tiny_llama, "run",
+                  ["train.max_steps=4", "model.quantization=nf4"])
+
+
+def test_float32_merge_matches_base_plus_adapter(lora_run, tmp_path):
+    from lora_ft.merge import merge_run
+
+    out = tmp_path / "merged"
+    report = merge_run(open_run(lora_run), out, dtype="float32", say=lambda _: None)
+    assert report.within_tolerance and report.max_abs_logit_diff <= 1e-3
+    assert report.greedy_answers_match == report.prompts
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+                 "generation_config.json", "parity.json"):
+        assert (out / name).is_file(), name
+    generation = json.loads((out / "generation_config.json").read_text())
+    tokenizer = json.loads((out / "tokenizer.json").read_text())
+    eot = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == "<|im_end|>")
+    eos = generation["eos_token_id"]
+    assert eot in (eos if isinstance(eos, list) else [eos]), "generation stops at the template's end of turn"
+    assert not list(tmp_path.glob(".merged.partial-*")), "no staging folder left behind"
+
+
+def test_sixteen_bit_merge_reports_kl(lora_run, tmp_path):
+    from lora_ft.merge import merge_run
+
+    report = merge_run(open_run(lora_run), tmp_path / "bf16", dtype="bfloat16", say=lambda _: None)
+    assert report.merged_dtype == "bfloat16" and report.mean_kl < 1e-2 and report.within_tolerance
+    assert "mean KL" in report.tolerance
+
+
+def test_qlora_merge_into_original_and_dequantized_weights(qlora_run, tmp_path):
+    from lora_ft.merge import merge_run
+
+    run = open_run(qlora_run)
+    original = merge_run(run, tmp_path / "original", dtype="float32", say=lambda _: None)
+    dequantized = merge_run(run, tmp_path / "dequantized", dtype="float32", into="dequantized", say=lambda _: None)
+    assert original.merged_into == "original 16-bit weights"
+    assert dequantized.merged_into == "dequantized NF4 weights"
+    assert "NF4 base + adapter" in original.reference
+    # merging into the weights the adapter was trained against reproduces the trained model more closely
+    assert dequantized.mean_kl <= original.mean_kl
+    assert dequantized.max_abs_logit_diff < 1e-3
+    assert json.loads((tmp_path / "original" / "parity.json").read_text())["mean_kl"] == original.mean_kl
+
+
+def test_merge_into_dequantized_is_refused_for_a_float_run(lora_run, tmp_path):
+    from lora_ft.merge import merge_run
+
+    with pytest.raises(UserError, match="for QLoRA"):
+        merge_run(open_run(lora_run), tmp_path / "x", into="dequantized", say=lambda _: None)
+
+
+def test_merged_export_loads_in_transformers_without_peft(lora_run, tmp_path, capsys):
+    out = tmp_path / "merged-export"
+    assert cli.main(["export", str(lora_run), "--format", "merged", "--dtype", "float32", "--out", str(out)]) == 0
+    check = json.loads((out / "export_check.json").read_text())
+    assert check["loader"] == "transformers without peft"
+    assert check["same_greedy_answer_as_base_plus_adapter"] is True
+    assert check["parity_within_tolerance"] is True
+    assert "export check (transformers without peft): passed" in capsys.readouterr().out
+
+
+def test_peft_export_is_what_vllm_accepts(lora_run, tmp_path):
+    from lora_ft.export import vllm_problems
+
+    out = tmp_path / "peft"
+    assert cli.main(["export", str(lora_run), "--format", "peft", "--out", str(out)]) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["bias"] == "none"
+    assert not config.get("modules_to_save") and not config["use_dora"]
+    assert Path(config["base_model_name_or_path"]).is_dir()
+    assert (out / "adapter_model.safetensors").is_file() and not list(out.glob("*.bin"))
+    assert vllm_problems(out) == []
+    readme = (out / "README.md").read_text()
+    assert "--enable-lora" in readme and "--lora-modules" in readme and "--max-lora-rank 8" in readme
+    assert json.loads((out / "export_check.json").read_text())["passed"] is True
+
+
+def test_vllm_check_names_unsupported_settings(lora_run, tmp_path):
+    from lora_ft.export import vllm_problems
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(open_run(lora_run).adapter_dir, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(use_dora=True, modules_to_save=["lm_head"], bias="all", r=1024)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    text = " ".join(p.render() for p in vllm_problems(adapter))
+    for expected in ("DoRA", "modules_to_save", "bias", "rank 1024"):
+        assert expected in text
+
+
+def test_generation_stops_at_end_of_turn_after_a_short_overfit(tmp_path):
+    from lora_ft import inference
+
+    model_dir = tmp_path / "model"  # a tiny model with larger initial weights, so LoRA alone can memorise an answer
+    model_dir.mkdir()
+    build_llama(model_dir, len(build_tokenizer(model_dir)), layers=2, init_range=0.5)
+    answer = "Consideration is value exchanged."
+    rows = [{"instruction": "What is consideration?", "input": "", "output": answer}] * 8
+    run_dir = _train(tmp_path, model_dir, "overfit", ["train.max_steps=60", "train.learning_rate=0.01",
+                                                      "train.lr_scheduler=constant", "lora.r=8", "lora.alpha=16"],
+                     rows=rows)
+    run = open_run(run_dir)
+    model = inference.load_tuned(run, say=lambda _: None)
+    tokenizer = inference.load_tokenizer(run)
+    text, stopped = inference.generate(model, tokenizer, run, [{"role": "user", "content": "What is consideration?"}],
+                                       max_new_tokens=60)
+    assert stopped, f"generation ran to max_new_tokens: {text!r}"
+    assert text == answer
+
+
+def test_eval_reports_base_and_tuned(lora_run, tmp_path, capsys):
+    assert cli.main(["eval", str(lora_run), "--samples", "1", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    manifest = json.loads((lora_run / "manifest.json").read_text())
+    assert report["tuned_loss"] < report["base_loss"]
+    assert report["tuned_loss"] == pytest.approx(manifest["metrics"]["eval_loss_after"], rel=1e-3)
+    assert len(report["answers"]) == 1 and report["answers"][0]["reference"]
+    assert "| base |" in (tmp_path / "eval" / "report.md").read_text()
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_generate_from_a_prompts_file(lora_run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is a tort?\nDefine estoppel.\n")
+    assert cli.main(["generate", str(lora_run), "--prompts", str(prompts), "--max-new-tokens", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["prompt"] for line in lines] == ["What is a tort?", "Define estoppel."]
+
+
+def test_bad_inputs_give_clear_errors_and_write_nothing(lora_run, tmp_path, capsys):
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    assert cli.main(["merge", str(not_a_run)]) == 2
+    assert "is not a finished lora-ft run" in capsys.readouterr().err
+
+    moved = tmp_path / "moved-run"
+    shutil.copytree(lora_run, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["base_model"]["path"] = str(tmp_path / "gone-model")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert cli.main(["export", str(moved), "--format", "peft", "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "the run's base model is missing" in err and "--base" in err
+    assert not (tmp_path / "o1").exists()
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("user data")
+    assert cli.main(["merge", str(lora_run), "--out", str(occupied)]) == 2
+    assert (occupied / "keep.txt").read_text() == "user data"
+
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert cli.main(["merge", str(lora_run), "--out", str(locked / "m")]) == 2
+        assert "cannot write" in capsys.readouterr().err
