@@ -8,6 +8,7 @@
       metrics.jsonl            every logged training / eval record
       checkpoints/             intermediate trainer checkpoints (when train.save_steps is set)
       tensorboard/, wandb/     tracker files, when those trackers are on
+      eval/, merged/, export-*/  written later by `lora-ft eval`, `merge` and `export`
 """
 
 from __future__ import annotations
