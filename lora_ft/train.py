@@ -112,7 +112,7 @@ class ProgressBar(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.started:  # evaluations before training are reported by the caller
             self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
         elif "loss" in logs and not self.live:
             elapsed = time.perf_counter() - self.started
