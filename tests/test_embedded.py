@@ -27,6 +27,11 @@ def test_embedded_model_is_converted_once_and_cached():
     messages = []
     assert embedded.ensure_embedded_model(say=messages.append) == first
     assert messages == [], "a cached model is not fetched or converted again"
+    # the tokenizer splits digits one by one, as the GGUF's "smollm" pre-tokenizer and the upstream model do
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    assert tokenizer.tokenize("2024") == ["2", "0", "2", "4"]
 
 
 def test_legal_config_trains_in_nf4_on_the_cpu(tmp_path, capsys):

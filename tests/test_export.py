@@ -193,3 +193,19 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(lora_run, tmp_path, caps
         locked.mkdir(mode=0o500)
         assert cli.main(["merge", str(lora_run), "--out", str(locked / "m")]) == 2
         assert "cannot write" in capsys.readouterr().err
+
+
+def test_gguf_export_writes_files_modelfile_and_check(lora_run, tmp_path):
+    from gguf import GGUFReader
+
+    out = tmp_path / "gguf"
+    assert cli.main(["export", str(lora_run), "--format", "gguf", "--out", str(out)]) == 0
+    assert {p.name for p in out.glob("*.gguf")} == {"model-f16.gguf", "model-q8_0.gguf"}
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    reader = GGUFReader(str(out / "model-f16.gguf"))
+    assert "tokenizer.chat_template" in reader.fields
+    check = json.loads((out / "export_check.json").read_text())
+    assert check["passed"] is True and check["files"] == ["model-f16.gguf", "model-q8_0.gguf"]
+    assert json.loads((out / "parity.json").read_text())["within_tolerance"] is True
+    assert not (out / "merged-hf").exists(), "the intermediate merged model is not left behind"

@@ -1,0 +1,434 @@
+"""GGUF export: tensors, metadata and tokenizer survive the trip to GGUF, and llama.cpp / Ollama can use the files.
+
+The round-trip tests read the files back with the ``gguf`` package and with transformers; the llama.cpp tests run
+only where ``llama-cpp-python`` is installed (it builds from source, so it is an optional extra).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lora_ft import gguf_export
+from lora_ft.errors import UserError
+from lora_ft.gguf_export import SUPPORTED_TYPES, export_gguf, ollama_template, unpermute_qk, write_modelfile
+
+from .conftest import CHATML
+
+# llama.cpp names of one Llama block's tensors -> Hugging Face names, written out independently of the exporter.
+LLAMA_BLOCK = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+LLAMA_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+REAL_LOAD = gguf_export._load
+TOKEN_IDS = [1, 5, 40, 77, 120, 250, 399, 2, 3, 7]
+SMOLLM_TEMPLATE = (  # SmolLM2-Instruct's template: ChatML with a default system message
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_llama, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gguf")
+    paths = export_gguf(tiny_llama, out, types=("f16", "q8_0"), say=quiet)
+    return {p.name.removeprefix("model-").removesuffix(".gguf"): p for p in paths}
+
+
+def hf_tensors(model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def llama_hf_name(gguf_name: str) -> str:
+    stem, _, suffix = gguf_name.rpartition(".")
+    parts = stem.split(".")
+    if parts[0] == "blk":
+        return f"model.layers.{parts[1]}.{LLAMA_BLOCK[parts[2]]}.{suffix}"
+    return f"{LLAMA_TOP[stem]}.{suffix}"
+
+
+def read_tensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """Every tensor in a GGUF file, dequantized to float32 in Hugging Face (row-major) shape, with its type name."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    return {t.name: (t.tensor_type.name, dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32))
+            for t in GGUFReader(path).tensors}
+
+
+def metadata(path: Path) -> dict[str, object]:
+    from gguf import GGUFReader
+
+    return {key: field.contents() for key, field in GGUFReader(path).fields.items() if not key.startswith("GGUF.")}
+
+
+def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Round trip through the gguf reader
+
+
+def test_f16_tensors_round_trip(exported, tiny_llama):
+    config = json.loads((tiny_llama / "config.json").read_text())
+    want = hf_tensors(tiny_llama)
+    got = read_tensors(exported["f16"])
+    assert "output.weight" not in got, "tied embeddings are not written twice"
+    assert {llama_hf_name(name) for name in got} == set(want)
+    for name, (kind, data) in got.items():
+        if name.startswith("blk.") and name.split(".")[2] in ("attn_q", "attn_k"):
+            heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
+            data = unpermute_qk(data, heads)
+        reference = want[llama_hf_name(name)]
+        if reference.ndim == 1:
+            assert kind == "F32", f"{name} (1-D) stays float32"
+            np.testing.assert_array_equal(data, reference, err_msg=name)
+        else:
+            assert kind == "F16", name
+            np.testing.assert_array_equal(data, reference.astype(np.float16).astype(np.float32), err_msg=name)
+
+
+def test_q8_0_tensors_round_trip_within_half_a_quantization_step(exported, tiny_llama):
+    """Q8_0 stores blocks of 32 values as int8 times one f16 scale (block max / 127): each value is within half a
+    step of the original, plus the rounding of the scale to f16; we allow 0.6 steps."""
+    config = json.loads((tiny_llama / "config.json").read_text())
+    want = hf_tensors(tiny_llama)
+    for name, (kind, data) in read_tensors(exported["q8_0"]).items():
+        if name.startswith("blk.") and name.split(".")[2] in ("attn_q", "attn_k"):
+            heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
+            data = unpermute_qk(data, heads)
+        reference = want[llama_hf_name(name)]
+        if reference.ndim == 1 or name.endswith("_norm.weight"):
+            assert kind == "F32", name
+            np.testing.assert_array_equal(data, reference, err_msg=name)
+            continue
+        assert kind == "Q8_0", name
+        blocks = reference.reshape(-1, 32)
+        step = np.abs(blocks).max(axis=1, keepdims=True) / 127
+        error = np.abs(data.reshape(-1, 32) - blocks)
+        assert (error <= 0.6 * step + 1e-7).all(), f"{name}: max error {error.max():.2e}"
+
+
+def test_bf16_and_f32_exports(tiny_llama, tmp_path):
+    """The two extra types: f32 is exact, bf16 keeps 8 significant bits (relative error at most 2**-8)."""
+    config = json.loads((tiny_llama / "config.json").read_text())
+    paths = export_gguf(tiny_llama, tmp_path, types=["BF16", "f32", "bf16"], say=quiet)
+    assert [p.name for p in paths] == ["model-bf16.gguf", "model-f32.gguf"]
+    want = hf_tensors(tiny_llama)
+    for path, rtol in zip(paths, (2.0**-8, 0.0), strict=True):
+        for name, (_, data) in read_tensors(path).items():
+            if ".attn_q." in name or ".attn_k." in name:
+                heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
+                data = unpermute_qk(data, heads)
+            np.testing.assert_allclose(data, want[llama_hf_name(name)], rtol=rtol, atol=0, err_msg=name)
+    assert [metadata(p)["general.file_type"] for p in paths] == [32, 0]
+
+
+def test_metadata_describes_the_model_and_its_tokenizer(exported, tiny_llama, chat_tokenizer):
+    config = json.loads((tiny_llama / "config.json").read_text())
+    meta = metadata(exported["f16"])
+    assert meta["general.architecture"] == "llama"
+    assert meta["general.file_type"] == 1
+    assert meta["llama.block_count"] == config["num_hidden_layers"] == 3
+    assert meta["llama.embedding_length"] == config["hidden_size"]
+    assert meta["llama.feed_forward_length"] == config["intermediate_size"]
+    assert meta["llama.context_length"] == config["max_position_embeddings"]
+    assert meta["llama.attention.head_count"] == config["num_attention_heads"]
+    assert meta["llama.attention.head_count_kv"] == config["num_key_value_heads"]
+    assert meta["llama.rope.freq_base"] == pytest.approx(config["rope_parameters"]["rope_theta"])
+    assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(config["rms_norm_eps"])
+    assert meta["llama.vocab_size"] == config["vocab_size"] == len(chat_tokenizer)
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert len(tokens) == config["vocab_size"] and len(meta["tokenizer.ggml.token_type"]) == len(tokens)
+    assert tokens[2] == "<|im_end|>" and meta["tokenizer.ggml.token_type"][2] == 3  # CONTROL
+    assert meta["tokenizer.ggml.eos_token_id"] == chat_tokenizer.eos_token_id == 2
+    assert meta["tokenizer.ggml.bos_token_id"] == chat_tokenizer.bos_token_id
+    assert meta["tokenizer.ggml.add_bos_token"] is False  # the tokenizer adds no BOS; nor may llama.cpp
+    assert meta["tokenizer.chat_template"] == chat_tokenizer.chat_template == CHATML
+    assert len(meta["tokenizer.ggml.merges"]) > 0
+    assert metadata(exported["q8_0"])["general.file_type"] == 7
+    umask = os.umask(0)
+    os.umask(umask)
+    # Ordinary permissions, not a temporary file's 0600: Ollama's server may run as another user.
+    assert exported["f16"].stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. transformers reads the files back into the same model
+
+
+@pytest.mark.parametrize(("kind", "tolerance"), [("f16", 2e-3), ("q8_0", 3e-2)])
+def test_transformers_loads_the_gguf_with_the_same_logits(exported, tiny_llama, kind, tolerance):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = exported[kind]
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = model(torch.tensor([TOKEN_IDS])).logits[0].numpy()
+    np.testing.assert_allclose(got, hf_logits(tiny_llama, TOKEN_IDS), atol=tolerance, rtol=0)
+
+
+def test_gpt2_exports_with_transposed_conv1d_weights(tiny_gpt2, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",), say=quiet)
+    meta = metadata(path)
+    assert meta["general.architecture"] == "gpt2" and meta["gpt2.context_length"] == 512
+    tensors = read_tensors(path)
+    assert tensors["blk.0.attn_qkv.weight"][1].shape == (96, 32)  # HF Conv1D stores (in, out)
+    assert tensors["position_embd.weight"][0] == "F32"
+    # transformers maps GGUF context_length to GPT-2's n_ctx, not n_positions, so say it here.
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32,
+                                                 n_positions=512).eval()
+    with torch.no_grad():
+        got = model(torch.tensor([TOKEN_IDS])).logits[0].numpy()
+    np.testing.assert_allclose(got, hf_logits(tiny_gpt2, TOKEN_IDS), atol=2e-3, rtol=0)
+
+
+def test_permutation_is_inverted_exactly():
+    weights = np.arange(8 * 6 * 3, dtype=np.float32).reshape(8 * 6, 3)
+    np.testing.assert_array_equal(unpermute_qk(gguf_export.permute_qk(weights, 6), 6), weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. The Ollama Modelfile
+
+
+def test_modelfile_for_a_chatml_model(tmp_path):
+    gguf_path = tmp_path / "model-q8_0.gguf"
+    path = write_modelfile(gguf_path, tmp_path, CHATML, ["<|im_end|>", "<|endoftext|>"],
+                           system_prompt="You are a careful legal assistant.")
+    assert path == tmp_path / "Modelfile"
+    text = path.read_text()
+    lines = text.splitlines()
+    assert "FROM ./model-q8_0.gguf" in lines
+    assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|endoftext|>"' in lines
+    assert 'SYSTEM """You are a careful legal assistant."""' in lines
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == ollama_template(CHATML)
+    assert "{{ .System }}" in template and "{{- range .Messages }}" in template
+    assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n" in template
+    assert template.endswith("<|im_start|>assistant\n")
+    assert template.count("{{") == template.count("}}")
+    assert "{{ else }}" not in template, "this template adds no default system message"
+
+
+def test_modelfile_keeps_a_default_system_message_and_absolute_paths(tmp_path):
+    elsewhere = tmp_path / "models" / "model-q8_0.gguf"
+    text = write_modelfile(elsewhere, tmp_path / "ollama", SMOLLM_TEMPLATE, ["<|im_end|>"]).read_text()
+    assert f"FROM {elsewhere.resolve()}" in text.splitlines()
+    assert ("{{ else }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n{{ end }}") in text
+    assert "SYSTEM" not in text
+
+
+def test_modelfile_for_another_template_leaves_it_to_ollama(tmp_path):
+    llama3 = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
+    text = write_modelfile(tmp_path / "model-q8_0.gguf", tmp_path, llama3, ["<|eot_id|>"]).read_text()
+    assert "TEMPLATE" not in text.replace("No TEMPLATE", "")
+    assert 'PARAMETER stop "<|eot_id|>"' in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. Bad inputs
+
+
+def test_unsupported_architecture_is_a_user_error(tmp_path):
+    from transformers import MistralConfig
+
+    MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=100).save_pretrained(tmp_path / "mistral")
+    with pytest.raises(UserError) as info:
+        export_gguf(tmp_path / "mistral", tmp_path / "out", say=quiet)
+    assert "mistral" in info.value.title.lower()
+    assert "LlamaForCausalLM" in info.value.fix and "convert_hf_to_gguf" in info.value.fix
+
+
+def test_unknown_type_is_a_user_error(tiny_llama, tmp_path):
+    with pytest.raises(UserError) as info:
+        export_gguf(tiny_llama, tmp_path, types=("q4_k_m",), say=quiet)
+    assert "q4_k_m" in info.value.title
+    assert all(kind in info.value.fix for kind in SUPPORTED_TYPES)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unwritable_out_dir_is_a_user_error(tiny_llama, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError) as info:
+        export_gguf(tiny_llama, blocker / "gguf", say=quiet)
+    assert "cannot write" in info.value.title
+
+
+def test_missing_weights_and_foreign_tokenizers_are_user_errors(tiny_llama, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama, model_dir)
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": False}
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="byte-level BPE"):
+        export_gguf(model_dir, tmp_path / "out", say=quiet)
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="safetensors"):
+        export_gguf(model_dir, tmp_path / "out", say=quiet)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_config_that_disagrees_with_the_weights_is_a_user_error(tiny_llama, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["num_key_value_heads"] = 1  # the weights have 2
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"k_proj.* num_key_value_heads=1"):
+        export_gguf(model_dir, tmp_path / "out", say=quiet)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def fail_after(count: int, error: BaseException):
+    """A stand-in for the exporter's tensor loader that fails once ``count`` tensors have been loaded."""
+    load, calls = REAL_LOAD, []
+
+    def load_then_fail(tensor):
+        calls.append(tensor.name)
+        if len(calls) > count:
+            raise error
+        return load(tensor)
+
+    return load_then_fail
+
+
+def test_a_failed_export_leaves_no_partial_file(tiny_llama, tmp_path, monkeypatch):
+    """A failure mid-file (a full disk, Ctrl-C) removes the temporary file; files finished before it stay."""
+    monkeypatch.setattr(gguf_export, "_load", fail_after(4, OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space left"):
+        export_gguf(tiny_llama, tmp_path, types=("f16",), say=quiet)
+    assert list(tmp_path.iterdir()) == []
+
+    tensors_per_file = 29  # 3 blocks of 9, the embedding and the final norm
+    monkeypatch.setattr(gguf_export, "_load", fail_after(tensors_per_file + 10, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny_llama, tmp_path, types=("f32", "q8_0"), say=quiet)
+    assert [p.name for p in tmp_path.iterdir()] == ["model-f32.gguf"]
+    assert len(read_tensors(tmp_path / "model-f32.gguf")) == tensors_per_file
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. llama.cpp loads the files (when llama-cpp-python is installed)
+
+
+@contextmanager
+def load_llama_cpp(path: Path, **kwargs) -> Iterator[Any]:
+    """The GGUF file loaded in llama.cpp (one thread: these models are tiny, and spinning threads slow down a
+    busy machine by orders of magnitude)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, seed=0, verbose=False,
+                          **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def test_llama_cpp_tokenizes_and_computes_like_transformers(exported, tiny_llama, chat_tokenizer):
+    text = "<|im_start|>user\nWhat is a contract? 12345 tenants' rent!<|im_end|>\n"
+    ids = chat_tokenizer(text, add_special_tokens=False)["input_ids"]
+    with load_llama_cpp(exported["f16"], logits_all=True) as llm:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        assert llm.detokenize(ids, special=True).decode() == text
+        llm.eval(TOKEN_IDS)
+        got = np.asarray(llm.scores[: len(TOKEN_IDS)])
+    np.testing.assert_allclose(got, hf_logits(tiny_llama, TOKEN_IDS), atol=5e-3, rtol=0)
+
+
+def test_llama_cpp_generates_from_the_q8_0_file(exported):
+    with load_llama_cpp(exported["q8_0"]) as llm:
+        result = llm("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", max_tokens=5, temperature=0.0)
+    assert result["usage"]["completion_tokens"] >= 1
+
+
+def test_llama_cpp_runs_the_gpt2_export(tiny_gpt2, tmp_path):
+    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",), say=quiet)
+    with load_llama_cpp(path, logits_all=True) as llm:
+        llm.eval(TOKEN_IDS)
+        got = np.asarray(llm.scores[: len(TOKEN_IDS)])
+    np.testing.assert_allclose(got, hf_logits(tiny_gpt2, TOKEN_IDS), atol=5e-3, rtol=0)
+
+
+def with_pre_tokenizer(model_dir: Path, target: Path, style: str) -> Path:
+    """A copy of ``model_dir`` whose tokenizer splits text the SmolLM way (digits one by one) or the Llama 3 way."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    shutil.copytree(model_dir, target)
+    tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
+    if style == "smollm":
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(gguf_export._LLAMA3_REGEX), behavior="isolated", invert=False),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.save(str(target / "tokenizer.json"))
+    return target
+
+
+@pytest.mark.parametrize(("style", "pre"), [("smollm", "smollm"), ("llama3", "llama-bpe")])
+def test_llama_cpp_splits_text_like_each_supported_pre_tokenizer(tiny_llama, tmp_path, style, pre):
+    from transformers import AutoTokenizer
+
+    model_dir = with_pre_tokenizer(tiny_llama, tmp_path / "model", style)
+    (path,) = export_gguf(model_dir, tmp_path / "out", types=("f16",), say=quiet)
+    assert metadata(path)["tokenizer.ggml.pre"] == pre
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Each of gpt-2, smollm and llama-bpe splits this text differently with this vocabulary (checked by hand).
+    text = ("Rent: 12345 USD,\n\n   due   2024-01-01!! It's   the tenant's  (3.5%) share\t\tof 1,000,000. "
+            "hello world 0123456789 THE TENANT'S")
+    with load_llama_cpp(path) as llm:
+        assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.embedded
+def test_the_embedded_model_answers_in_llama_cpp(tmp_path):
+    """The real SmolLM2-135M-Instruct, exported to q8_0: llama.cpp tokenizes like transformers and answers."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from lora_ft.embedded import ensure_embedded_model
+
+    model_dir = ensure_embedded_model(say=quiet)
+    (path,) = export_gguf(model_dir, tmp_path, types=("q8_0",), say=quiet)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = "Section 12(b): the tenant's 3,500 USD deposit — refundable within 30 days.\n\n  Indemnify?"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is a contract?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    with load_llama_cpp(path) as llm:
+        assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+        answer = llm(prompt, max_tokens=48, temperature=0.0, stop=["<|im_end|>"])["choices"][0]["text"]
+    assert "contract" in answer.lower() and "agreement" in answer.lower()
