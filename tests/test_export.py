@@ -209,3 +209,12 @@ def test_gguf_export_writes_files_modelfile_and_check(lora_run, tmp_path):
     assert check["passed"] is True and check["files"] == ["model-f16.gguf", "model-q8_0.gguf"]
     assert json.loads((out / "parity.json").read_text())["within_tolerance"] is True
     assert not (out / "merged-hf").exists(), "the intermediate merged model is not left behind"
+
+
+def test_chat_streams_answers_and_handles_commands(lora_run, monkeypatch, capsys):
+    typed = iter(["/system Be brief.", "What is a tort?", "/reset", "Define estoppel.", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert cli.main(["chat", str(lora_run), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2
+    assert "(system message set; conversation cleared)" in out and "(conversation cleared)" in out
