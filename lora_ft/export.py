@@ -10,14 +10,13 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from safetensors import safe_open
 
 from lora_ft.errors import Problem, UserError
-from lora_ft.files import write_text_atomic
+from lora_ft.files import staged_directory, write_text_atomic
 from lora_ft.finished_run import FinishedRun, locate_base
 
 FORMATS = ("peft", "merged", "gguf")
@@ -101,24 +100,6 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0][inputs["i
 """
 
 
-def _staging(out_dir: Path) -> Path:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty; lora-ft does not write over it",
-                        fix="choose a new --out directory, or remove the old one")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    except OSError as exc:
-        raise UserError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}",
-                        fix="choose a writable --out directory") from exc
-
-
-def _commit(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        out_dir.rmdir()  # empty, checked in _staging
-    staging.rename(out_dir)
-
-
 def _write_check(directory: Path, check: dict, say) -> dict:
     write_text_atomic(directory / CHECK_FILE, json.dumps(check, indent=2) + "\n")
     status = "passed" if check["passed"] else "FAILED"
@@ -139,8 +120,7 @@ def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None, say=pr
                         fix="retrain with the listed settings, or export --format merged")
     base_path = locate_base(run, base, say)
     base_for_serving = run.upstream if run.upstream and not Path(base_path).is_dir() else base_path
-    staging = _staging(out_dir)
-    try:
+    with staged_directory(out_dir) as staging:
         for item in run.adapter_dir.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
@@ -159,10 +139,6 @@ def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None, say=pr
                  "answer": answer, "stopped_at_end_of_turn": stopped, "passed": True,
                  "vllm_max_lora_rank": vllm_rank_flag(run.lora_rank), "checked_at": time.time()}
         _write_check(staging, check, say)
-        _commit(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return check
 
 
@@ -220,8 +196,7 @@ def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f
     from lora_ft import gguf_export
     from lora_ft.merge import merge_run
 
-    staging = _staging(out_dir)
-    try:
+    with staged_directory(out_dir) as staging:
         merged_dir = staging / "merged-hf"
         report = merge_run(run, merged_dir, dtype="float32", base=base, say=say)
         files = gguf_export.export_gguf(merged_dir, staging, types=types, say=say)
@@ -235,10 +210,6 @@ def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f
         check = check_gguf(smallest, run, report.answers[0]["prompt"], report.answers[0]["reference"], say)
         check["files"] = [p.name for p in files]
         _write_check(staging, check, say)
-        _commit(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return check
 
 

@@ -15,13 +15,11 @@ update away. For a QLoRA run there are two honest choices:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lora_ft.errors import UserError
-from lora_ft.files import write_text_atomic
+from lora_ft.files import check_output_dir_free, staged_directory, write_text_atomic
 from lora_ft.finished_run import FinishedRun, locate_base
 
 PARITY_PROMPTS = [
@@ -107,19 +105,6 @@ def compare_outputs(reference: list[dict], candidate: list[dict]) -> dict:
             "greedy_answers_match": same, "answers": answers}
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} already exists and is not empty; lora-ft does not write over it",
-                        fix="choose a new --out directory, or remove the old one")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir.parent, prefix=".probe-", delete=True)
-        probe.close()
-    except OSError as exc:
-        raise UserError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}",
-                        fix="choose a writable --out directory") from exc
-
-
 def save_tokenizer_and_generation_config(model, tokenizer, stop_ids: list[int], directory: Path) -> None:
     from transformers import GenerationConfig
 
@@ -149,7 +134,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
         raise UserError("--into dequantized is for QLoRA (nf4) runs; this run trained on full weights",
                         fix="leave out --into")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_output_dir_free(out_dir)  # before the slow part
     base_path = locate_base(run, base, say)
     base_config = json.loads((Path(base_path) / "config.json").read_text()) if Path(base_path).is_dir() else {}
     dtype = dtype or base_config.get("dtype") or base_config.get("torch_dtype") or "bfloat16"
@@ -190,8 +175,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
 
     say(f"merging the adapter into {merged_into}, saving in {dtype} ...")
     merged = tuned.merge_and_unload().to(getattr(torch, dtype)).eval()
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
+    with staged_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True, max_shard_size="2GB")
         save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging)
         say("checking parity (logits and greedy answers) ...")
@@ -211,12 +195,6 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
         report = ParityReport(merged_dtype=dtype, merged_into=merged_into, reference=reference_name,
                               prompts=len(PARITY_PROMPTS), tolerance=tolerance, within_tolerance=within, **numbers)
         write_text_atomic(staging / PARITY_FILE, json.dumps(asdict(report), indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # exists and is empty (checked above)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for line in report.lines():
         say(line)
     return report
