@@ -141,7 +141,7 @@ def cmd_merge(args) -> int:
     out = Path(args.out) if args.out else run.run_dir / "merged"
     report = merge_run(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
     _say(f"merged model: {out}")
-    return EXIT_OK if report.within_tolerance else EXIT_FAILURE
+    return EXIT_FAILURE if report.within_tolerance is False else EXIT_OK
 
 
 def cmd_export(args) -> int:

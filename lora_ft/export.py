@@ -185,7 +185,8 @@ def export_merged(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, 
              "same_greedy_answer_as_base_plus_adapter": got["answer"] == reference,
              "stopped_at_end_of_turn": got["stopped_at_end_of_turn"],
              "passed": "error" not in got and got["answer"] == reference,
-             "parity_within_tolerance": report.within_tolerance, "checked_at": time.time()}
+             "parity_within_tolerance": report.within_tolerance, "parity_mean_kl": report.mean_kl,
+             "checked_at": time.time()}
     if "error" in got:
         check["note"] = got["error"]
     return _write_check(out_dir, check, say)

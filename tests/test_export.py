@@ -75,6 +75,8 @@ def test_qlora_merge_into_original_and_dequantized_weights(qlora_run, tmp_path):
     assert original.merged_into == "original 16-bit weights"
     assert dequantized.merged_into == "dequantized NF4 weights"
     assert "NF4 base + adapter" in original.reference
+    assert original.within_tolerance is None and "no fixed bound" in original.tolerance  # reported, not judged
+    assert dequantized.within_tolerance is True
     # merging into the weights the adapter was trained against reproduces the trained model more closely
     assert dequantized.mean_kl <= original.mean_kl
     assert dequantized.max_abs_logit_diff < 1e-3
