@@ -30,6 +30,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _cuda_supports_bf16() -> bool:
+    import torch
+
+    if not torch.cuda.is_available():  # deciding for a GPU machine from one without: assume a current GPU
+        return True
+    return torch.cuda.is_bf16_supported()
+
+
 def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     """Decide device, quantization, dtype, checkpointing, optimizer and names; say the decisions worth saying."""
     cfg = loaded.config.model_copy(deep=True)
@@ -51,9 +59,7 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         raise UserError("int8 quantization needs a CUDA GPU", fix="use model.quantization: nf4 or none")
     if model.dtype == "auto":
         if device == "cuda":
-            import torch
-
-            model.dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            model.dtype = "bfloat16" if _cuda_supports_bf16() else "float16"
         else:
             model.dtype = "float32"
     elif device == "cpu" and model.dtype == "bfloat16":

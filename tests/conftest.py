@@ -144,3 +144,15 @@ def legal_data(tmp_path) -> Path:
     write_jsonl(data_dir / "train.jsonl", legal_rows(12))
     write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
     return data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skip them, saying why, on machines without it (CI has none)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

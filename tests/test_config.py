@@ -204,3 +204,14 @@ def test_settings_resolve_by_device(tmp_path):
     forced = load_config(_write(tmp_path, MINIMAL), ["train.device=cuda"])
     with pytest.raises(UserError, match="no CUDA GPU"):
         resolve(forced, has_cuda=False)
+
+
+def test_settings_resolve_for_a_cuda_machine_without_one(tmp_path):
+    from lora_ft.settings import resolve
+
+    resolved = resolve(load_config(_write(tmp_path, MINIMAL)), has_cuda=True)
+    cfg = resolved.config
+    assert resolved.device == "cuda"
+    assert (cfg.model.quantization, cfg.model.dtype) == ("nf4", "bfloat16")
+    assert cfg.model.gradient_checkpointing is True and cfg.train.optimizer == "paged_adamw_8bit"
+    assert not any("CPU" in note for note in resolved.notes)
