@@ -12,6 +12,7 @@ EPILOG = """examples:
   lora-ft train configs/legal_domain.yaml
   lora-ft train configs/legal_domain.yaml --set train.max_steps=20 --set model.quantization=nf4
   lora-ft validate configs/legal_domain.yaml
+  lora-ft data configs/legal_domain.yaml --samples 2 --json data-report.json
   lora-ft eval runs/legal-domain
   lora-ft chat runs/legal-domain
   lora-ft export runs/legal-domain --format gguf
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config and print it with every default filled in",
                               description="Check a config without loading anything heavy; exit 2 on any fault.")
     _add_config_args(validate)
+    data = sub.add_parser("data", help="report what the data becomes before training: rows, faults, token "
+                          "lengths, truncation, duplicates, leakage",
+                          description="Read the data and the tokenizer (no model weights) and report, per dataset, "
+                          "rows read, kept and dropped (with file:line), token-length statistics and a histogram, "
+                          "what data.max_seq_length and data.overlength do, exact duplicates, eval rows also in "
+                          "train, and samples rendered with the chat template, trained tokens marked. Exit 2 when "
+                          "`lora-ft train` would stop on this data.")
+    _add_config_args(data)
+    data.add_argument("--samples", type=int, default=1, metavar="N",
+                      help="training samples to show rendered, trained tokens marked (default 1)")
+    data.add_argument("--json", metavar="FILE", help="also write the whole report as JSON (for CI)")
+    data.add_argument("--plot", metavar="FILE.png",
+                      help="also write a PNG histogram of prompt and answer lengths (needs matplotlib)")
 
     merge = sub.add_parser("merge", help="merge a run's adapter into a full-precision copy of its base",
                            description="Merge the adapter into the base weights (never into 4-bit weights), save "
@@ -117,6 +131,34 @@ def cmd_validate(args) -> int:
     loaded = load_config(args.config, args.overrides)
     _say(dump_config(loaded.config).rstrip())
     _say(f"\nconfig OK: {args.config}")
+    return EXIT_OK
+
+
+def cmd_data(args) -> int:
+    import os
+    from pathlib import Path
+
+    from lora_ft import data_report
+    from lora_ft.config import load_config
+
+    if args.samples < 0:
+        raise UserError(f"--samples {args.samples} is negative", fix="give 0 or more samples to show")
+    if args.plot:
+        data_report.require_matplotlib()  # before the work, not after it
+    loaded = load_config(args.config, args.overrides)
+    _quiet()
+    report = data_report.build_report(loaded, samples=args.samples, say=_say)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    _say(data_report.render_text(report, color=color))
+    if args.json:
+        data_report.write_json(report, Path(args.json))
+        _say(f"\nJSON report: {args.json}")
+    if args.plot:
+        data_report.write_plot(report, Path(args.plot))
+        _say(f"length histogram: {args.plot}")
+    if not report.ok:
+        raise UserError(f"`lora-ft train` would stop on this data: {len(report.problems)} problem(s), listed "
+                        "under '== verdict' above", fix="fix them, then run `lora-ft data` again")
     return EXIT_OK
 
 
@@ -264,7 +306,7 @@ def _quiet() -> None:
     quiet_libraries()
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "merge": cmd_merge, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "data": cmd_data, "merge": cmd_merge, "export": cmd_export,
             "chat": cmd_chat, "generate": cmd_generate, "eval": cmd_eval}
 
 

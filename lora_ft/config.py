@@ -139,7 +139,17 @@ class DataSection(_Section):
         description="`answers`: loss on assistant turns / completions only, each with its end-of-turn token; "
         "`all`: loss on every token.",
     )
-    max_seq_length: int = Field(2048, ge=16, le=1_048_576, description="Samples are truncated to this many tokens.")
+    max_seq_length: int = Field(
+        2048, ge=16, le=1_048_576,
+        description="Longest sample in tokens; what happens to longer ones is set by `overlength`.",
+    )
+    overlength: Literal["truncate", "drop", "error"] = Field(
+        "truncate",
+        description="Samples longer than `max_seq_length`: `truncate` cuts them to that length (their end, "
+        "often the answer's last tokens, is not trained); `drop` leaves them out and names them; `error` stops "
+        "before training and names the first few (file and line). `lora-ft data CONFIG` shows how many there "
+        "are before you train.",
+    )
     max_dropped_fraction: float = Field(
         0.2, ge=0, le=1, description="Stop when more than this fraction of rows is unusable."
     )

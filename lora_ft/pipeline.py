@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import artifacts, data, settings, tokenization
+from lora_ft import artifacts, data, data_report, settings, tokenization
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
@@ -68,10 +68,8 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
 
     _section(say, "data")
     loaded_data = data.load_data(loaded)
-    for report in loaded_data.reports:
-        for line in report.summary_lines():
-            say(line)
-    say(f"eval data: {loaded_data.eval_source}")
+    for line in data_report.compact_lines(loaded_data):
+        say(line)
 
     _section(say, "model")
     source = model_lib.locate_base_model(loaded, say)
@@ -84,15 +82,17 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     say(f"chat template: {template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
 
     train_tokens = tokenization.tokenize_samples(loaded_data.train, renderer, cfg.data.max_seq_length,
-                                                 cfg.data.train_on)
+                                                 cfg.data.train_on, cfg.data.overlength)
     eval_tokens = tokenization.tokenize_samples(loaded_data.eval, renderer, cfg.data.max_seq_length,
-                                                cfg.data.train_on)
+                                                cfg.data.train_on, cfg.data.overlength)
     for name, toks in (("train", train_tokens), ("eval", eval_tokens)):
         if not toks.input_ids and name == "eval" and not loaded_data.eval:
             continue
+        dropped_long = f"{len(toks.over_length)} dropped as longer than {cfg.data.max_seq_length} tokens; " \
+            if cfg.data.overlength == "drop" else ""
         say(f"{name}: {len(toks.input_ids)} samples, {toks.tokens:,} tokens, {toks.trained_tokens:,} trained; "
             f"{toks.truncated} truncated at {cfg.data.max_seq_length} tokens (losing {toks.truncated_trained_tokens}"
-            f" trained tokens); {len(toks.dropped_no_label)} left with no trained token")
+            f" trained tokens); {dropped_long}{len(toks.dropped_no_label)} left with no trained token")
     if not train_tokens.input_ids:
         raise UserError("no training sample has a trained token left",
                         fix="raise data.max_seq_length, or check that the samples have answers")

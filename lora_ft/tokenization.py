@@ -5,16 +5,22 @@ its content through its end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``, EOS.
 other character is context. The rendered text is tokenized once and a token carries a label when it starts inside
 a trained span. So the model learns each answer and the token that ends it -- the token that makes generation
 stop -- and never learns to write the user's turns or the template's markup.
+
+A sample longer than ``data.max_seq_length`` is truncated, dropped or refused, as ``data.overlength`` says.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lora_ft.data import Sample
-from lora_ft.errors import UserError
+from lora_ft.errors import Problem, UserError
 
 IGNORE = -100
+Overlength = Literal["truncate", "drop", "error"]
+OVERLENGTH_SHOWN = 5  # over-length locations named in the error
 
 
 @dataclass
@@ -25,6 +31,7 @@ class TokenizedSet:
     truncated: int = 0
     truncated_trained_tokens: int = 0
     dropped_no_label: list[str] = field(default_factory=list)
+    over_length: list[str] = field(default_factory=list)  # longer than max_length: truncated or dropped, by policy
 
     @property
     def tokens(self) -> int:
@@ -84,40 +91,98 @@ class ChatRenderer:
         return ids[-1] if len(ids) == 1 else None
 
 
-def tokenize_samples(
-    samples: list[Sample], renderer: ChatRenderer, max_length: int, train_on: str
-) -> TokenizedSet:
-    """Tokenize samples; truncate to ``max_length``; drop samples that keep no trained token."""
+def encode_conversation(
+    messages: list[dict[str, str]], renderer: ChatRenderer, train_on: str
+) -> tuple[str, list[int], list[int], list[tuple[int, int]]]:
+    """Render and tokenize a conversation: ``(text, input_ids, labels, character offsets of each token)``."""
+    text, spans = renderer.trained_spans(messages)
+    encoded = renderer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    if train_on == "all":
+        labels = list(ids)
+    else:
+        labels = [
+            token if any(start <= begin < end for start, end in spans) else IGNORE
+            for token, (begin, _) in zip(ids, offsets)
+        ]
+    return text, ids, labels, offsets
+
+
+def encode_text(text: str, renderer: ChatRenderer) -> list[int]:
+    """Tokenize raw text for training: the tokenizer's special tokens, and EOS at the end so it learns to stop."""
     tokenizer = renderer.tokenizer
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def encode_sample(sample: Sample, renderer: ChatRenderer, train_on: str) -> tuple[list[int], list[int]]:
+    """A sample's full (untruncated) ``input_ids`` and ``labels``; untrained positions are labelled IGNORE."""
+    if sample.messages is not None:
+        _, ids, labels, _ = encode_conversation(sample.messages, renderer, train_on)
+        return ids, labels
+    ids = encode_text(sample.text or "", renderer)
+    return ids, list(ids)
+
+
+def fit_to_length(
+    encoded: Iterable[tuple[str, list[int], list[int]]], max_length: int, overlength: Overlength = "truncate"
+) -> TokenizedSet:
+    """Apply the over-length policy to ``(location, input_ids, labels)`` triples; drop samples with no label.
+
+    ``truncate`` cuts a long sample to ``max_length`` tokens, ``drop`` leaves it out, ``error`` raises a
+    :class:`UserError` naming the first few once every sample has been seen. Every over-length sample's
+    location is kept in ``over_length`` whatever the policy.
+    """
     out = TokenizedSet()
-    for sample in samples:
-        if sample.messages is not None:
-            text, spans = renderer.trained_spans(sample.messages)
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = encoded["input_ids"]
-            if train_on == "all":
-                labels = list(ids)
-            else:
-                labels = [
-                    token if any(start <= begin < end for start, end in spans) else IGNORE
-                    for token, (begin, _) in zip(ids, encoded["offset_mapping"])
-                ]
-        else:
-            ids = tokenizer(sample.text, add_special_tokens=True)["input_ids"]
-            if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-                ids = ids + [tokenizer.eos_token_id]
-            labels = list(ids)
+    longest = 0
+    for location, ids, labels in encoded:
         if len(ids) > max_length:
+            out.over_length.append(location)
+            longest = max(longest, len(ids))
+            if overlength == "drop":
+                continue
             out.truncated += 1
             out.truncated_trained_tokens += sum(1 for t in labels[max_length:] if t != IGNORE)
             ids, labels = ids[:max_length], labels[:max_length]
         if all(t == IGNORE for t in labels):
-            out.dropped_no_label.append(sample.location)
+            out.dropped_no_label.append(location)
             continue
         out.input_ids.append(ids)
         out.labels.append(labels)
-        out.locations.append(sample.location)
+        out.locations.append(location)
+    if overlength == "error" and out.over_length:
+        raise overlength_error(out.over_length, max_length, longest)
     return out
+
+
+def overlength_error(locations: list[str], max_length: int, longest: int, count: int | None = None) -> UserError:
+    """The error for ``data.overlength: error``: how many samples are too long, and where the first few are.
+
+    ``count`` is the number of over-length samples when ``locations`` lists only some of them.
+    """
+    count = len(locations) if count is None else count
+    shown = [Problem(f"longer than {max_length} tokens", where) for where in locations[:OVERLENGTH_SHOWN]]
+    if count > OVERLENGTH_SHOWN:
+        shown.append(Problem(f"... and {count - OVERLENGTH_SHOWN} more"))
+    return UserError(
+        f"{count} sample(s) are longer than data.max_seq_length = {max_length} tokens "
+        f"(the longest has {longest}) and data.overlength is 'error'",
+        shown,
+        fix=f"raise data.max_seq_length (to {longest} to keep them whole, if the model's context allows), shorten "
+        "or remove these rows, or set data.overlength to truncate (cut them) or drop (leave them out)",
+    )
+
+
+def tokenize_samples(
+    samples: list[Sample], renderer: ChatRenderer, max_length: int, train_on: str,
+    overlength: Overlength = "truncate",
+) -> TokenizedSet:
+    """Tokenize samples; apply the over-length policy at ``max_length``; drop samples that keep no trained token."""
+    encoded = ((s.location, *encode_sample(s, renderer, train_on)) for s in samples)
+    return fit_to_length(encoded, max_length, overlength)
 
 
 def check_end_of_turn_trained(renderer: ChatRenderer, train_on: str) -> None:

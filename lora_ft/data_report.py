@@ -1,0 +1,613 @@
+"""The data report: what the data will become, before anything trains (``lora-ft data CONFIG``).
+
+It reads the data exactly as ``lora-ft train`` does (:func:`lora_ft.data.load_data`) and tokenizes it with the run's
+tokenizer and chat template (:mod:`lora_ft.tokenization`), but never loads model weights, so it takes seconds. It
+says, per dataset, what was read, kept and dropped and where; per split, token-length statistics and a histogram,
+what ``data.max_seq_length`` and ``data.overlength`` do to the long samples and which samples keep no trained
+token; which rows are exact duplicates and which eval rows also appear in train; and shows samples rendered with
+the chat template, trained tokens marked. The report is a dataclass, rendered as text, JSON or a PNG plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
+import json
+import math
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_ft import data, tokenization
+from lora_ft.config import DataSection, LoadedConfig
+from lora_ft.data import DatasetReport, LoadedData, Sample
+from lora_ft.errors import UserError
+from lora_ft.files import write_text_atomic
+from lora_ft.tokenization import IGNORE, ChatRenderer
+
+MAX_LISTED = 20  # locations (or duplicate groups) kept per list in the report and its JSON
+SHOWN = 3  # locations printed per line in the text form
+GROUPS_SHOWN = 3  # duplicate groups / leaks printed in the text form
+HISTOGRAM_BUCKETS = 12
+BAR_WIDTH = 40
+
+GREEN, RED, DIM, RESET = "\x1b[1;32m", "\x1b[1;31m", "\x1b[2m", "\x1b[0m"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class LengthStats:
+    """Summary statistics of a list of token counts (percentiles interpolated linearly, as numpy does)."""
+
+    min: int = 0
+    median: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: int = 0
+    mean: float = 0.0
+
+    @classmethod
+    def of(cls, values: Sequence[int]) -> LengthStats:
+        if not values:
+            return cls()
+        ordered = sorted(values)
+        return cls(min=ordered[0], median=_percentile(ordered, 0.5), p90=_percentile(ordered, 0.9),
+                   p99=_percentile(ordered, 0.99), max=ordered[-1], mean=round(sum(ordered) / len(ordered), 1))
+
+
+def _percentile(ordered: Sequence[int], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 1)
+
+
+@dataclass
+class Bucket:
+    """Samples whose total length is ``first`` to ``last`` tokens (both included)."""
+
+    first: int
+    last: int
+    count: int
+
+
+@dataclass
+class SplitReport:
+    """Token lengths of one split (train or eval) and what the length limit does to it."""
+
+    name: str
+    samples: int  # samples read into this split
+    prompt: LengthStats  # tokens that are not trained (the prompt and the template's markup)
+    answer: LengthStats  # trained tokens (answers and their end-of-turn token)
+    total: LengthStats
+    histogram: list[Bucket]
+    over_length: int  # samples longer than max_seq_length
+    over_length_locations: list[str]  # the first MAX_LISTED of them
+    trained_tokens_past_limit: int  # trained tokens after max_seq_length: what truncation loses
+    trained_tokens_in_over_length: int  # every trained token of the over-length samples: what dropping loses
+    no_trained_token: int  # samples left without a trained token (after truncation): left out
+    no_trained_token_locations: list[str]
+    kept: int  # samples that train, after the over-length policy
+    tokens: int  # their tokens
+    trained_tokens: int  # their trained tokens
+    prompt_lengths: list[int] = field(default_factory=list, repr=False)  # per sample; for the plot, not the JSON
+    answer_lengths: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class DuplicateGroup:
+    count: int
+    locations: list[str]  # the first SHOWN... MAX_LISTED copies
+
+
+@dataclass
+class Duplicates:
+    """Exact duplicates within one split: same conversation or text after Unicode and whitespace normalization."""
+
+    split: str
+    groups: int  # distinct rows that occur more than once
+    extra_copies: int  # rows that repeat an earlier one
+    first_groups: list[DuplicateGroup]
+
+
+@dataclass
+class Leak:
+    eval_location: str
+    train_location: str
+
+
+@dataclass
+class Leakage:
+    """Eval samples that also appear in train: their eval loss measures memory, not generalisation."""
+
+    count: int
+    first: list[Leak]
+
+
+@dataclass
+class RenderedSample:
+    """One sample as the model sees it: the chat-template text and the character spans that are trained."""
+
+    location: str
+    text: str
+    trained: list[tuple[int, int]]  # (start, end) character spans, after the over-length policy
+    tokens: int
+    trained_tokens: int
+    cut_at: int | None = None  # character where truncation cuts, when the sample is longer than the limit
+    note: str = ""
+
+
+@dataclass
+class DataReport:
+    """Everything ``lora-ft data`` says about a config's data."""
+
+    config: str
+    tokenizer: str
+    pad_token: str
+    chat_template: str
+    end_of_turn: str
+    max_seq_length: int
+    overlength: str
+    train_on: str
+    datasets: list[DatasetReport]
+    eval_source: str
+    splits: list[SplitReport]
+    duplicates: list[Duplicates]
+    leakage: Leakage
+    samples: list[RenderedSample]
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what would stop `lora-ft train`
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def split(self, name: str) -> SplitReport | None:
+        return next((s for s in self.splits if s.name == name), None)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (per-sample length lists left out), for JSON."""
+        out = dataclasses.asdict(self)
+        for split in out["splits"]:
+            del split["prompt_lengths"], split["answer_lengths"]
+        for dataset in out["datasets"]:
+            dataset["dropped_count"] = sum(len(v) for v in dataset["dropped"].values())
+        for sample, rendered in zip(self.samples, out["samples"]):
+            rendered["marked"] = marked_text(sample, self.max_seq_length)
+        out["ok"] = self.ok
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building it
+
+
+def _key(sample: Sample) -> str:
+    """A digest of a sample's content after NFKC normalization and whitespace collapsing (case is kept)."""
+
+    def norm(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split())
+
+    if sample.messages is not None:
+        content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}" for m in sample.messages)
+    else:
+        content = "text\x1f" + norm(sample.text or "")
+    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def find_duplicates(samples: list[Sample], split: str) -> Duplicates:
+    """Groups of samples with the same normalized content, largest first."""
+    groups: dict[str, list[str]] = {}
+    for sample in samples:
+        groups.setdefault(_key(sample), []).append(sample.location)
+    repeated = sorted((locs for locs in groups.values() if len(locs) > 1), key=lambda locs: -len(locs))
+    return Duplicates(
+        split=split,
+        groups=len(repeated),
+        extra_copies=sum(len(locs) - 1 for locs in repeated),
+        first_groups=[DuplicateGroup(len(locs), locs[:MAX_LISTED]) for locs in repeated[:MAX_LISTED]],
+    )
+
+
+def find_leakage(train: list[Sample], evaluation: list[Sample]) -> Leakage:
+    """Eval samples whose normalized content also occurs in train."""
+    first_in_train: dict[str, str] = {}
+    for sample in train:
+        first_in_train.setdefault(_key(sample), sample.location)
+    leaks = [Leak(s.location, first_in_train[k]) for s in evaluation if (k := _key(s)) in first_in_train]
+    return Leakage(count=len(leaks), first=leaks[:MAX_LISTED])
+
+
+def histogram(values: Sequence[int], buckets: int = HISTOGRAM_BUCKETS) -> list[Bucket]:
+    """At most ``buckets`` equal-width buckets of a round width (1, 2, 2.5, 4, 5 x 10^k, or a power of two)."""
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    widths = sorted({int(m * 10**k) for k in range(9) for m in (1, 2, 2.5, 4, 5)} | {2**k for k in range(31)})
+    width = next(w for w in widths if (high - 1) // w - (low - 1) // w + 1 <= buckets)
+    start = (low - 1) // width
+    counts = [0] * ((high - 1) // width - start + 1)
+    for value in values:
+        counts[(value - 1) // width - start] += 1
+    return [Bucket((start + i) * width + 1, (start + i + 1) * width, c) for i, c in enumerate(counts)]
+
+
+def analyse_split(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection) -> SplitReport:
+    """Tokenize one split and measure it; apply the over-length policy as training would (``error`` as truncate)."""
+    limit = cfg.max_seq_length
+    encoded = [(s.location, *tokenization.encode_sample(s, renderer, cfg.train_on)) for s in samples]
+    totals = [len(ids) for _, ids, _ in encoded]
+    answers = [sum(1 for t in labels if t != IGNORE) for _, _, labels in encoded]
+    prompts = [total - answer for total, answer in zip(totals, answers)]
+    past_limit = sum(sum(1 for t in labels[limit:] if t != IGNORE) for _, _, labels in encoded)
+    in_over_length = sum(a for total, a in zip(totals, answers) if total > limit)
+    fitted = tokenization.fit_to_length(encoded, limit, "truncate" if cfg.overlength == "error" else cfg.overlength)
+    return SplitReport(
+        name=name,
+        samples=len(samples),
+        prompt=LengthStats.of(prompts),
+        answer=LengthStats.of(answers),
+        total=LengthStats.of(totals),
+        histogram=histogram(totals),
+        over_length=len(fitted.over_length),
+        over_length_locations=fitted.over_length[:MAX_LISTED],
+        trained_tokens_past_limit=past_limit,
+        trained_tokens_in_over_length=in_over_length,
+        no_trained_token=len(fitted.dropped_no_label),
+        no_trained_token_locations=fitted.dropped_no_label[:MAX_LISTED],
+        kept=len(fitted.input_ids),
+        tokens=fitted.tokens,
+        trained_tokens=fitted.trained_tokens,
+        prompt_lengths=prompts,
+        answer_lengths=answers,
+    )
+
+
+def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> RenderedSample:
+    """A sample's chat-template text with its trained character spans, as training would see it."""
+    limit = cfg.max_seq_length
+    if sample.messages is not None:
+        text, ids, labels, offsets = tokenization.encode_conversation(sample.messages, renderer, cfg.train_on)
+    else:  # raw text: every token is trained, special tokens included; show the tokens decoded one by one
+        ids = tokenization.encode_text(sample.text or "", renderer)
+        labels = list(ids)
+        pieces = [renderer.tokenizer.decode([t]) for t in ids]
+        ends = list(itertools.accumulate(len(p) for p in pieces))
+        offsets = [(end - len(p), end) for p, end in zip(pieces, ends)]
+        text = "".join(pieces)
+    cut_at, note = None, ""
+    if len(ids) > limit:
+        if cfg.overlength == "drop":
+            note = f"{len(ids)} tokens, longer than max_seq_length {limit}: left out (data.overlength: drop)"
+        else:
+            cut_at = offsets[limit][0]
+            labels = labels[:limit]
+            note = f"{len(ids)} tokens: cut at max_seq_length {limit}" + (
+                "; data.overlength is 'error', so training would stop" if cfg.overlength == "error" else "")
+    if not any(t != IGNORE for t in labels) and not (len(ids) > limit and cfg.overlength == "drop"):
+        note = (note + "; " if note else "") + "no trained token left: left out of training"
+    spans: list[tuple[int, int]] = []
+    previous_trained = False
+    for (begin, end), label in zip(offsets, labels):
+        trained = label != IGNORE
+        if trained and previous_trained:
+            spans[-1] = (spans[-1][0], end)
+        elif trained:
+            spans.append((begin, end))
+        previous_trained = trained
+    return RenderedSample(location=sample.location, text=text, trained=spans, tokens=len(ids),
+                          trained_tokens=sum(1 for t in labels if t != IGNORE), cut_at=cut_at, note=note)
+
+
+def _lenient(loaded: LoadedConfig) -> LoadedConfig:
+    """The same config with no limit on dropped rows, so the report can show data that training would refuse."""
+    config = loaded.config.model_copy(deep=True)
+    config.data.max_dropped_fraction = 1.0
+    return LoadedConfig(config, loaded.path, loaded.overrides)
+
+
+def _error_text(exc: UserError) -> str:
+    return exc.render().removeprefix("error: ")
+
+
+def build_report(loaded: LoadedConfig, samples: int = 1, say: Callable[[str], None] = print) -> DataReport:
+    """Read the data and the tokenizer (no model weights) and report what the data becomes for training.
+
+    Faults that would stop ``lora-ft train`` (too many unusable rows, over-length samples under
+    ``overlength: error``, no trainable sample, a template that never trains its end-of-turn token) are listed in
+    ``problems`` instead of raised, so the whole report is still seen. A dataset with no usable row at all, an
+    unknown format or an unreadable file still raises :class:`UserError`, as in training.
+    """
+    from lora_ft import model as model_lib
+    from lora_ft.templates import choose_chat_template
+
+    cfg = loaded.config
+    problems: list[str] = []
+    loaded_data = data.load_data(_lenient(loaded))
+    try:
+        data.check_drops(loaded_data.reports, cfg.data.max_dropped_fraction)
+    except UserError as exc:
+        problems.append(_error_text(exc))
+
+    source = model_lib.locate_base_model(loaded, say)
+    tokenizer = model_lib.load_tokenizer(source, cfg.model)
+    pad_note = model_lib.choose_pad_token(tokenizer)
+    template, origin = choose_chat_template(cfg.model.chat_template, tokenizer.chat_template, loaded.resolve_path)
+    renderer = ChatRenderer(tokenizer, template)
+    try:
+        tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)
+    except UserError as exc:
+        problems.append(_error_text(exc))
+
+    splits = [analyse_split("train", loaded_data.train, renderer, cfg.data)]
+    if loaded_data.eval:
+        splits.append(analyse_split("eval", loaded_data.eval, renderer, cfg.data))
+    report = DataReport(
+        config=str(loaded.path) if loaded.path else "<config>",
+        tokenizer=source.display_name,
+        pad_token=pad_note,
+        chat_template=origin,
+        end_of_turn=renderer.end_of_turn,
+        max_seq_length=cfg.data.max_seq_length,
+        overlength=cfg.data.overlength,
+        train_on=cfg.data.train_on,
+        datasets=loaded_data.reports,
+        eval_source=loaded_data.eval_source,
+        splits=splits,
+        duplicates=[find_duplicates(loaded_data.train, "train")]
+        + ([find_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
+        leakage=find_leakage(loaded_data.train, loaded_data.eval),
+        samples=[render_sample(s, renderer, cfg.data) for s in loaded_data.train[:samples]],
+        problems=problems,
+    )
+    _judge(report)
+    return report
+
+
+def _judge(report: DataReport) -> None:
+    """Add the warnings, and the problems that depend on the token counts."""
+    limit = report.max_seq_length
+    for split in report.splits:
+        if split.over_length and report.overlength == "error":
+            error = tokenization.overlength_error(split.over_length_locations, limit, split.total.max,
+                                                  count=split.over_length)
+            report.problems.append(f"{split.name}: {_error_text(error)}")
+        elif split.over_length and report.overlength == "drop":
+            report.warnings.append(f"{split.over_length} {split.name} sample(s) longer than max_seq_length {limit} "
+                                   f"are left out, with their {split.trained_tokens_in_over_length:,} trained tokens")
+        elif split.over_length:
+            report.warnings.append(f"{split.over_length} {split.name} sample(s) are cut at max_seq_length {limit}, "
+                                   f"losing {split.trained_tokens_past_limit:,} trained tokens")
+        if split.no_trained_token:
+            report.warnings.append(f"{split.no_trained_token} {split.name} sample(s) have no trained token left "
+                                   "and are left out")
+    train = report.split("train")
+    if train is not None and train.kept == 0:
+        report.problems.append("no training sample has a trained token left\n  fix: raise data.max_seq_length, or "
+                               "check that the samples have answers")
+    for dup in report.duplicates:
+        if dup.extra_copies:
+            weight = "training" if dup.split == "train" else "the eval loss"
+            report.warnings.append(f"{dup.extra_copies} {dup.split} row(s) repeat another row exactly "
+                                   f"({dup.groups} group(s)): they weigh more in {weight} than the others")
+    if report.leakage.count:
+        report.warnings.append(f"{report.leakage.count} eval row(s) also appear in train: the eval loss is "
+                               "optimistic; remove them from one of the two")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def _listed(locations: Sequence[str], total: int, shown: int = SHOWN) -> str:
+    more = total - min(shown, len(locations))
+    return ", ".join(locations[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def duplicate_lines(report_duplicates: list[Duplicates], leakage: Leakage, *, groups: int = GROUPS_SHOWN) -> list[str]:
+    """Duplicates and train/eval leakage, with the first few locations."""
+    lines = []
+    for dup in report_duplicates:
+        if not dup.extra_copies:
+            lines.append(f"{dup.split}: no exact duplicates")
+            continue
+        lines.append(f"{dup.split}: {dup.extra_copies} row(s) repeat another row exactly ({dup.groups} group(s))")
+        for group in dup.first_groups[:groups]:
+            lines.append(f"  {group.count} copies: {_listed(group.locations, group.count)}")
+        if dup.groups > groups:
+            lines.append(f"  ... and {dup.groups - groups} more group(s)")
+    if leakage.count:
+        shown = ", ".join(f"{leak.eval_location} = {leak.train_location}" for leak in leakage.first[:groups])
+        more = f" and {leakage.count - groups} more" if leakage.count > groups else ""
+        lines.append(f"eval rows also in train (leakage): {leakage.count} [{shown}{more}]")
+    else:
+        lines.append("eval rows also in train (leakage): none")
+    return lines
+
+
+def compact_lines(loaded_data: LoadedData) -> list[str]:
+    """The short form printed at the start of ``lora-ft train``: datasets, eval split, duplicates, leakage."""
+    lines = [line for report in loaded_data.reports for line in report.summary_lines()]
+    lines.append(f"eval data: {loaded_data.eval_source}")
+    duplicates = find_duplicates(loaded_data.train, "train")
+    leakage = find_leakage(loaded_data.train, loaded_data.eval)
+    if duplicates.extra_copies or leakage.count:
+        lines += duplicate_lines([duplicates], leakage, groups=1)
+    return lines
+
+
+OVERLENGTH_EFFECT = {"truncate": "are truncated", "drop": "are left out", "error": "stop training"}
+
+
+def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str = "truncate") -> list[str]:
+    """Text bars, one per bucket, with ``max_seq_length`` marked."""
+    if not buckets:
+        return []
+    peak = max(b.count for b in buckets) or 1
+    labels = [f"{b.first:,}-{b.last:,}" for b in buckets]
+    label_width = max(len(label) for label in labels)
+    count_width = len(f"{peak:,}")
+    marker = f"{'':>{label_width}}   {'-' * 8} max_seq_length {max_seq_length:,}: longer samples " \
+             f"{OVERLENGTH_EFFECT[overlength]}"
+    lines = []
+    for bucket, label in zip(buckets, labels):
+        if bucket.first == max_seq_length + 1:
+            lines.append(marker)
+        bar = "█" * max(1 if bucket.count else 0, round(BAR_WIDTH * bucket.count / peak))
+        line = f"{label:>{label_width}} | {bucket.count:>{count_width},} {bar}".rstrip()
+        if bucket.first <= max_seq_length < bucket.last:
+            line += f"  <- max_seq_length {max_seq_length:,} is in this range"
+        lines.append(line)
+    if buckets[-1].last <= max_seq_length:
+        lines.append(f"(max_seq_length {max_seq_length:,} is above the longest sample)")
+    return lines
+
+
+def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
+    limit = report.max_seq_length
+    lines = [f"{'tokens':<28}{'min':>8}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}"]
+    for label, stats in (("prompt (not trained)", split.prompt), ("answer (trained)", split.answer),
+                         ("total", split.total)):
+        lines.append(f"{label:<28}{_num(stats.min):>8}{_num(stats.median):>9}{_num(stats.p90):>9}"
+                     f"{_num(stats.p99):>9}{_num(stats.max):>9}{_num(stats.mean):>9}")
+    lines.append("")
+    lines.append("samples by total length (tokens):")
+    lines += ["  " + line for line in histogram_lines(split.histogram, limit, report.overlength)]
+    lines.append("")
+    if not split.over_length:
+        lines.append(f"longer than max_seq_length {limit:,}: none")
+    else:
+        where = _listed(split.over_length_locations, split.over_length)
+        consequence = {
+            "truncate": f"truncated, losing {split.trained_tokens_past_limit:,} trained tokens",
+            "drop": f"left out (data.overlength: drop), with their {split.trained_tokens_in_over_length:,} trained "
+                    "tokens",
+            "error": f"training stops (data.overlength: error); truncating them would lose "
+                     f"{split.trained_tokens_past_limit:,} trained tokens",
+        }[report.overlength]
+        lines.append(f"longer than max_seq_length {limit:,}: {split.over_length} [{where}]: {consequence}")
+    if split.no_trained_token:
+        where = _listed(split.no_trained_token_locations, split.no_trained_token)
+        lines.append(f"left with no trained token: {split.no_trained_token} [{where}]: left out")
+    else:
+        lines.append("left with no trained token: none")
+    lines.append(f"becomes: {split.kept:,} samples, {split.tokens:,} tokens, {split.trained_tokens:,} trained")
+    return lines
+
+
+def marked_text(sample: RenderedSample, max_seq_length: int, color: bool = False) -> str:
+    """The sample's text with trained spans in ``[[ ]]`` (or green, with ``color``) and the truncation point."""
+    if color:
+        opening, closing = GREEN, RESET
+        cut = f"{RED}<<max_seq_length {max_seq_length}: the rest is cut>>{RESET}{DIM}"
+    else:
+        opening, closing = "[[", "]]"
+        cut = f"<<max_seq_length {max_seq_length}: the rest is cut>>"
+    events = [(start, 2, opening) for start, _ in sample.trained] + [(end, 0, closing) for _, end in sample.trained]
+    if sample.cut_at is not None:
+        events.append((sample.cut_at, 1, cut))
+    pieces, position = [], 0
+    for at, _, mark in sorted(events):
+        pieces += [sample.text[position:at], mark]
+        position = at
+    pieces.append(sample.text[position:])
+    if color and sample.cut_at is not None:
+        pieces.append(RESET)
+    return "".join(pieces)
+
+
+def render_text(report: DataReport, color: bool = False) -> str:
+    """The report as text for a terminal; ``color`` marks trained tokens with ANSI color instead of brackets."""
+    lines = [
+        f"data report for {report.config}",
+        f"tokenizer       {report.tokenizer}; {report.pad_token}",
+        f"chat template   {report.chat_template}; answers end with {report.end_of_turn!r}",
+        (f"settings        max_seq_length {report.max_seq_length:,}, overlength {report.overlength}, "
+         f"train_on {report.train_on}"),
+        "",
+        "== datasets",
+    ]
+    for dataset in report.datasets:
+        lines += dataset.summary_lines()
+    lines.append(f"eval data: {report.eval_source}")
+    for split in report.splits:
+        lines += ["", f"== {split.name}: {split.samples:,} samples (lengths before truncation)"]
+        lines += _split_lines(split, report)
+    lines += ["", "== duplicates and leakage", *duplicate_lines(report.duplicates, report.leakage)]
+    marking = "trained tokens in green" if color else "trained tokens in [[ ]]"
+    for index, sample in enumerate(report.samples, start=1):
+        heading = (f"== sample {index}: {sample.location} ({marking}; {sample.tokens} tokens, "
+                   f"{sample.trained_tokens} trained)")
+        lines += ["", heading]
+        if sample.note:
+            lines.append(f"({sample.note})")
+        lines.append(marked_text(sample, report.max_seq_length, color).rstrip("\n"))
+    lines += ["", "== verdict"]
+    if report.problems:
+        lines.append(f"`lora-ft train` would stop: {len(report.problems)} problem(s)")
+        lines += ["- " + problem.replace("\n", "\n  ") for problem in report.problems]
+    else:
+        train = report.split("train")
+        lines.append(f"ready to train: {train.kept:,} samples, {train.tokens:,} tokens, "
+                     f"{train.trained_tokens:,} trained per epoch" if train else "ready to train")
+    if report.warnings:
+        lines.append("warnings:")
+        lines += [f"- {warning}" for warning in report.warnings]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def write_json(report: DataReport, path: Path) -> None:
+    """Write the whole report as JSON (for CI)."""
+    _write(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        write_text_atomic(Path(path), text)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}", fix="choose a writable path") from exc
+
+
+def require_matplotlib() -> None:
+    """Raise a :class:`UserError` saying how to install matplotlib when it is missing (it is optional)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib, which is not installed",
+                        fix="pip install matplotlib, or leave out --plot (the text report has a histogram too)")
+
+
+def write_plot(report: DataReport, path: Path) -> None:
+    """A PNG with histograms of the training samples' prompt and answer lengths, and of their total length."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    train = report.split("train")
+    totals = [p + a for p, a in zip(train.prompt_lengths, train.answer_lengths)]
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.hist([train.prompt_lengths, train.answer_lengths], bins=30,
+              label=["prompt (not trained)", "answer (trained)"])
+    left.set(title="prompt and answer lengths (train)", xlabel="tokens per sample", ylabel="samples")
+    left.legend()
+    right.hist(totals, bins=30, color="gray")
+    right.axvline(report.max_seq_length, color="red", linestyle="--",
+                  label=f"max_seq_length {report.max_seq_length}")
+    right.set(title="total length (train)", xlabel="tokens per sample", ylabel="samples")
+    right.legend()
+    try:
+        figure.savefig(Path(path), dpi=100)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}", fix="choose a writable path") from exc
