@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--plot", metavar="FILE.png",
                       help="also write a PNG histogram of prompt and answer lengths (needs matplotlib)")
 
+    plan = sub.add_parser("plan", help="estimate peak memory and time per epoch before training",
+                          description="Estimate peak memory (weights, LoRA states, activations, logits) and time "
+                          "per epoch for the config on this machine or a named GPU size; say whether it fits and "
+                          "which settings would make it fit. Exit code 2 when it does not fit.")
+    _add_config_args(plan)
+    plan.add_argument("--gpu", metavar="GB", help="plan for a GPU of this size (24, 40, 48, 80, 141) instead of "
+                      "this machine")
+    plan.add_argument("--measure", action="store_true",
+                      help="also run a few real training steps here and compare the estimate with the measured peak")
+
     merge = sub.add_parser("merge", help="merge a run's adapter into a full-precision copy of its base",
                            description="Merge the adapter into the base weights (never into 4-bit weights), save "
                            "safetensors, tokenizer and generation config, and check parity with base + adapter.")
@@ -170,6 +180,25 @@ def cmd_train(args) -> int:
 
     pipeline.train(loaded, say=_say)
     return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from lora_ft import plan, settings
+    from lora_ft.config import load_config
+
+    loaded = load_config(args.config, args.overrides)
+    _quiet()
+    resolved = settings.resolve(loaded, has_cuda=True if args.gpu else None)
+    tokens, samples, longest, model_dir = plan.data_tokens(loaded, resolved.config, _say)
+    result = plan.make_plan(resolved.config, plan.read_shape(model_dir), tokens, samples, resolved.device, args.gpu,
+                            longest)
+    if args.measure:
+        if args.gpu:
+            raise UserError("--measure runs on this machine and cannot measure a named GPU", fix="drop --gpu")
+        _say("measuring a few real training steps ...")
+        result.measured_peak, result.measured_step_seconds = plan.measure(loaded, say=_say)
+    _say(result.render())
+    return EXIT_OK if result.fits else EXIT_USAGE
 
 
 def cmd_merge(args) -> int:
@@ -306,7 +335,7 @@ def _quiet() -> None:
     quiet_libraries()
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "data": cmd_data, "merge": cmd_merge, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "export": cmd_export,
             "chat": cmd_chat, "generate": cmd_generate, "eval": cmd_eval}
 
 

@@ -153,6 +153,12 @@ class DataSection(_Section):
     max_dropped_fraction: float = Field(
         0.2, ge=0, le=1, description="Stop when more than this fraction of rows is unusable."
     )
+    template_checks: bool = Field(
+        True,
+        description="Stop the run when a template check fails: an answer's end-of-turn token is not trained, "
+        "collated batches mask it as padding, or the template saved with the adapter differs from the one "
+        "trained. `false` reports the failures as warnings and trains anyway.",
+    )
 
 
 class TrainSection(_Section):

@@ -78,7 +78,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     template, template_origin = choose_chat_template(cfg.model.chat_template, tokenizer.chat_template,
                                                      loaded.resolve_path)
     renderer = tokenization.ChatRenderer(tokenizer, template)
-    tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)
+    template_check(say, cfg.data.template_checks, tokenization.check_end_of_turn_trained, renderer, cfg.data.train_on)
     say(f"chat template: {template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
 
     train_tokens = tokenization.tokenize_samples(loaded_data.train, renderer, cfg.data.max_seq_length,
@@ -96,6 +96,10 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     if not train_tokens.input_ids:
         raise UserError("no training sample has a trained token left",
                         fix="raise data.max_seq_length, or check that the samples have answers")
+    if renderer.end_of_turn_token_id() is not None:
+        template_check(say, cfg.data.template_checks, tokenization.check_collated_end_of_turn, train_tokens,
+                       renderer.end_of_turn_token_id(), tokenizer.pad_token_id,
+                       cfg.train.padding_free or cfg.train.packing)
 
     say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
     base = model_lib.load_base_model(source, cfg.model, resolved.device)
@@ -135,6 +139,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         trackers.finish()
 
     adapter_dir = artifacts.save_adapter(trainer.model, tokenizer, template, run_dir)
+    template_check(say, cfg.data.template_checks, tokenization.check_saved_template, adapter_dir, template)
     data_rows = [
         {"path": r.path, "format": r.format, "rows_read": r.rows_read, "kept": r.kept,
          "dropped": r.dropped_count, "drop_reasons": {k: len(v) for k, v in r.dropped.items()},
@@ -186,6 +191,17 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     _section(say, "summary")
     say(summary_table(outcome, run_dir, adapter_dir))
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
+
+
+def template_check(say, blocking: bool, check, *args) -> None:
+    """Run one template check: a failure stops the run, or with data.template_checks: false, is a warning."""
+    try:
+        check(*args)
+    except UserError as exc:
+        if blocking:
+            exc.fix = f"{exc.fix}; to train anyway, set data.template_checks: false" if exc.fix else exc.fix
+            raise
+        say(f"warning (data.template_checks is off): {exc.title}")
 
 
 def summary_table(outcome, run_dir: Path, adapter_dir: Path) -> str:

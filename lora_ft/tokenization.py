@@ -201,3 +201,42 @@ def check_end_of_turn_trained(renderer: ChatRenderer, train_on: str) -> None:
     if labels[closing] == IGNORE:
         raise UserError("the end-of-turn token of an answer is not trained by this template",
                         fix="use model.chat_template: chatml, llama3 or alpaca")
+
+
+def check_collated_end_of_turn(tokens: TokenizedSet, end_of_turn_id: int, pad_token_id: int,
+                               padding_free: bool, sample_count: int = 8) -> None:
+    """Collate a few samples as training will and check each answer's closing end-of-turn token keeps its label.
+
+    This is where a pad token equal to EOS would bite: a collator that masks padding by token id would also mask
+    every answer's end, and the model would never learn to stop.
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    chosen = [(ids, labels) for ids, labels in zip(tokens.input_ids, tokens.labels)
+              if end_of_turn_id in [t for t in labels if t != IGNORE]][:sample_count]
+    if not chosen:
+        return
+    collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=padding_free)
+    batch = collator([{"input_ids": ids, "labels": labels} for ids, labels in chosen])
+    collated = batch["labels"].tolist()
+    offset = 0
+    for row, (ids, labels) in enumerate(chosen):
+        last = max(i for i, t in enumerate(labels) if t == end_of_turn_id)
+        got = collated[0][offset + last] if padding_free else collated[row][last]
+        offset += len(ids)
+        if got != end_of_turn_id:
+            raise UserError(
+                "collated training batches mask the answers' end-of-turn token (as padding?), so the model would "
+                "never learn to stop",
+                fix="give the tokenizer a pad token distinct from its EOS token",
+            )
+
+
+def check_saved_template(directory, template: str) -> None:
+    """The tokenizer saved with the adapter must carry exactly the chat template used in training."""
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(directory).chat_template
+    if saved != template:
+        raise UserError(f"the chat template saved in {directory} differs from the one used in training",
+                        fix="report this as a bug; meanwhile copy the training template into chat_template.jinja")

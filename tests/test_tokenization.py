@@ -91,3 +91,25 @@ def test_template_without_end_of_turn_token_is_refused(chat_tokenizer):
     no_stop = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
     with pytest.raises(UserError, match="never learn to stop"):
         check_end_of_turn_trained(ChatRenderer(chat_tokenizer, no_stop), "answers")
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_collated_batches_keep_every_answers_end_of_turn_even_when_pad_is_eos(chat_tokenizer, padding_free):
+    from lora_ft.tokenization import check_collated_end_of_turn
+
+    renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    tokens = tokenize_samples([Sample("a:1", messages=CONVERSATION), Sample("a:2", messages=short)], renderer,
+                              1000, "answers")
+    eot = renderer.end_of_turn_token_id()
+    assert chat_tokenizer.pad_token_id == eot  # the tiny tokenizer pads with its EOS, the dangerous case
+    check_collated_end_of_turn(tokens, eot, pad_token_id=eot, padding_free=padding_free)
+
+
+def test_a_saved_template_that_differs_is_caught(chat_tokenizer, tmp_path):
+    from lora_ft.tokenization import check_saved_template
+
+    chat_tokenizer.save_pretrained(tmp_path)
+    check_saved_template(tmp_path, chat_tokenizer.chat_template)
+    with pytest.raises(UserError, match="differs from the one used in training"):
+        check_saved_template(tmp_path, read_chat_template("alpaca"))

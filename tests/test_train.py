@@ -187,3 +187,16 @@ def test_padding_free_batches_give_the_same_loss_as_padded_ones(tiny_llama, lega
         losses[padding_free] = (result.manifest["metrics"]["eval_loss_before"],
                                 result.manifest["metrics"]["train_loss"])
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
+def test_template_checks_block_unless_turned_off(tiny_llama, legal_data, tmp_path, capsys):
+    no_stop = tmp_path / "no_stop.jinja"
+    no_stop.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}")
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["train", str(config), "--set", f"model.chat_template={no_stop}"]) == 2
+    err = capsys.readouterr().err
+    assert "never learn to stop" in err and "data.template_checks: false" in err
+    assert not (tmp_path / "run").exists(), "a blocked run writes nothing"
+    assert cli.main(["train", str(config), "--set", f"model.chat_template={no_stop}",
+                     "--set", "data.template_checks=false", "--set", "train.max_steps=1"]) == 0
+    assert "warning (data.template_checks is off)" in capsys.readouterr().out

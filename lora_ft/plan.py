@@ -1,0 +1,327 @@
+"""Pre-flight estimate: peak memory and time per epoch of a run, before it starts.
+
+The estimate is arithmetic on the model's shape (read from its config.json, no weights loaded), the resolved
+settings and the data's token count:
+
+- weights at their stored size: NF4 about 0.52 byte per parameter (4 bits, plus absmax constants after double
+  quantization), int8 about 1 byte, otherwise the dtype's size; embeddings and a separate output head stay in the
+  compute dtype;
+- LoRA parameters with their gradients and optimizer state (AdamW: two fp32 moments; 8-bit AdamW: two bytes);
+- activations kept for the backward pass, per token and layer (all of them, or only each layer's input with
+  gradient checkpointing plus one layer recomputed);
+- the logits of a micro-batch, in fp32, with their log-softmax and gradient;
+- a fixed runtime overhead (the CUDA context, or the Python process and its libraries on a CPU).
+
+``--measure`` runs a few real steps and reports the estimate's error against the measured peak; its step time
+replaces the assumed throughput in the time estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_ft.config import RunConfig
+from lora_ft.errors import UserError
+
+GiB = 2**30
+NF4_BYTES = 0.5 + 4 / 64 / 4 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64 values, fp32 per 256 absmax
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+CUDA_OVERHEAD = 0.6 * GiB  # CUDA context and kernels
+CPU_OVERHEAD = 1.1 * GiB  # Python, torch, transformers and friends, resident
+# Dense 16-bit peak TFLOP/s by GPU name fragment, and the share of it LoRA training reaches in practice.
+GPU_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40": 181, "4090": 165, "A10": 125, "L4": 121,
+                   "V100": 125, "3090": 71, "T4": 65}
+ASSUMED_MFU = {"none": 0.35, "nf4": 0.25, "int8": 0.2}
+CPU_GFLOPS_PER_CORE = 25.0  # float32, measured order of magnitude on current x86 cores
+NAMED_GPUS = {"24": 24, "40": 40, "48": 48, "80": 80, "141": 141}
+
+
+@dataclass
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    max_positions: int
+    linear: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: name -> (in, out)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linear.values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def total_params(self) -> int:
+        return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden + self.hidden
+
+
+def shape_from_config(config: dict) -> ModelShape:
+    """The dimensions and linear layers of a Llama-style or GPT-2-style model, from its config.json."""
+    if "n_embd" in config:  # GPT-2 family
+        h = config["n_embd"]
+        i = config.get("n_inner") or 4 * h
+        linear = {"c_attn": (h, 3 * h), "attn.c_proj": (h, h), "c_fc": (h, i), "mlp.c_proj": (i, h)}
+        return ModelShape(h, i, config["n_layer"], config["n_head"], config["n_head"], config["vocab_size"],
+                          config.get("tie_word_embeddings", True), config.get("n_positions", 1024), linear)
+    try:
+        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+        heads = config["num_attention_heads"]
+    except KeyError as exc:
+        raise UserError(f"the model's config.json has no {exc.args[0]}; lora-ft plan understands Llama-style and "
+                        "GPT-2-style models", fix="use --measure, or plan with a supported model") from exc
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    kv = kv_heads * head_dim
+    linear = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (heads * head_dim, h),
+              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", False),
+                      config.get("max_position_embeddings", 4096), linear)
+
+
+@dataclass
+class Estimate:
+    """Peak memory in bytes by component, and time."""
+
+    weights: float
+    lora_states: float
+    activations: float
+    logits: float
+    overhead: float
+    lora_params: int
+    tokens_per_micro_batch: int
+    flops_per_token: float
+    seconds_per_epoch: float | None = None
+    throughput_note: str = ""
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.lora_states + self.activations + self.logits + self.overhead
+
+
+def lora_param_count(shape: ModelShape, cfg: RunConfig) -> int:
+    targets = cfg.lora.target_modules
+    chosen = [(i, o) for name, (i, o) in shape.linear.items()
+              if targets == "all-linear" or any(name.endswith(t) or name.split(".")[-1] == t for t in targets)]
+    layers = min(cfg.lora.top_n_layers or shape.layers, shape.layers)
+    return layers * sum(cfg.lora.r * (i + o) for i, o in chosen)
+
+
+def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_name: str = "cpu",
+             cpu_cores: int | None = None, longest_sample: int | None = None) -> Estimate:
+    """Estimate peak memory and time per epoch for the resolved config ``cfg`` (no ``auto`` left in it)."""
+    compute = DTYPE_BYTES[cfg.model.dtype]
+    quant = cfg.model.quantization
+    per_linear = {"nf4": NF4_BYTES, "int8": 1.06, "none": compute}[quant]
+    weights = shape.linear_params * per_linear + (shape.embedding_params + shape.layers * 3 * shape.hidden) * compute
+
+    lora = lora_param_count(shape, cfg)
+    param_bytes = compute if quant != "none" else 4  # adapters: compute dtype for QLoRA, fp32 otherwise
+    optimizer_bytes = 2 if "8bit" in cfg.train.optimizer else 8
+    lora_states = lora * (2 * param_bytes + optimizer_bytes)
+
+    # Worst case: a micro-batch of the longest samples (packing fills every row to max_seq_length)
+    length = cfg.data.max_seq_length if cfg.train.packing or not longest_sample else \
+        min(cfg.data.max_seq_length, longest_sample)
+    tokens = cfg.train.batch_size * length
+    h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
+    act = compute if cfg.model.dtype != "float32" else 4
+    full_layer = act * (10 * h + 4 * kv + 5 * i) + 4 * 2 * h  # kept tensors per token; norms in fp32
+    if cfg.model.gradient_checkpointing:
+        activations = tokens * (shape.layers * act * h + full_layer)
+    else:
+        activations = tokens * shape.layers * full_layer
+    logits = tokens * shape.vocab * (act + 3 * 4)  # logits, fp32 upcast, log-softmax, its gradient
+
+    body = shape.linear_params + shape.vocab * h  # matmul parameters a token passes through, head included
+    flops = 4 * body + 6 * lora + 4 * shape.layers * length / 2 * h * 3  # fwd + bwd, plus attention
+    if cfg.model.gradient_checkpointing:
+        flops += 2 * body
+    overhead = CUDA_OVERHEAD if device_name != "cpu" else CPU_OVERHEAD
+    result = Estimate(weights=weights, lora_states=lora_states, activations=activations, logits=logits,
+                      overhead=overhead, lora_params=lora, tokens_per_micro_batch=tokens, flops_per_token=flops)
+    if device_name == "cpu":
+        cores = cpu_cores or os.cpu_count() or 1
+        rate = CPU_GFLOPS_PER_CORE * 1e9 * cores
+        result.throughput_note = f"assumed {CPU_GFLOPS_PER_CORE:g} GFLOP/s per core x {cores} cores (float32)"
+    else:
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in device_name), None)
+        if peak is None:
+            result.throughput_note = f"no throughput figure for {device_name}: use --measure"
+            return result
+        rate = peak * 1e12 * ASSUMED_MFU[quant]
+        result.throughput_note = f"assumed {ASSUMED_MFU[quant]:.0%} of {device_name}'s {peak} TFLOP/s"
+    result.seconds_per_epoch = tokens_per_epoch * flops / rate
+    return result
+
+
+def suggestions(shape: ModelShape, cfg: RunConfig, tokens: int, device: str, budget: float,
+                longest_sample: int | None = None) -> list[str]:
+    """Settings that bring the estimate under ``budget`` bytes, each with its new estimate."""
+    out = []
+    tries = []
+    if cfg.model.quantization == "none" and device != "cpu":
+        tries.append(("model.quantization=nf4", {"model": {"quantization": "nf4"}}))
+    if not cfg.model.gradient_checkpointing:
+        tries.append(("model.gradient_checkpointing=true", {"model": {"gradient_checkpointing": True}}))
+    if cfg.train.batch_size > 1:
+        half = cfg.train.batch_size // 2
+        tries.append((f"train.batch_size={half} train.gradient_accumulation_steps="
+                      f"{cfg.train.gradient_accumulation_steps * 2} (same effective batch)",
+                      {"train": {"batch_size": half,
+                                 "gradient_accumulation_steps": cfg.train.gradient_accumulation_steps * 2}}))
+    if cfg.data.max_seq_length > 512:
+        tries.append((f"data.max_seq_length={cfg.data.max_seq_length // 2}",
+                      {"data": {"max_seq_length": cfg.data.max_seq_length // 2}}))
+    current = cfg
+    for label, change in tries:
+        updated = current.model_copy(deep=True)
+        for section, values in change.items():
+            part = getattr(updated, section)
+            for key, value in values.items():
+                setattr(part, key, value)
+        total = estimate(shape, updated, tokens, device, longest_sample=longest_sample).total
+        out.append(f"--set {label}: about {total / GiB:.1f} GiB")
+        current = updated
+        if total <= budget:
+            break
+    return out
+
+
+@dataclass
+class Plan:
+    estimate: Estimate
+    device: str
+    budget_bytes: float
+    budget_label: str
+    tokens_per_epoch: int
+    steps_per_epoch: int
+    fixes: list[str]
+    measured_peak: float | None = None
+    measured_step_seconds: float | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.budget_bytes
+
+    def render(self) -> str:
+        e = self.estimate
+        rows = [("weights", e.weights), ("LoRA weights, gradients, optimizer", e.lora_states),
+                ("activations", e.activations), ("logits", e.logits), ("runtime overhead", e.overhead)]
+        lines = [f"peak memory estimate ({self.device}; micro-batch {e.tokens_per_micro_batch:,} tokens at most):"]
+        lines += [f"  {name:<36} {value / GiB:7.2f} GiB" for name, value in rows]
+        lines.append(f"  {'total':<36} {e.total / GiB:7.2f} GiB   of {self.budget_label}")
+        lines.append(f"LoRA parameters: {e.lora_params:,}")
+        if self.measured_peak is not None:
+            error = (e.total - self.measured_peak) / self.measured_peak
+            lines.append(f"measured peak ({self.device}): {self.measured_peak / GiB:.2f} GiB; "
+                         f"estimate error {error:+.0%}")
+        if self.measured_step_seconds is not None:
+            seconds = self.measured_step_seconds * self.steps_per_epoch
+            lines.append(f"time per epoch: about {_duration(seconds)} ({self.steps_per_epoch} steps x "
+                         f"{self.measured_step_seconds:.1f} s measured)")
+        elif e.seconds_per_epoch is not None:
+            lines.append(f"time per epoch: about {_duration(e.seconds_per_epoch)} for {self.tokens_per_epoch:,} "
+                         f"tokens ({e.throughput_note}; --measure times real steps)")
+        else:
+            lines.append(f"time per epoch: {e.throughput_note}")
+        if self.fits:
+            lines.append(f"fits: yes ({(self.budget_bytes - e.total) / GiB:.1f} GiB to spare)")
+        else:
+            lines.append(f"fits: NO, about {(e.total - self.budget_bytes) / GiB:.1f} GiB over. Settings that fit:")
+            lines += [f"  {fix}" for fix in self.fixes] or ["  none found: use a smaller model or a larger GPU"]
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def device_budget(device: str, gpu: str | None) -> tuple[float, str, str]:
+    """(bytes available, label, device name) for a named GPU size, the detected GPU, or this machine's RAM."""
+    if gpu:
+        gb = NAMED_GPUS.get(gpu.rstrip("GgBb"))
+        if gb is None:
+            raise UserError(f"unknown --gpu {gpu}", fix=f"use one of {', '.join(NAMED_GPUS)} (GB)")
+        return gb * 1e9, f"a {gb} GB GPU", {80: "H100", 40: "A100", 24: "4090", 48: "L40", 141: "H200"}[gb]
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return props.total_memory, f"{props.name} ({props.total_memory / GiB:.0f} GiB)", props.name
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total, f"this machine's {total / GiB:.0f} GiB RAM", "cpu"
+
+
+def read_shape(model_dir: str) -> ModelShape:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"no config.json for the model at {model_dir}", fix="plan needs a local or embedded model")
+    return shape_from_config(json.loads(path.read_text()))
+
+
+def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
+              gpu: str | None = None, longest_sample: int | None = None) -> Plan:
+    budget, label, name = device_budget(device, gpu)
+    if gpu and resolved_cfg.train.device == "cpu":  # planning for a GPU from a CPU machine: decide as on the GPU
+        resolved_cfg = resolved_cfg.model_copy(deep=True)
+        resolved_cfg.model.dtype = "bfloat16" if resolved_cfg.model.dtype == "float32" else resolved_cfg.model.dtype
+    est = estimate(shape, resolved_cfg, tokens_per_epoch, name, longest_sample=longest_sample)
+    effective = resolved_cfg.train.batch_size * resolved_cfg.train.gradient_accumulation_steps
+    steps = max(1, -(-samples // effective))
+    fixes = [] if est.total <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
+                                                       longest_sample)
+    return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes)
+
+
+def data_tokens(loaded, resolved_cfg: RunConfig, say=print) -> tuple[int, int, int, str]:
+    """(tokens per epoch, samples, longest sample, base model directory), tokenizing the data as `train` does."""
+    from lora_ft import data, model, tokenization
+    from lora_ft.templates import choose_chat_template
+
+    loaded_data = data.load_data(loaded)
+    source = model.locate_base_model(loaded, say)
+    tokenizer = model.load_tokenizer(source, resolved_cfg.model)
+    model.choose_pad_token(tokenizer)
+    template, _ = choose_chat_template(resolved_cfg.model.chat_template, tokenizer.chat_template, loaded.resolve_path)
+    renderer = tokenization.ChatRenderer(tokenizer, template)
+    tokens = tokenization.tokenize_samples(loaded_data.train, renderer, resolved_cfg.data.max_seq_length,
+                                           resolved_cfg.data.train_on, "truncate")
+    longest = max((len(ids) for ids in tokens.input_ids), default=0)
+    return tokens.tokens, len(tokens.input_ids), longest, source.path
+
+
+def measure(loaded, steps: int = 4, say=print) -> tuple[float, float]:
+    """Run a few real training steps in a scratch directory: (peak memory bytes, seconds per optimizer step).
+
+    The first step is left out of the timing (warm-up).
+    """
+    import tempfile
+
+    from lora_ft import pipeline
+    from lora_ft.config import load_config
+
+    with tempfile.TemporaryDirectory(prefix="lora-ft-plan-") as scratch:
+        overrides = [*loaded.overrides, f"train.max_steps={steps}", "train.logging_steps=1",
+                     "train.eval_before_training=false", "data.eval=[]", "data.eval_fraction=0",
+                     "tracking.report_to=[none]", "train.save_steps=null", "train.early_stopping_patience=null",
+                     f"output_dir={scratch}/run"]
+        if loaded.config.train.lr_scheduler == "reduce_on_plateau":
+            overrides.append("train.lr_scheduler=constant")
+        probe = load_config(loaded.path, overrides)
+        result = pipeline.train(probe, say=lambda _: None)
+    times = [r["time"] for r in result.outcome.log if "loss" in r and "eval_loss" not in r]
+    per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else result.outcome.seconds / steps
+    return float(result.outcome.peak_memory_bytes), per_step
