@@ -473,13 +473,29 @@ def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str 
     return lines
 
 
-def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
-    limit = report.max_seq_length
-    lines = [f"{'tokens':<28}{'min':>8}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}"]
-    for label, stats in (("prompt (not trained)", split.prompt), ("answer (trained)", split.answer),
-                         ("total", split.total)):
+def stats_lines(prompt: LengthStats, answer: LengthStats, total: LengthStats, title: str = "tokens") -> list[str]:
+    """The token-length table: min, median, p90, p99, max and mean of prompts, answers and whole samples."""
+    lines = [f"{title:<28}{'min':>8}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}"]
+    for label, stats in (("prompt (not trained)", prompt), ("answer (trained)", answer), ("total", total)):
         lines.append(f"{label:<28}{_num(stats.min):>8}{_num(stats.median):>9}{_num(stats.p90):>9}"
                      f"{_num(stats.p99):>9}{_num(stats.max):>9}{_num(stats.mean):>9}")
+    return lines
+
+
+def tokenized_stats_lines(tokens: tokenization.TokenizedSet) -> list[str]:
+    """The length table of samples as they will be trained (after the over-length policy)."""
+    totals = [len(ids) for ids in tokens.input_ids]
+    answers = [sum(1 for t in labels if t != IGNORE) for labels in tokens.labels]
+    prompts = [t - a for t, a in zip(totals, answers)]
+    if not totals:
+        return []
+    return stats_lines(LengthStats.of(prompts), LengthStats.of(answers), LengthStats.of(totals),
+                       "train tokens, as trained")
+
+
+def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
+    limit = report.max_seq_length
+    lines = stats_lines(split.prompt, split.answer, split.total)
     lines.append("")
     lines.append("samples by total length (tokens):")
     lines += ["  " + line for line in histogram_lines(split.histogram, limit, report.overlength)]

@@ -93,6 +93,8 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         say(f"{name}: {len(toks.input_ids)} samples, {toks.tokens:,} tokens, {toks.trained_tokens:,} trained; "
             f"{toks.truncated} truncated at {cfg.data.max_seq_length} tokens (losing {toks.truncated_trained_tokens}"
             f" trained tokens); {dropped_long}{len(toks.dropped_no_label)} left with no trained token")
+    for line in data_report.tokenized_stats_lines(train_tokens):
+        say(line)
     if not train_tokens.input_ids:
         raise UserError("no training sample has a trained token left",
                         fix="raise data.max_seq_length, or check that the samples have answers")
