@@ -82,11 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "safetensors, tokenizer and generation config, and check parity with base + adapter.")
     _add_run_args(merge)
     merge.add_argument("--out", help="output directory (default: RUN_DIR/merged)")
-    merge.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                       help="dtype of the merged weights (default: the base model's)")
-    merge.add_argument("--into", choices=["original", "dequantized"], default="original",
-                       help="for QLoRA runs: merge into the original 16-bit base (default) or into the "
-                       "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
+    _add_merge_args(merge)
 
     export = sub.add_parser("export", help="export a run for serving: peft adapter, merged model or GGUF",
                             description="Export for vLLM (peft), transformers/vLLM/TGI (merged) or llama.cpp and "
@@ -94,17 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(export)
     export.add_argument("--format", required=True, choices=["peft", "merged", "gguf"])
     export.add_argument("--out", help="output directory (default: RUN_DIR/export-FORMAT)")
-    export.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="merged: weight dtype")
-    export.add_argument("--into", choices=["original", "dequantized"], default="original",
-                        help="merged, QLoRA runs: what to merge into")
+    _add_merge_args(export)
     export.add_argument("--gguf-types", default="f16,q8_0", help="gguf: comma-separated types (default f16,q8_0)")
 
     chat = sub.add_parser("chat", help="chat with a run's model (streaming)",
                           description="Interactive chat with base + adapter and the saved chat template. Commands: "
                           "/reset, /system TEXT, /exit.")
     _add_run_args(chat)
-    chat.add_argument("--temperature", type=float, default=0.7)
-    chat.add_argument("--max-new-tokens", type=int, default=512)
+    _add_sampling_args(chat, temperature=0.7, max_new_tokens=512)
 
     generate = sub.add_parser("generate", help="answer one prompt or a file of prompts",
                               description="Generate answers with base + adapter; prompts from --prompt or a file "
@@ -113,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt")
     source.add_argument("--prompts", metavar="FILE")
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--max-new-tokens", type=int, default=256)
+    _add_sampling_args(generate, temperature=0.0, max_new_tokens=256)
 
     evaluate = sub.add_parser("eval", help="held-out loss, perplexity and answers: base vs tuned",
                               description="Evaluate base and tuned model on the run's eval data (or --data FILE); "
@@ -124,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=3, help="answers to generate and show (default 3)")
     evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     return parser
+
+
+def _add_merge_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                        help="dtype of the merged weights (default: the base model's)")
+    parser.add_argument("--into", choices=["original", "dequantized"], default="original",
+                        help="for QLoRA runs: merge into the original 16-bit base (default) or into the "
+                        "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
+    parser.add_argument("--temperature", type=float, default=temperature,
+                        help=f"0 for greedy decoding (default {temperature:g})")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                        help=f"longest answer in tokens (default {max_new_tokens})")
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -358,14 +359,33 @@ def _section_model_at(path: KeyPath) -> type[BaseModel] | None:
     return model
 
 
+_UNION_TAG = re.compile(r"[\w-]+\[.*\]")
+
+
+def _key_path(loc: tuple, data: Any) -> KeyPath:
+    """A pydantic error location as the user's key path: union members add tags such as 'list[str]'; drop them."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and _UNION_TAG.fullmatch(part):
+            continue
+        else:
+            node = None
+        path.append(part)
+    return tuple(path)
+
+
 def _describe_validation_error(
-    exc: ValidationError, lines: dict[KeyPath, int], source: str, override_keys: dict[KeyPath, str]
+    exc: ValidationError, data: Any, lines: dict[KeyPath, int], source: str, override_keys: dict[KeyPath, str]
 ) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[KeyPath, Problem] = {}
     for err in exc.errors():
-        # Union members add tags such as 'list[str]' to the location; they are not keys.
-        loc: KeyPath = tuple(p for p in err["loc"] if isinstance(p, int) or "[" not in p)
+        loc = _key_path(err["loc"], data)
         key = _dotted(loc) or "(top level)"
         where = _where(loc, lines, source, override_keys)
         kind = err["type"]
@@ -464,7 +484,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems += _describe_validation_error(exc, lines, source, override_keys)
+        problems += _describe_validation_error(exc, data, lines, source, override_keys)
         raise UserError(f"{len(problems)} problem(s) in config {source}", problems) from None
     loaded = LoadedConfig(config, cfg_path, overrides)
     problems += check_consistency(loaded, lines, source, override_keys)

@@ -156,15 +156,16 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         outcome=outcome, trainable=trainable, total=total, end_of_turn=renderer.end_of_turn, run_dir=run_dir,
     )
     write_text_atomic(adapter_dir / "README.md", card)
+    packages = artifacts.package_versions()
     manifest = {
-        "lora_ft_version": artifacts.package_versions().get("lora-ft"),
+        "lora_ft_version": packages.get("lora-ft"),
         "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
                        "tokenizer_sha256": model_lib.model_files_digest(source.path)},
         "config_file": str(loaded.path) if loaded.path else None,
         "overrides": loaded.overrides,
         "git_commit": artifacts.git_commit(loaded.base_dir),
         "seed": cfg.train.seed,
-        "packages": artifacts.package_versions(),
+        "packages": packages,
         "hardware": artifacts.hardware(resolved.device),
         "data": data_rows,
         "chat_template": {"origin": template_origin, "end_of_turn": renderer.end_of_turn,
