@@ -142,7 +142,12 @@ def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, dat
     improvement = ""
     if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
         improvement = f" ({outcome.eval_loss_after - outcome.eval_loss_before:+.4f})"
-    hub_line = f"\nUpstream model: `{upstream}`." if upstream else ""
+    hub_line = (f"\nUpstream model: `{upstream}`. This copy was dequantized from a Q4_1 GGUF, so its weights differ "
+                f"slightly from the upstream release: serve the adapter on the same copy." if upstream else "")
+    extras = [f"top {lora.top_n_layers} layers" if lora.top_n_layers else "", "DoRA" if lora.use_dora else "",
+              "rsLoRA" if lora.use_rslora else ""]
+    lora_line = (f"r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, targets: {targets}"
+                 + "".join(f", {e}" for e in extras if e))
     return f"""---
 library_name: peft
 base_model: {upstream or base_name}
@@ -151,8 +156,9 @@ tags: [lora, lora-ft, {'qlora, ' if cfg.model.quantization == 'nf4' else ''}sft]
 
 # LoRA adapter for {base_name}
 
-Trained with [lora-ft](https://github.com/lora-ft/lora-ft) from `{run_dir / CONFIG_FILE}`.
-Base model: {base_name} (loaded from `{base_path}`).{hub_line}
+Trained with lora-ft from `{run_dir / CONFIG_FILE}` (the resolved config; `manifest.json` beside it records
+versions, data hashes and hardware).
+Base model: {base_name}, loaded from `{base_path}`.{hub_line}
 
 ## Results
 
@@ -167,13 +173,12 @@ Base model: {base_name} (loaded from `{base_path}`).{hub_line}
 
 ## Training
 
-- LoRA: r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, targets: {targets}
-  {'(top ' + str(lora.top_n_layers) + ' layers)' if lora.top_n_layers else ''}{', DoRA' if lora.use_dora else ''}{', rsLoRA' if lora.use_rslora else ''};
-  {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%).
+- LoRA: {lora_line}; {trainable:,} trainable of {total:,} parameters
+  ({100 * trainable / max(total, 1):.2f}%).
 - Quantization during training: {cfg.model.quantization}; compute dtype {cfg.model.dtype}.
-- Learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}, warmup {cfg.train.warmup_ratio:g}),
-  batch {cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation, max length
-  {cfg.data.max_seq_length}, seed {cfg.train.seed}.
+- Learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}, warmup {cfg.train.warmup_ratio:g}), batch
+  {cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation, max length {cfg.data.max_seq_length},
+  seed {cfg.train.seed}.
 - Loss on: {'assistant answers and their end-of-turn token' if cfg.data.train_on == 'answers' else 'all tokens'}.
 
 | dataset | format | rows used | rows dropped | sha256 |
