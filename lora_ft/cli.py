@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stdout.flush()
         print(exc.render(), file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

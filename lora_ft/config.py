@@ -205,6 +205,13 @@ class TrainSection(_Section):
         0.0, ge=0, description="Minimum eval-loss improvement that counts as improvement."
     )
     eval_before_training: bool = Field(True, description="Measure the base model's eval loss before training.")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="When a step's gradients are NaN or Inf: `stop` ends the run before the optimizer step (the "
+        "weights stay as they were and the last checkpoint is kept); `skip` drops that step's update and goes on, "
+        "up to `max_skipped_steps` times.",
+    )
+    max_skipped_steps: int = Field(10, ge=0, description="With `nonfinite: skip`, stop after this many skipped steps.")
 
 
 class TrackingSection(_Section):

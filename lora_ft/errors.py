@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected failure: a bug, or the environment broke mid-run
 EXIT_USAGE = 2  # bad config, data, files or flags: the message says what to change
+EXIT_DIVERGED = 3  # training stopped on NaN or Inf gradients: the message says what to try
 
 
 class Problem:
@@ -30,6 +31,8 @@ class Problem:
 
 class UserError(Exception):
     """An error the user can fix: a title and every problem found, reported together."""
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, title: str, problems: list[Problem] | None = None, *, where: str = "", fix: str = "") -> None:
         super().__init__(title)
@@ -52,3 +55,9 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradients became NaN or Inf; the run stopped before that step changed any weight."""
+
+    exit_code = EXIT_DIVERGED

@@ -126,7 +126,9 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     try:
         trainer = train_lib.build_trainer(
             model, tokenizer, cfg, train_dataset, eval_dataset, run_dir / artifacts.CHECKPOINT_DIR,
-            trackers.report_to, [train_lib.ProgressBar(), history, *trackers.callbacks],
+            trackers.report_to, [train_lib.ProgressBar(), history,
+                                 train_lib.NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_steps),
+                                 *trackers.callbacks],
         )
         _section(say, "training")
         steps = f"{trainer.args.max_steps} steps" if trainer.args.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
@@ -134,8 +136,11 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
             f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps}, {steps}")
         for note in trackers.notes:
             say(note)
-        outcome = train_lib.run_training(trainer, resolved.device, cfg.train.eval_before_training,
-                                         eval_dataset is not None, train_tokens.trained_tokens, say)
+        try:
+            outcome = train_lib.run_training(trainer, resolved.device, cfg.train.eval_before_training,
+                                             eval_dataset is not None, train_tokens.trained_tokens, say)
+        except train_lib.NonFiniteGradients as stop:
+            raise diverged(stop, cfg, run_dir) from None
     finally:
         artifacts.write_metrics(run_dir, history.records)
         trackers.finish()
@@ -184,6 +189,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
             "peak_memory_bytes": outcome.peak_memory_bytes,
             "peak_memory": outcome.peak_memory,
             "best_checkpoint": outcome.best_checkpoint,
+            "skipped_nonfinite_steps": outcome.skipped_steps,
         },
         "trackers": trackers.notes,
         "total_seconds": round(time.time() - started, 2),
@@ -194,6 +200,23 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     _section(say, "summary")
     say(summary_table(outcome, run_dir, adapter_dir))
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
+
+
+def diverged(stop, cfg, run_dir: Path) -> UserError:
+    """The message for a run stopped on NaN or Inf gradients: where, what was kept, what to try."""
+    from lora_ft.errors import TrainingDiverged
+
+    checkpoints = sorted((run_dir / artifacts.CHECKPOINT_DIR).glob("checkpoint-*"),
+                         key=lambda p: int(p.name.split("-")[-1]))
+    kept = f"the last checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint had been saved yet"
+    skipped = f"; {len(stop.skipped)} earlier step(s) were skipped ({stop.skipped})" if stop.skipped else ""
+    return TrainingDiverged(
+        f"the gradients at step {stop.step} are NaN or Inf: training stopped before that optimizer step, so no "
+        f"weight took the bad update; {kept}{skipped}",
+        fix=f"lower train.learning_rate (now {cfg.train.learning_rate:g}) or train.max_grad_norm (now "
+        f"{cfg.train.max_grad_norm:g}); check the data with `lora-ft data`; on a GPU try model.dtype: bfloat16 "
+        "rather than float16; or set train.nonfinite: skip to skip such steps",
+    )
 
 
 def template_check(say, blocking: bool, check, *args) -> None:

@@ -133,6 +133,40 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
+class NonFiniteGradients(Exception):
+    def __init__(self, step: int, skipped: list[int]) -> None:
+        super().__init__(f"non-finite gradients at step {step}")
+        self.step = step
+        self.skipped = skipped
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Checks the trainable gradients before every optimizer step; NaN or Inf never reaches the weights.
+
+    ``stop`` raises :class:`NonFiniteGradients` (the optimizer step does not happen); ``skip`` drops the step's
+    gradients, so the optimizer leaves the weights alone, up to ``max_skips`` times.
+    """
+
+    def __init__(self, mode: str = "stop", max_skips: int = 10) -> None:
+        self.mode = mode
+        self.max_skips = max_skips
+        self.skipped: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+            return
+        step = state.global_step + 1
+        if self.mode == "skip" and len(self.skipped) < self.max_skips:
+            for p in params:
+                p.grad = None
+            self.skipped.append(step)
+            return
+        raise NonFiniteGradients(step, list(self.skipped))
+
+
 class LogHistory(TrainerCallback):
     """Keeps every logged record, with a timestamp, for the run's metrics file."""
 
@@ -152,6 +186,7 @@ class TrainOutcome:
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     best_checkpoint: str | None = None
+    skipped_steps: list[int] = field(default_factory=list)
     tokens_seen: int = 0
     trained_tokens_per_epoch: int = 0
     peak_memory: str = ""
@@ -231,4 +266,6 @@ def run_training(trainer, device: str, eval_before: bool, has_eval: bool, traine
         outcome.eval_loss_after = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
     outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
     outcome.log = history.records
+    guard = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NonFiniteGuard)), None)
+    outcome.skipped_steps = guard.skipped if guard else []
     return outcome

@@ -200,3 +200,57 @@ def test_template_checks_block_unless_turned_off(tiny_llama, legal_data, tmp_pat
     assert cli.main(["train", str(config), "--set", f"model.chat_template={no_stop}",
                      "--set", "data.template_checks=false", "--set", "train.max_steps=1"]) == 0
     assert "warning (data.template_checks is off)" in capsys.readouterr().out
+
+
+def test_nonfinite_guard_stops_or_skips_before_the_optimizer_step():
+    from types import SimpleNamespace
+
+    from lora_ft.train import NonFiniteGradients, NonFiniteGuard
+
+    layer = torch.nn.Linear(2, 2)
+    state = SimpleNamespace(global_step=4)
+    layer.weight.grad = torch.ones(2, 2)
+    layer.bias.grad = torch.ones(2)
+    NonFiniteGuard("stop").on_pre_optimizer_step(None, state, None, model=layer)  # finite: nothing happens
+    layer.weight.grad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteGradients) as stop:
+        NonFiniteGuard("stop").on_pre_optimizer_step(None, state, None, model=layer)
+    assert stop.value.step == 5
+    guard = NonFiniteGuard("skip", max_skips=1)
+    guard.on_pre_optimizer_step(None, state, None, model=layer)
+    assert guard.skipped == [5] and layer.weight.grad is None and layer.bias.grad is None
+    layer.weight.grad = torch.full((2, 2), float("inf"))
+    with pytest.raises(NonFiniteGradients):  # the skip limit is reached
+        guard.on_pre_optimizer_step(None, state, None, model=layer)
+
+
+def _model_with_a_nan(source: Path, target: Path) -> Path:
+    """A copy of a tiny model with one NaN in its final norm: every loss and gradient becomes NaN."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(str(target / "model.safetensors"))
+    weights["model.norm.weight"][0] = float("nan")
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+def test_an_injected_nan_stops_the_run_before_any_weight_changes(tiny_llama, legal_data, tmp_path, capsys):
+    model_dir = _model_with_a_nan(tiny_llama, tmp_path / "nan-model")
+    config = write_config(tmp_path / "run.yaml", model_dir, legal_data)
+    assert cli.main(["train", str(config), "--set", "train.save_steps=1"]) == 3
+    err = capsys.readouterr().err
+    assert "the gradients at step 1 are NaN or Inf: training stopped before that optimizer step" in err
+    assert "no checkpoint had been saved yet" in err and "train.nonfinite: skip" in err
+    assert not (tmp_path / "run" / "manifest.json").exists(), "a stopped run is not marked finished"
+
+
+def test_skip_mode_skips_nonfinite_steps_up_to_its_limit(tiny_llama, legal_data, tmp_path, capsys):
+    model_dir = _model_with_a_nan(tiny_llama, tmp_path / "nan-model")
+    config = write_config(tmp_path / "run.yaml", model_dir, legal_data)
+    assert cli.main(["train", str(config), "--set", "train.nonfinite=skip", "--set", "train.max_skipped_steps=2"]) == 3
+    err = capsys.readouterr().err
+    assert "the gradients at step 3 are NaN or Inf" in err
+    assert "2 earlier step(s) were skipped ([1, 2])" in err
