@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from importlib import metadata
@@ -105,6 +106,29 @@ def hardware(device: str) -> dict:
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def run_disk_need(trainable_params: int, cfg) -> int:
+    """Bytes a run will write: the adapter and tokenizer, plus the checkpoints it keeps, with a margin."""
+    tokenizer_files = 20 * 2**20
+    adapter = trainable_params * 4 + tokenizer_files
+    checkpointing = cfg.train.save_steps is not None or cfg.train.early_stopping_patience is not None
+    checkpoints = (cfg.train.save_total_limit + 1) * (trainable_params * 12 + tokenizer_files) if checkpointing else 0
+    return int((adapter + checkpoints) * 1.2) + 50 * 2**20
+
+
+def check_free_space(directory: Path, needed: int, free: int | None = None) -> None:
+    """Refuse to start a run that would fill the disk: better now than mid-save."""
+    probe = Path(directory).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free if free is None else free
+    if free < needed:
+        raise UserError(
+            f"not enough free disk space for the run in {directory}: about {needed / 2**20:,.0f} MiB needed "
+            f"(adapter and checkpoints), {free / 2**20:,.0f} MiB free",
+            fix="free some space, choose another output_dir, or lower train.save_total_limit",
+        )
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:

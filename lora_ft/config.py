@@ -314,7 +314,7 @@ def _parse_override(text: str) -> tuple[list[str | int], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({exc})", fix="quote the value") from exc
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    parts: list[str | int] = [int(p) if p.isascii() and p.isdigit() else p for p in key.split(".")]
     return parts, value
 
 

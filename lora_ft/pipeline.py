@@ -118,6 +118,7 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     eval_dataset = (Dataset.from_dict({"input_ids": eval_tokens.input_ids, "labels": eval_tokens.labels})
                     if eval_tokens.input_ids else None)
 
+    artifacts.check_free_space(Path(cfg.output_dir), artifacts.run_disk_need(trainable, cfg))
     run_dir = artifacts.create_run_dir(cfg.output_dir)
     write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
     resolved_dict = json.loads(cfg.model_dump_json())

@@ -1,4 +1,8 @@
-"""Config fuzzing: whatever a user writes, loading ends in a valid config or a UserError, never a traceback."""
+"""Config fuzzing: whatever a user writes, loading ends in a valid config or a UserError, never a traceback.
+
+The examples are derandomized so CI is repeatable; run with `--hypothesis-seed=N` and `derandomize` off to explore
+further (two crashes found that way are fixed: a `[` and a superscript digit in a `--set` key).
+"""
 
 from __future__ import annotations
 
@@ -75,19 +79,22 @@ def _load(text: str, tmp_path) -> None:
         assert exc.render().startswith("error:")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=mutated_configs())
 def test_mutated_configs_give_a_config_or_a_user_error(config, tmp_path):
     _load(yaml.safe_dump(config, allow_unicode=True), tmp_path)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_gives_a_config_or_a_user_error(text, tmp_path):
     _load(text, tmp_path)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.text(min_size=1, max_size=20).filter(lambda k: "=" not in k), value=st.text(max_size=20))
 def test_arbitrary_overrides_give_a_config_or_a_user_error(key, value, tmp_path):
     (tmp_path / "train.jsonl").write_text('{"instruction": "q", "output": "a"}\n')

@@ -254,3 +254,33 @@ def test_skip_mode_skips_nonfinite_steps_up_to_its_limit(tiny_llama, legal_data,
     err = capsys.readouterr().err
     assert "the gradients at step 3 are NaN or Inf" in err
     assert "2 earlier step(s) were skipped ([1, 2])" in err
+
+
+def test_same_config_and_seed_give_the_same_losses_and_weights(tiny_llama, legal_data, tmp_path):
+    from lora_ft import pipeline
+
+    runs = []
+    for name in ("first", "second"):
+        loaded = load_config(write_config(tmp_path / f"{name}.yaml", tiny_llama, legal_data,
+                                          output_dir=tmp_path / name), ["train.max_steps=4", "lora.dropout=0.1"])
+        result = pipeline.train(loaded, say=lambda _: None)
+        losses = [r["loss"] for r in result.outcome.log if "loss" in r]
+        runs.append((losses, load_file(str(result.adapter_dir / "adapter_model.safetensors"))))
+    (losses_a, weights_a), (losses_b, weights_b) = runs
+    assert len(losses_a) == 4 and losses_a == losses_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_run_that_would_fill_the_disk_does_not_start(tiny_llama, legal_data, tmp_path):
+    from lora_ft import artifacts
+    from lora_ft.errors import UserError
+
+    cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["train.save_steps=10"]).config
+    need = artifacts.run_disk_need(1_000_000, cfg)
+    assert need > artifacts.run_disk_need(1_000_000, cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"save_steps": None})}))  # checkpoints need room too
+    artifacts.check_free_space(tmp_path / "new" / "run", need, free=need + 1)
+    with pytest.raises(UserError, match="not enough free disk space") as exc:
+        artifacts.check_free_space(tmp_path / "new" / "run", need, free=need // 2)
+    assert "MiB needed" in exc.value.title and exc.value.fix
