@@ -34,6 +34,12 @@ def check_output_dir_free(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir} already exists and is not empty; lora-ft does not write over it",
                         fix="choose a new --out directory, or remove the old one")
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {out_dir}: {ancestor} is not a writable directory",
+                        fix="choose a writable --out directory")
 
 
 @contextmanager

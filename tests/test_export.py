@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -190,11 +189,11 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(lora_run, tmp_path, caps
     assert cli.main(["merge", str(lora_run), "--out", str(occupied)]) == 2
     assert (occupied / "keep.txt").read_text() == "user data"
 
-    if os.geteuid() != 0:  # root can write anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        assert cli.main(["merge", str(lora_run), "--out", str(locked / "m")]) == 2
-        assert "cannot write" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"  # a path under a regular file cannot be created, even by root
+    blocker.write_text("")
+    assert cli.main(["export", str(lora_run), "--format", "peft", "--out", str(blocker / "out")]) == 2
+    assert "cannot write to" in capsys.readouterr().err
+    assert blocker.read_text() == ""
 
 
 def test_gguf_export_writes_files_modelfile_and_check(lora_run, tmp_path):
