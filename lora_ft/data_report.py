@@ -325,7 +325,6 @@ def build_report(loaded: LoadedConfig, samples: int = 1, say: Callable[[str], No
     unknown format or an unreadable file still raises :class:`UserError`, as in training.
     """
     from lora_ft import model as model_lib
-    from lora_ft.templates import choose_chat_template
 
     cfg = loaded.config
     problems: list[str] = []
@@ -335,11 +334,8 @@ def build_report(loaded: LoadedConfig, samples: int = 1, say: Callable[[str], No
     except UserError as exc:
         problems.append(_error_text(exc))
 
-    source = model_lib.locate_base_model(loaded, say)
-    tokenizer = model_lib.load_tokenizer(source, cfg.model)
-    pad_note = model_lib.choose_pad_token(tokenizer)
-    template, origin = choose_chat_template(cfg.model.chat_template, tokenizer.chat_template, loaded.resolve_path)
-    renderer = ChatRenderer(tokenizer, template)
+    chat = model_lib.load_chat_tokenizer(loaded, cfg.model, say)
+    source, pad_note, origin, renderer = chat.source, chat.pad_note, chat.template_origin, chat.renderer
     try:
         tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)
     except UserError as exc:

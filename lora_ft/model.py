@@ -33,6 +33,29 @@ def locate_base_model(loaded: LoadedConfig, say=print) -> BaseModelSource:
     return BaseModelSource(base, base)
 
 
+@dataclass
+class ChatTokenizer:
+    """The base model's tokenizer, ready for training: pad token chosen and the run's chat template loaded."""
+
+    source: BaseModelSource
+    tokenizer: object
+    pad_note: str  # what was done about the pad token, in words
+    template_origin: str  # where the chat template came from, in words
+    renderer: object  # tokenization.ChatRenderer
+
+
+def load_chat_tokenizer(loaded: LoadedConfig, model_cfg: ModelSection, say=print) -> ChatTokenizer:
+    """Locate the base model, load its tokenizer, choose the pad token and the chat template (no weights loaded)."""
+    from lora_ft.templates import choose_chat_template
+    from lora_ft.tokenization import ChatRenderer
+
+    source = locate_base_model(loaded, say)
+    tokenizer = load_tokenizer(source, model_cfg)
+    pad_note = choose_pad_token(tokenizer)
+    template, origin = choose_chat_template(model_cfg.chat_template, tokenizer.chat_template, loaded.resolve_path)
+    return ChatTokenizer(source, tokenizer, pad_note, origin, ChatRenderer(tokenizer, template))
+
+
 def load_tokenizer(source: BaseModelSource, model_cfg: ModelSection):
     from transformers import AutoTokenizer
 

@@ -61,7 +61,6 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     import torch
 
     from lora_ft import model as model_lib
-    from lora_ft.templates import choose_chat_template
 
     quiet_libraries()
     torch.manual_seed(cfg.train.seed)
@@ -72,12 +71,10 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         say(line)
 
     _section(say, "model")
-    source = model_lib.locate_base_model(loaded, say)
-    tokenizer = model_lib.load_tokenizer(source, cfg.model)
-    say(model_lib.choose_pad_token(tokenizer))
-    template, template_origin = choose_chat_template(cfg.model.chat_template, tokenizer.chat_template,
-                                                     loaded.resolve_path)
-    renderer = tokenization.ChatRenderer(tokenizer, template)
+    chat = model_lib.load_chat_tokenizer(loaded, cfg.model, say)
+    source, tokenizer, renderer, template_origin = chat.source, chat.tokenizer, chat.renderer, chat.template_origin
+    template = renderer.template
+    say(chat.pad_note)
     template_check(say, cfg.data.template_checks, tokenization.check_end_of_turn_trained, renderer, cfg.data.train_on)
     say(f"chat template: {template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
 

@@ -289,18 +289,13 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
 def data_tokens(loaded, resolved_cfg: RunConfig, say=print) -> tuple[int, int, int, str]:
     """(tokens per epoch, samples, longest sample, base model directory), tokenizing the data as `train` does."""
     from lora_ft import data, model, tokenization
-    from lora_ft.templates import choose_chat_template
 
     loaded_data = data.load_data(loaded)
-    source = model.locate_base_model(loaded, say)
-    tokenizer = model.load_tokenizer(source, resolved_cfg.model)
-    model.choose_pad_token(tokenizer)
-    template, _ = choose_chat_template(resolved_cfg.model.chat_template, tokenizer.chat_template, loaded.resolve_path)
-    renderer = tokenization.ChatRenderer(tokenizer, template)
-    tokens = tokenization.tokenize_samples(loaded_data.train, renderer, resolved_cfg.data.max_seq_length,
+    chat = model.load_chat_tokenizer(loaded, resolved_cfg.model, say)
+    tokens = tokenization.tokenize_samples(loaded_data.train, chat.renderer, resolved_cfg.data.max_seq_length,
                                            resolved_cfg.data.train_on, "truncate")
     longest = max((len(ids) for ids in tokens.input_ids), default=0)
-    return tokens.tokens, len(tokens.input_ids), longest, source.path
+    return tokens.tokens, len(tokens.input_ids), longest, chat.source.path
 
 
 def measure(loaded, steps: int = 4, say=print) -> tuple[float, float]:
