@@ -6,7 +6,7 @@
       config.yaml              the resolved config (every default filled in)
       manifest.json            versions, git commit, data and tokenizer hashes, seed, hardware, final metrics
       metrics.jsonl            every logged training / eval record
-      checkpoints/             intermediate trainer checkpoints (when train.save_steps is set)
+      checkpoints/             resumable checkpoints, each committed with checkpoint.json (files and hashes)
       tensorboard/, wandb/     tracker files, when those trackers are on
       eval/, merged/, export-*/  written later by `lora-ft eval`, `merge` and `export`
 """
@@ -108,12 +108,16 @@ def hardware(device: str) -> dict:
     return info
 
 
+def checkpoint_bytes(trainable_params: int) -> int:
+    """Expected size of one checkpoint: fp32 adapter weights, two AdamW moments, tokenizer files."""
+    return trainable_params * 12 + 20 * 2**20
+
+
 def run_disk_need(trainable_params: int, cfg) -> int:
     """Bytes a run will write: the adapter and tokenizer, plus the checkpoints it keeps, with a margin."""
-    tokenizer_files = 20 * 2**20
-    adapter = trainable_params * 4 + tokenizer_files
+    adapter = trainable_params * 4 + 20 * 2**20
     checkpointing = cfg.train.save_steps is not None or cfg.train.early_stopping_patience is not None
-    checkpoints = (cfg.train.save_total_limit + 1) * (trainable_params * 12 + tokenizer_files) if checkpointing else 0
+    checkpoints = (cfg.train.keep_last + 1) * checkpoint_bytes(trainable_params) if checkpointing else 0
     return int((adapter + checkpoints) * 1.2) + 50 * 2**20
 
 
@@ -127,7 +131,7 @@ def check_free_space(directory: Path, needed: int, free: int | None = None) -> N
         raise UserError(
             f"not enough free disk space for the run in {directory}: about {needed / 2**20:,.0f} MiB needed "
             f"(adapter and checkpoints), {free / 2**20:,.0f} MiB free",
-            fix="free some space, choose another output_dir, or lower train.save_total_limit",
+            fix="free some space, choose another output_dir, or lower train.keep_last",
         )
 
 

@@ -15,7 +15,7 @@ import json
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -190,10 +190,20 @@ class TrainSection(_Section):
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N steps; `null` evaluates before and after training only."
     )
-    save_steps: int | None = Field(
-        None, ge=1, description="Save a checkpoint every N steps; `null` saves at the end only."
+    save_steps: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto",
+        description="Save a resumable checkpoint every N optimizer steps. `auto` saves about ten times per run, "
+        "on a multiple of `logging_steps` (of `eval_steps` when early stopping keeps the best adapter). `null` "
+        "saves none: an interrupted run then starts again from step 0.",
     )
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
+    save_every_minutes: float | None = Field(
+        30.0, gt=0, description="Also save a checkpoint when this many minutes have passed since the last one, "
+        "so a crash or preemption never costs more than this; `null` saves on `save_steps` only.",
+    )
+    keep_last: int = Field(
+        2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted. The newest complete "
+        "checkpoint and the best one (early stopping) are never deleted.",
+    )
     logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
     early_stopping_patience: int | None = Field(
         None,
@@ -627,7 +637,7 @@ def check_consistency(
         if cfg.train.eval_steps is None:
             add(("train", "early_stopping_patience"), "early stopping needs periodic evaluation",
                 "set train.eval_steps (for example 50)")
-        elif cfg.train.save_steps is not None and cfg.train.save_steps % cfg.train.eval_steps:
+        elif isinstance(cfg.train.save_steps, int) and cfg.train.save_steps % cfg.train.eval_steps:
             add(("train", "save_steps"), f"train.save_steps ({cfg.train.save_steps}) must be a multiple of "
                 f"train.eval_steps ({cfg.train.eval_steps}) to keep the best adapter",
                 f"set save_steps to {cfg.train.eval_steps} or remove it")
@@ -679,6 +689,8 @@ def schema_sections() -> list[tuple[str, type[BaseModel]]]:
 def type_name(annotation: Any) -> str:
     """A short human name for a field's type, for the reference."""
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return type_name(get_args(annotation)[0])
     if origin is Literal:
         return " | ".join(f"`{a}`" for a in get_args(annotation))
     if origin in (Union, types.UnionType):

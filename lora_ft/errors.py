@@ -11,6 +11,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected failure: a bug, or the environment broke mid-run
 EXIT_USAGE = 2  # bad config, data, files or flags: the message says what to change
 EXIT_DIVERGED = 3  # training stopped on NaN or Inf gradients: the message says what to try
+EXIT_CHECKPOINT_WRITE = 4  # a checkpoint could not be written (full disk): the previous one is intact
+EXIT_SIGNAL_BASE = 128  # stopped by a signal after saving a checkpoint: 128 + its number (SIGTERM 143, SIGINT 130)
 
 
 class Problem:
@@ -61,3 +63,20 @@ class TrainingDiverged(UserError):
     """The loss or gradients became NaN or Inf; the run stopped before that step changed any weight."""
 
     exit_code = EXIT_DIVERGED
+
+
+class CheckpointWriteFailed(UserError):
+    """A checkpoint could not be written (a full disk); the previous complete checkpoint is intact."""
+
+    exit_code = EXIT_CHECKPOINT_WRITE
+
+
+class RunInterrupted(UserError):
+    """Training stopped on SIGTERM or SIGINT after committing a checkpoint; the run resumes from it."""
+
+    def __init__(self, title: str, signum: int, *, fix: str = "") -> None:
+        super().__init__(title, fix=fix)
+        self.exit_code = EXIT_SIGNAL_BASE + signum
+
+    def render(self, max_problems: int = 15) -> str:
+        return "stopped: " + super().render(max_problems).removeprefix("error: ")

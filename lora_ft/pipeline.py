@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import artifacts, data, data_report, settings, tokenization
+from lora_ft import artifacts, checkpoints, data, data_report, settings, tokenization
+from lora_ft import resume as resume_lib
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
@@ -46,12 +47,18 @@ def _section(say, title: str) -> None:
     say(f"\n== {title}")
 
 
-def train(loaded: LoadedConfig, say=print) -> RunResult:
-    """Run a whole fine-tuning job from a validated config; return where its results are."""
+def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: bool = False) -> RunResult:
+    """Run a whole fine-tuning job from a validated config; return where its results are.
+
+    ``resume``: ``auto`` continues an interrupted run in the output directory from its newest complete checkpoint,
+    ``never`` needs a fresh directory, a path starts from that checkpoint (see :mod:`lora_ft.resume`).
+    """
     started = time.time()
     resolved = settings.resolve(loaded)
     cfg = resolved.config
-    artifacts.check_run_dir_free(cfg.output_dir)
+    resolved_dict = json.loads(cfg.model_dump_json())
+    start = resume_lib.choose_start(cfg.output_dir, resume, say)
+    resume_lib.check_same_run(start, resolved_dict, None, force_resume, say)  # the config, before loading anything
 
     _section(say, "resolved config")
     say(dump_config(cfg).rstrip())
@@ -100,6 +107,10 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
                        renderer.end_of_turn_token_id(), tokenizer.pad_token_id,
                        cfg.train.padding_free or cfg.train.packing)
 
+    data_fingerprint = resume_lib.data_fingerprint(train_tokens.input_ids, train_tokens.labels, eval_tokens.input_ids,
+                                                   eval_tokens.labels, loaded_data.reports)
+    resume_lib.check_same_run(start, resolved_dict, data_fingerprint, force_resume, say)
+
     say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
     base = model_lib.load_base_model(source, cfg.model, resolved.device)
     model = model_lib.attach_lora(base, cfg.lora)
@@ -116,32 +127,58 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
                     if eval_tokens.input_ids else None)
 
     artifacts.check_free_space(Path(cfg.output_dir), artifacts.run_disk_need(trainable, cfg))
-    run_dir = artifacts.create_run_dir(cfg.output_dir)
-    write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
-    resolved_dict = json.loads(cfg.model_dump_json())
+    if start.existing:
+        run_dir = start.run_dir
+        records = resume_lib.truncate_metrics(run_dir, start.step if start.checkpoint else -1)
+        if start.forced_changes:
+            write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
+    else:
+        run_dir = artifacts.create_run_dir(cfg.output_dir)
+        write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
+        records = []
+    checkpoint_dir = run_dir / artifacts.CHECKPOINT_DIR
     trackers = tracking.start_trackers(cfg, run_dir, resolved_dict)
-    history = train_lib.LogHistory()
+    history = train_lib.LogHistory(run_dir / artifacts.METRICS_FILE, records)
+    stop = train_lib.StopRequest(say)
+    keeper = train_lib.CheckpointKeeper(
+        checkpoint_dir, {"config": resolved_dict, "data": data_fingerprint}, cfg.train.keep_last,
+        artifacts.checkpoint_bytes(trainable), cfg.train.save_every_minutes, stop)
     try:
         trainer = train_lib.build_trainer(
-            model, tokenizer, cfg, train_dataset, eval_dataset, run_dir / artifacts.CHECKPOINT_DIR,
-            trackers.report_to, [train_lib.ProgressBar(), history,
-                                 train_lib.NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_steps),
-                                 *trackers.callbacks],
+            model, tokenizer, cfg, train_dataset, eval_dataset, checkpoint_dir, trackers.report_to,
+            [train_lib.ProgressBar(), history, train_lib.NonFiniteGuard(cfg.train.nonfinite,
+                                                                        cfg.train.max_skipped_steps),
+             keeper, *trackers.callbacks],
         )
         _section(say, "training")
         steps = f"{trainer.args.max_steps} steps" if trainer.args.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
+        saves = (f"a checkpoint every {trainer.args.save_steps} steps" if trainer.args.save_strategy != "no"
+                 else "no step checkpoints (train.save_steps: null)")
+        minutes = f" and every {cfg.train.save_every_minutes:g} min" if cfg.train.save_every_minutes else ""
         say(f"{len(train_dataset)} samples, effective batch "
-            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps}, {steps}")
+            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps}, {steps}; {saves}{minutes}, "
+            f"newest {cfg.train.keep_last} kept")
         for note in trackers.notes:
             say(note)
         try:
-            outcome = train_lib.run_training(trainer, resolved.device, cfg.train.eval_before_training,
-                                             eval_dataset is not None, train_tokens.trained_tokens, say)
-        except train_lib.NonFiniteGradients as stop:
-            raise diverged(stop, cfg, run_dir) from None
+            outcome = train_lib.run_training(
+                trainer, resolved.device, cfg.train.eval_before_training, eval_dataset is not None,
+                train_tokens.trained_tokens, say, resume_from=start.checkpoint.path if start.checkpoint else None,
+                stop=stop)
+        except train_lib.NonFiniteGradients as exc:
+            raise diverged(exc, cfg, run_dir) from None
+        except train_lib.CheckpointNoSpace as exc:
+            raise checkpoint_write_failed(checkpoint_dir, exc.step, f"{exc.needed / 2**20:,.0f} MiB needed, "
+                                          f"{exc.free / 2**20:,.0f} MiB free") from None
+        except Exception as exc:
+            cut_short = checkpoint_dir / f"checkpoint-{trainer.state.global_step}"
+            if cut_short in checkpoints.scan_names(checkpoint_dir)[1]:
+                raise checkpoint_write_failed(checkpoint_dir, trainer.state.global_step, str(exc)) from exc
+            raise
     finally:
-        artifacts.write_metrics(run_dir, history.records)
         trackers.finish()
+    if outcome.interrupted_by is not None:
+        raise interrupted(outcome, loaded, run_dir)
 
     adapter_dir = artifacts.save_adapter(trainer.model, tokenizer, template, run_dir)
     template_check(say, cfg.data.template_checks, tokenization.check_saved_template, adapter_dir, template)
@@ -177,6 +214,8 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
         "parameters": {"trainable": trainable, "total": total},
         "metrics": {
             "steps": outcome.steps,
+            "resumed_from_step": outcome.resumed_from_step,
+            "forced_resume_changes": start.forced_changes,
             "train_seconds": round(outcome.seconds, 2),
             "train_loss": outcome.train_loss,
             "eval_loss_before": outcome.eval_loss_before,
@@ -200,13 +239,49 @@ def train(loaded: LoadedConfig, say=print) -> RunResult:
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
 
 
+def _resume_command(loaded: LoadedConfig) -> str:
+    overrides = "".join(f" --set {o}" for o in loaded.overrides)
+    return f"lora-ft train {loaded.path or 'CONFIG'}{overrides}"
+
+
+def interrupted(outcome, loaded: LoadedConfig, run_dir: Path) -> UserError:
+    """The message for a run stopped by SIGTERM or SIGINT: what was saved and how to go on."""
+    import signal
+
+    from lora_ft.errors import RunInterrupted
+
+    name = signal.Signals(outcome.interrupted_by).name
+    saved = (f"checkpoint {outcome.checkpoint} is complete" if outcome.checkpoint
+             else "no checkpoint could be saved")
+    return RunInterrupted(f"{name} received: training stopped after step {outcome.steps}; {saved}",
+                          outcome.interrupted_by,
+                          fix=f"run the same command to resume from there: {_resume_command(loaded)}")
+
+
+def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str) -> UserError:
+    """The message for a checkpoint that could not be written: the previous one is intact and is resumed from."""
+    import shutil
+
+    from lora_ft.errors import CheckpointWriteFailed
+
+    cut_short = checkpoint_dir / f"checkpoint-{step}"
+    if cut_short.is_dir() and cut_short in checkpoints.scan_names(checkpoint_dir)[1]:
+        shutil.rmtree(cut_short, ignore_errors=True)  # half a checkpoint: never resumed from, and it takes space
+    committed = checkpoints.scan_names(checkpoint_dir)[0]
+    previous = (f"the previous checkpoint {committed[-1]} is intact and complete, and a rerun resumes from it"
+                if committed else "no earlier checkpoint exists, so a rerun starts from step 0")
+    return CheckpointWriteFailed(
+        f"could not write the checkpoint at step {step} ({reason}); {previous}",
+        fix=f"free disk space under {checkpoint_dir.parent} (or lower train.keep_last), then run the same command",
+    )
+
+
 def diverged(stop, cfg, run_dir: Path) -> UserError:
     """The message for a run stopped on NaN or Inf gradients: where, what was kept, what to try."""
     from lora_ft.errors import TrainingDiverged
 
-    checkpoints = sorted((run_dir / artifacts.CHECKPOINT_DIR).glob("checkpoint-*"),
-                         key=lambda p: int(p.name.split("-")[-1]))
-    kept = f"the last checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint had been saved yet"
+    committed = checkpoints.scan_names(run_dir / artifacts.CHECKPOINT_DIR)[0]
+    kept = f"the last checkpoint is {committed[-1]}" if committed else "no checkpoint had been saved yet"
     skipped = f"; {len(stop.skipped)} earlier step(s) were skipped ({stop.skipped})" if stop.skipped else ""
     return TrainingDiverged(
         f"the gradients at step {stop.step} are NaN or Inf: training stopped before that optimizer step, so no "

@@ -56,7 +56,13 @@ def start_trackers(cfg: RunConfig, run_dir: Path, resolved_config: dict) -> Trac
             mode = "offline"
             trackers.notes.append("W&B: no API key found (WANDB_API_KEY or `wandb login`), so the run is "
                                   "logged offline")
+        # A resumed run goes on logging into the same W&B run: its id is kept under the run directory.
+        id_file = run_dir / "wandb" / "lora-ft-run-id"
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
         run = wandb.init(
+            id=run_id,
+            resume="allow" if run_id else None,
             project=cfg.tracking.project,
             name=cfg.tracking.run_name,
             tags=cfg.tracking.tags or None,
@@ -66,6 +72,8 @@ def start_trackers(cfg: RunConfig, run_dir: Path, resolved_config: dict) -> Trac
             reinit="finish_previous",
         )
         trackers.wandb_run = run
+        if run_id is None:
+            id_file.write_text(run.id + "\n")
         trackers.callbacks.append(WandbCallback())  # reuses the run started above
         if getattr(run, "offline", False) or mode == "offline":
             trackers.notes.append(f"W&B offline run files: {run.dir.rsplit('/files', 1)[0]}  "

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import resource
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +27,40 @@ SCHEDULERS = {
 }
 
 
-def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str]):
-    """TRL's SFTConfig for the resolved run config."""
+def keeps_best(cfg: RunConfig, has_eval: bool) -> bool:
+    return cfg.train.early_stopping_patience is not None and has_eval and cfg.train.eval_steps is not None
+
+
+def checkpoint_interval(cfg: RunConfig, total_steps: int, has_eval: bool) -> int | None:
+    """Optimizer steps between checkpoints: the configured number, or for ``auto`` about ten saves per run on a
+    multiple of the logging interval (so logged losses of a resumed run match), or of ``eval_steps`` when the best
+    adapter is kept (the trainer can only keep a best checkpoint it saved)."""
+    train = cfg.train
+    unit = train.eval_steps if keeps_best(cfg, has_eval) else train.logging_steps
+    if train.save_steps is None:
+        return unit if keeps_best(cfg, has_eval) else None
+    if train.save_steps != "auto":
+        return train.save_steps
+    wanted = max(1, math.ceil(total_steps / 10))
+    return max(unit, math.ceil(wanted / unit) * unit)
+
+
+def optimizer_steps(cfg: RunConfig, train_samples: int) -> int:
+    """How many optimizer steps the run takes (before packing, which only lowers it)."""
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    batches = math.ceil(train_samples / cfg.train.batch_size)
+    return max(1, math.ceil(cfg.train.epochs * math.ceil(batches / cfg.train.gradient_accumulation_steps)))
+
+
+def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str],
+               save_steps: int | None = None):
+    """TRL's SFTConfig for the resolved run config; ``save_steps`` from :func:`checkpoint_interval`."""
     from trl import SFTConfig
 
     train = cfg.train
     periodic_eval = has_eval and train.eval_steps is not None
-    keep_best = train.early_stopping_patience is not None and periodic_eval
-    save_steps = train.save_steps or (train.eval_steps if keep_best else None)
+    keep_best = keeps_best(cfg, has_eval)
     return SFTConfig(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=train.batch_size,
@@ -51,7 +82,7 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         eval_steps=train.eval_steps if periodic_eval else None,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
-        save_total_limit=train.save_total_limit,
+        save_total_limit=None,  # retention is CheckpointKeeper's: it counts complete checkpoints only
         save_only_model=False,
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best or train.lr_scheduler == "reduce_on_plateau" else None,
@@ -86,18 +117,22 @@ class ProgressBar(TrainerCallback):
         self.live = sys.stderr.isatty() if live is None else live
         self.bar = None
         self.started = 0.0
+        self.tokens_at_start = 0
+        self.step_at_start = 0
         self.last_loss: float | None = None
 
     def _rate(self, state) -> float:
-        return state.num_input_tokens_seen / max(time.perf_counter() - self.started, 1e-9)
+        return (state.num_input_tokens_seen - self.tokens_at_start) / max(time.perf_counter() - self.started, 1e-9)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+        self.tokens_at_start = state.num_input_tokens_seen
+        self.step_at_start = state.global_step
         if self.live:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is None:
@@ -116,7 +151,7 @@ class ProgressBar(TrainerCallback):
             self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
         elif "loss" in logs and not self.live:
             elapsed = time.perf_counter() - self.started
-            left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            left = elapsed / max(state.global_step - self.step_at_start, 1) * (state.max_steps - state.global_step)
             self._write(f"step {state.global_step}/{state.max_steps}  loss {self.last_loss:.4f}  "
                         f"lr {logs.get('learning_rate', 0):.2e}  {self._rate(state):.0f} tok/s  "
                         f"elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left")
@@ -168,14 +203,110 @@ class NonFiniteGuard(TrainerCallback):
 
 
 class LogHistory(TrainerCallback):
-    """Keeps every logged record, with a timestamp, for the run's metrics file."""
+    """Keeps every logged record, with a timestamp, and appends it to the run's metrics file as it comes, so a run
+    that is killed still has its curve up to the kill."""
 
-    def __init__(self) -> None:
-        self.records: list[dict] = []
+    def __init__(self, path: Path | None = None, records: list[dict] | None = None) -> None:
+        self.path = path
+        self.records: list[dict] = list(records or [])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.records.append({"step": state.global_step, "time": time.time(), **logs})
+        if not logs:
+            return
+        record = {"step": state.global_step, "time": time.time(), **logs}
+        self.records.append(record)
+        if self.path is not None and state.is_world_process_zero:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
+
+
+class CheckpointNoSpace(Exception):
+    def __init__(self, step: int, needed: int, free: int) -> None:
+        super().__init__(f"not enough disk space for the checkpoint at step {step}")
+        self.step, self.needed, self.free = step, needed, free
+
+
+class StopRequest:
+    """SIGTERM / SIGINT while training: the first asks for a checkpoint and a clean stop after the current step;
+    a second one stops the process at once (a save it cuts short is never resumed from)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, say=print) -> None:
+        self.say = say
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+class CheckpointKeeper(TrainerCallback):
+    """Makes the trainer's checkpoints complete-or-absent, keeps the newest ``keep_last``, and saves on demand.
+
+    - after each save it commits the folder with its manifest (:func:`lora_ft.checkpoints.commit`) and prunes;
+    - before each save it checks the free space against the last checkpoint's size and stops the run, with the
+      previous checkpoint intact, when it would not fit;
+    - it asks for a save when ``save_every_minutes`` have passed, and a save and stop when a signal came.
+    """
+
+    def __init__(self, checkpoint_dir: Path, fingerprint: dict, keep_last: int, expected_bytes: int,
+                 save_every_minutes: float | None = None, stop: StopRequest | None = None,
+                 disk_free=lambda path: shutil.disk_usage(path).free) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.fingerprint = fingerprint
+        self.keep_last = keep_last
+        self.expected_bytes = expected_bytes
+        self.save_every_seconds = save_every_minutes * 60 if save_every_minutes else None
+        self.stop = stop
+        self.last_save = time.monotonic()
+        self.committed: list[Path] = []
+        self.disk_free = disk_free
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.save_every_seconds and time.monotonic() - self.last_save >= self.save_every_seconds:
+            control.should_save = True
+        if self.stop is not None and self.stop.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        if control.should_save and state.is_world_process_zero:
+            needed = int(self.expected_bytes * 1.1) + 16 * 2**20
+            free = self.disk_free(self.checkpoint_dir.parent)
+            if free < needed:
+                raise CheckpointNoSpace(state.global_step, needed, free)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+        if not state.is_world_process_zero:
+            return
+        from lora_ft import checkpoints
+
+        folder = self.checkpoint_dir / f"checkpoint-{state.global_step}"
+        committed = checkpoints.commit(folder, state.global_step, self.fingerprint)
+        self.expected_bytes = max(self.expected_bytes, committed.size)
+        self.committed.append(folder)
+        checkpoints.prune(self.checkpoint_dir, self.keep_last, state.best_model_checkpoint)
 
 
 @dataclass
@@ -193,10 +324,14 @@ class TrainOutcome:
     peak_memory_bytes: int = 0
     stopped_early: bool = False
     log: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    tokens_this_session: int = 0
+    interrupted_by: int | None = None  # the signal that stopped training early, if one did
+    checkpoint: Path | None = None  # the newest checkpoint this session committed
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens_seen / self.seconds if self.seconds else 0.0
+        return self.tokens_this_session / self.seconds if self.seconds else 0.0
 
 
 def peak_memory(device: str) -> tuple[int, str]:
@@ -215,7 +350,9 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     import torch
     from trl import SFTTrainer
 
-    args = sft_config(cfg, checkpoint_dir, eval_dataset is not None, report_to)
+    has_eval = eval_dataset is not None
+    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset)), has_eval)
+    args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
     callbacks = list(extra_callbacks)
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
@@ -240,29 +377,50 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     return trainer
 
 
+def _callback(trainer, kind):
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, kind)), None)
+
+
 def run_training(trainer, device: str, eval_before: bool, has_eval: bool, trained_tokens_per_epoch: int,
-                 say=print) -> TrainOutcome:
-    """Evaluate the base, train, evaluate the result; return the numbers for the summary."""
+                 say=print, resume_from: Path | None = None, stop: StopRequest | None = None) -> TrainOutcome:
+    """Evaluate the base, train (from ``resume_from`` when given), evaluate the result; return the numbers.
+
+    When ``stop`` received a signal, training ends after a checkpoint and ``outcome.interrupted_by`` says which;
+    the final evaluation is then left out.
+    """
     outcome = TrainOutcome(trained_tokens_per_epoch=trained_tokens_per_epoch)
-    history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LogHistory))
+    history = _callback(trainer, LogHistory)
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-    if has_eval and eval_before:
+    if resume_from is not None:
+        before = [r["eval_loss"] for r in history.records if r.get("step") == 0 and "eval_loss" in r]
+        outcome.eval_loss_before = before[0] if before else None
+    elif has_eval and eval_before:
         say("evaluating the base model (adapter off) on the eval data ...")
         with trainer.model.disable_adapter():
             outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
         say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
+    stop = stop or StopRequest(say)
     started = time.perf_counter()
-    result = trainer.train()
+    with stop:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     outcome.seconds = time.perf_counter() - started
     outcome.steps = trainer.state.global_step
+    outcome.resumed_from_step = _callback(trainer, ProgressBar).step_at_start if resume_from else None
     outcome.train_loss = result.training_loss if math.isfinite(result.training_loss) else None
+    if resume_from is not None:  # the trainer averages this session's steps only; the run's mean is over all
+        losses = [r["loss"] for r in history.records if "loss" in r and math.isfinite(r["loss"])]
+        outcome.train_loss = sum(losses) / len(losses) if losses else None
     outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
+    outcome.tokens_this_session = outcome.tokens_seen - _callback(trainer, ProgressBar).tokens_at_start
     outcome.best_checkpoint = trainer.state.best_model_checkpoint
     outcome.stopped_early = trainer.state.global_step < trainer.state.max_steps
-    if has_eval:
+    outcome.interrupted_by = stop.signum
+    keeper = _callback(trainer, CheckpointKeeper)
+    outcome.checkpoint = keeper.committed[-1] if keeper and keeper.committed else None
+    if has_eval and outcome.interrupted_by is None:
         outcome.eval_loss_after = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
     outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
     outcome.log = history.records

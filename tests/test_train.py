@@ -32,7 +32,12 @@ def test_cli_train_writes_a_complete_run_dir(tiny_llama, legal_data, tmp_path, c
         assert (adapter / name).is_file(), name
     for name in ("config.yaml", "manifest.json", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
-    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt")), "no pickled weights"
+    assert not list(adapter.rglob("*.bin")) and not list(adapter.rglob("*.pt")), "no pickled weights"
+    # Checkpoints hold the optimizer, scheduler and RNG states the trainer pickles (read back with
+    # weights_only=True, after their hashes are checked); weights are safetensors, the trainer's arguments gone.
+    pickles = {p.name for p in (run_dir / "checkpoints").rglob("*") if p.suffix in (".bin", ".pt", ".pth")}
+    assert pickles == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
+    assert (run_dir / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors").is_file()
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     metrics = manifest["metrics"]
@@ -146,7 +151,9 @@ def test_wandb_offline_run_writes_its_files(tiny_llama, legal_data, tmp_path, mo
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data,
                           extra="tracking:\n  report_to: [wandb, tensorboard]\n  project: tests\n  tags: [t1]\n")
     assert cli.main(["train", str(config)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "canary" not in out + captured.err, "no secret in the logs"
     run_dir = tmp_path / "run"
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, "an offline W&B run directory under the run directory"

@@ -1,0 +1,311 @@
+"""Never lose a run: complete-or-absent checkpoints, exact resume after a kill, signals, a full disk, corruption."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lora_ft import checkpoints, cli
+
+from .conftest import legal_rows, write_config, write_jsonl
+
+CRASH_RUN = Path(__file__).with_name("crash_run.py")
+# 12 samples, batch 2: six optimizer steps an epoch; twelve steps cross an epoch boundary. Dropout makes the RNG
+# state matter; a checkpoint every 2 steps, three kept.
+RUN = ["--set", "train.max_steps=12", "--set", "lora.dropout=0.1", "--set", "train.save_steps=2",
+       "--set", "train.keep_last=3"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", legal_rows(12))
+    write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
+    config = write_config(root / "run.yaml", tiny_llama, data_dir)
+    reference = root / "reference"
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={reference}"]) == 0
+    return config, reference
+
+
+def _history(run_dir: Path) -> list[tuple]:
+    """(step, loss, learning rate, grad norm) of every logged training step, exactly as logged."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["learning_rate"], r["grad_norm"]) for r in records if "loss" in r]
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def _assert_same_run(run_dir: Path, reference: Path) -> None:
+    assert (run_dir / "manifest.json").is_file(), "the resumed run finished"
+    assert _history(run_dir) == _history(reference)
+    ours, theirs = _adapter(run_dir), _adapter(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def _crash_run(kill: str, config: Path, run_dir: Path, *extra: str, timeout: int = 180):
+    return subprocess.run([sys.executable, str(CRASH_RUN), kill, str(config), *RUN, "--set", f"output_dir={run_dir}",
+                           *extra], capture_output=True, text=True, timeout=timeout)
+
+
+def test_sigkill_at_several_points_then_resume_is_bitwise_the_uninterrupted_run(setup, tmp_path):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    kills = [
+        # (where this attempt is killed, the checkpoint it resumed from)
+        ("step:5", None),              # mid-step 5, after checkpoint-4 was committed
+        ("save:6:optimizer.pt", 4),    # mid-save: half of checkpoint-6's optimizer state on disk
+        ("commit:8", 4),               # checkpoint-6 was cut short; now every file of checkpoint-8 is written,
+    ]                                  # its manifest not yet
+    for kill, resumes_from in kills:
+        result = _crash_run(kill, config, run_dir)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        if resumes_from is not None:
+            assert f"from checkpoint-{resumes_from} (step {resumes_from})" in result.stdout
+    cut_short = [p.name for p in checkpoints.scan_names(run_dir / "checkpoints")[1]]
+    assert cut_short == ["checkpoint-8"], "the last kill left a checkpoint without its manifest"
+    assert _history(run_dir)[-1][0] >= 8, "the killed attempt logged past the last checkpoint"
+
+    result = _crash_run("none", config, run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "checkpoint-8 is incomplete" in result.stdout and "from checkpoint-6 (step 6)" in result.stdout
+    _assert_same_run(run_dir, reference)
+    kept = [c.path.name for c in checkpoints.scan(run_dir / "checkpoints")[0]]
+    assert kept == ["checkpoint-8", "checkpoint-10", "checkpoint-12"]
+
+
+def _interrupted_copy(reference: Path, run_dir: Path, newest: int) -> None:
+    """The reference run as it was when killed just after checkpoint-``newest`` was committed."""
+    shutil.copytree(reference, run_dir)
+    (run_dir / "manifest.json").unlink()
+    shutil.rmtree(run_dir / "adapter")
+    for folder in (run_dir / "checkpoints").glob("checkpoint-*"):
+        if int(folder.name.split("-")[1]) > newest:
+            shutil.rmtree(folder)
+
+
+def test_damaged_checkpoints_are_skipped_and_named(setup, tmp_path, capsys):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    _interrupted_copy(reference, run_dir, newest=10)  # checkpoints 8 and 10 are on disk
+    flipped = run_dir / "checkpoints" / "checkpoint-10" / "adapter_model.safetensors"
+    blob = bytearray(flipped.read_bytes())
+    blob[-7] ^= 0x10
+    flipped.write_bytes(bytes(blob))
+    truncated = run_dir / "checkpoints" / "checkpoint-8" / "optimizer.pt"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    capsys.readouterr()
+
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint-10 is damaged: adapter_model.safetensors does not match its hash" in out
+    assert "checkpoint-8 is damaged: optimizer.pt has 83,815 bytes" in out and "were written" in out
+    assert (run_dir / "checkpoints" / "checkpoint-10.corrupt").is_dir(), "kept for a look, out of the way"
+    assert "no complete checkpoint: it starts again from step 0" in out
+    _assert_same_run(run_dir, reference)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_damaged(setup, tmp_path, capsys):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    _interrupted_copy(reference, run_dir, newest=10)
+    damaged = run_dir / "checkpoints" / "checkpoint-10" / "rng_state.pth"
+    blob = bytearray(damaged.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # one bit
+    damaged.write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint-10 is damaged: rng_state.pth does not match its hash" in out
+    assert "from checkpoint-8 (step 8)" in out
+    _assert_same_run(run_dir, reference)
+
+
+def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch, capsys):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        path = Path(str(f))
+        if path.parent.name == "checkpoint-6" and path.name == "optimizer.pt":
+            path.write_bytes(b"\0" * 1000)  # what fitted before the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 4
+    err = capsys.readouterr().err
+    assert "could not write the checkpoint at step 6" in err and "No space left on device" in err
+    assert f"the previous checkpoint {run_dir.resolve() / 'checkpoints' / 'checkpoint-4'} is intact" in err
+    assert "free disk space" in err
+    assert not (run_dir / "checkpoints" / "checkpoint-6").exists(), "the half-written checkpoint is removed"
+    complete, rejected = checkpoints.scan(run_dir / "checkpoints")
+    assert [c.step for c in complete] == [2, 4] and not rejected
+
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
+    _assert_same_run(run_dir, reference)
+
+
+def test_no_room_for_the_next_checkpoint_stops_before_the_save(tmp_path):
+    from types import SimpleNamespace
+
+    from lora_ft.train import CheckpointKeeper, CheckpointNoSpace
+
+    keeper = CheckpointKeeper(tmp_path / "checkpoints", {}, keep_last=2, expected_bytes=10 * 2**20,
+                              disk_free=lambda _: 40 * 2**20)
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True)
+    control = SimpleNamespace(should_save=True, should_training_stop=False)
+    keeper.on_step_end(None, state, control)  # fits
+    keeper.disk_free = lambda _: 5 * 2**20
+    control.should_save = False
+    keeper.on_step_end(None, state, control)  # no save due: no check
+    control.should_save = True
+    with pytest.raises(CheckpointNoSpace) as exc:
+        keeper.on_step_end(None, state, control)
+    assert exc.value.step == 7 and exc.value.needed > exc.value.free
+
+
+def test_sigterm_commits_a_checkpoint_and_exits_143_then_the_run_resumes(setup, tmp_path):
+    config, _ = setup
+    run_dir = tmp_path / "run"
+    long_run = ["--set", "train.max_steps=400", "--set", "train.save_steps=null"]
+    process = subprocess.Popen([sys.executable, str(CRASH_RUN), "none", str(config), *RUN, *long_run,
+                                "--set", f"output_dir={run_dir}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in process.stderr:  # progress lines: wait until training is under way
+        if line.startswith("step 3/400") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "SIGTERM received: finishing this step and saving a checkpoint" in err
+    assert "stopped: SIGTERM received: training stopped after step" in err and "is complete" in err
+    assert f"run the same command to resume from there: lora-ft train {config}" in err
+    complete, rejected = checkpoints.scan(run_dir / "checkpoints")
+    assert len(complete) == 1 and not rejected and 3 <= complete[0].step < 400
+    assert not (run_dir / "manifest.json").exists() and not (run_dir / "adapter").exists()
+
+    step = complete[0].step
+    assert cli.main(["train", str(config), *RUN, *long_run, "--set", f"output_dir={run_dir}"]) == 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 400 and manifest["metrics"]["resumed_from_step"] == step
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    script = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from lora_ft.train import StopRequest\n"
+        "with StopRequest() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.2)\n"
+        "    assert stop.signum == signal.SIGTERM\n"
+        "    print('first signal noted', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout == "first signal noted\n"
+    assert result.returncode == -signal.SIGTERM
+
+
+def test_resume_refuses_a_changed_config_or_data_unless_forced(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", str(config), "--set", "train.max_steps=4", "--set", "train.save_steps=2"]) == 0
+    (run_dir / "manifest.json").unlink()  # interrupted after checkpoint-2
+    shutil.rmtree(run_dir / "adapter")
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    assert cli.main(["train", str(config), "--set", "train.max_steps=4", "--set", "train.save_steps=2",
+                     "--set", "train.learning_rate=0.02", "--set", "train.logging_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume checkpoint-2: the config or data differ from what it was trained with" in err
+    assert "train.learning_rate: 0.01 -> 0.02" in err and "logging_steps" not in err, "logging changes nothing"
+    assert "--force-resume" in err
+
+    original = (legal_data / "train.jsonl").read_text()
+    rows = legal_rows(12)
+    rows[3]["output"] = "A changed answer."
+    write_jsonl(legal_data / "train.jsonl", rows)
+    assert cli.main(["train", str(config), "--set", "train.max_steps=4", "--set", "train.save_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"data file {legal_data / 'train.jsonl'} changed (sha256" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "a refusal changes nothing"
+    (legal_data / "train.jsonl").write_text(original)
+
+    assert cli.main(["train", str(config), "--set", "train.max_steps=4", "--set", "train.save_steps=2",
+                     "--set", "train.learning_rate=0.02", "--force-resume"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --force-resume: resuming with a change: train.learning_rate: 0.01 -> 0.02" in out
+    assert "learning_rate: 0.02" in (run_dir / "config.yaml").read_text()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["forced_resume_changes"] == ["train.learning_rate: 0.01 -> 0.02"]
+
+
+def test_resume_modes_never_and_path(setup, tmp_path, capsys):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "manifest.json").unlink()
+    capsys.readouterr()
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}", "--resume", "never"]) == 2
+    assert "already holds files from an earlier run" in capsys.readouterr().err
+
+    # a finished run is never resumed into; branching off one of its checkpoints goes to a new directory
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={reference}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a finished run" in err and "--resume" in err
+    branch = tmp_path / "branch"
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={branch}",
+                     "--resume", str(reference / "checkpoints" / "checkpoint-10")]) == 0
+    assert "starting from" in capsys.readouterr().out
+    assert (branch / "manifest.json").is_file()
+    assert _adapter(branch).keys() == _adapter(reference).keys()
+    assert all(torch.equal(_adapter(branch)[k], _adapter(reference)[k]) for k in _adapter(reference))
+
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={tmp_path / 'other'}",
+                     "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_commit_verify_and_retention(tmp_path):
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    (folder / "training_args.bin").write_bytes(b"a pickle")
+    assert checkpoints.verify(folder)[0] is None and "incomplete" in checkpoints.verify(folder)[1]
+    committed = checkpoints.commit(folder, 3, {"config": {}})
+    assert not (folder / "training_args.bin").exists(), "the trainer's pickled arguments are not kept"
+    assert checkpoints.verify(folder)[0].step == 3 and committed.size == 700
+    (folder / "adapter_model.safetensors").write_bytes(b"weights" * 99)
+    assert "bytes" in checkpoints.verify(folder)[1]
+
+    for step in (5, 7, 9):
+        other = tmp_path / f"checkpoint-{step}"
+        other.mkdir()
+        (other / "a.json").write_text("{}")
+        checkpoints.commit(other, step, {})
+    (tmp_path / "checkpoint-11").mkdir()  # a save cut short: not counted, never deletes a complete one
+    deleted = checkpoints.prune(tmp_path, keep_last=1, best=str(tmp_path / "checkpoint-5"))
+    assert sorted(p.name for p in deleted) == ["checkpoint-3", "checkpoint-7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-11", "checkpoint-5", "checkpoint-9"]
