@@ -309,3 +309,33 @@ def test_commit_verify_and_retention(tmp_path):
     deleted = checkpoints.prune(tmp_path, keep_last=1, best=str(tmp_path / "checkpoint-5"))
     assert sorted(p.name for p in deleted) == ["checkpoint-3", "checkpoint-7"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-11", "checkpoint-5", "checkpoint-9"]
+
+
+def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_path):
+    from types import SimpleNamespace
+
+    from lora_ft.config import load_config
+    from lora_ft.train import CheckpointKeeper, checkpoint_interval
+
+    def interval(total, *overrides, has_eval=True):
+        cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), list(overrides)).config
+        return checkpoint_interval(cfg, total, has_eval)
+
+    assert interval(1000, "train.logging_steps=5") == 100  # about ten saves, on a logged step
+    assert interval(37, "train.logging_steps=5") == 5
+    assert interval(3, "train.logging_steps=1") == 1
+    assert interval(1000, "train.save_steps=7") == 7
+    assert interval(1000, "train.save_steps=null") is None
+    keep_best = ("train.eval_steps=30", "train.early_stopping_patience=2")
+    assert interval(1000, *keep_best) == 120  # a multiple of eval_steps: the best checkpoint must be saved
+    assert interval(1000, *keep_best, "train.save_steps=null") == 30
+
+    keeper = CheckpointKeeper(tmp_path, {}, keep_last=2, expected_bytes=0, save_every_minutes=0.5,
+                              disk_free=lambda _: 2**40)
+    state = SimpleNamespace(global_step=3, is_world_process_zero=True)
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    keeper.on_step_end(None, state, control)
+    assert not control.should_save
+    keeper.last_save -= 31
+    keeper.on_step_end(None, state, control)
+    assert control.should_save and not control.should_training_stop
