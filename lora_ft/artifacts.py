@@ -140,12 +140,21 @@ def write_metrics(run_dir: Path, records: list[dict]) -> None:
     write_text_atomic(run_dir / METRICS_FILE, lines)
 
 
-def save_adapter(model, tokenizer, chat_template: str, run_dir: Path) -> Path:
-    """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training."""
+def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main: bool = True) -> Path:
+    """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training.
+
+    Under FSDP every process takes part (the adapter's shards are gathered into one file); otherwise only the main
+    process writes.
+    """
     adapter_dir = run_dir / ADAPTER_DIR
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(str(adapter_dir))
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(adapter_dir))
+    elif is_main:
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    if is_main:
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(str(adapter_dir))
     return adapter_dir
 
 

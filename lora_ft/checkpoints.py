@@ -118,14 +118,14 @@ def scan(checkpoint_dir: Path) -> tuple[list[Checkpoint], list[Rejected]]:
     return complete, rejected
 
 
-def newest(checkpoint_dir: Path, say=print) -> Checkpoint | None:
+def newest(checkpoint_dir: Path, say=print, tidy: bool = True) -> Checkpoint | None:
     """The newest complete checkpoint; folders skipped on the way are named with the reason.
 
     Skipped folders are cleared out of the way of the resumed run: one whose save never finished is deleted (it
     holds nothing usable), one that fails its hashes is renamed ``checkpoint-N.corrupt`` and kept for a look.
     """
     complete, rejected = scan(checkpoint_dir)
-    for bad in rejected:
+    for bad in rejected if tidy else []:
         if bad.incomplete:
             shutil.rmtree(bad.path, ignore_errors=True)
             say(f"note: {bad.path.name} is {bad.reason}: removed, it is not resumed from")

@@ -11,6 +11,7 @@ from lora_ft.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UserError
 EPILOG = """examples:
   lora-ft train configs/legal_domain.yaml
   lora-ft train configs/legal_domain.yaml --set train.max_steps=20 --set model.quantization=nf4
+  lora-ft train configs/legal_domain.yaml --nproc 4          # four GPUs on this machine (DDP)
   lora-ft validate configs/legal_domain.yaml
   lora-ft data configs/legal_domain.yaml --samples 2 --json data-report.json
   lora-ft eval runs/legal-domain
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint; never: refuse a non-empty output_dir; PATH: start from that checkpoint folder")
     train.add_argument("--force-resume", action="store_true",
                        help="resume even though the config or data differ from what the checkpoint was trained on")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train on N processes on this machine (one per GPU) through torchrun; several "
+                       "machines: see docs/distributed.md")
     validate = sub.add_parser("validate", help="check a config and print it with every default filled in",
                               description="Check a config without loading anything heavy; exit 2 on any fault.")
     _add_config_args(validate)
@@ -191,6 +195,17 @@ def cmd_train(args) -> int:
     from lora_ft.config import load_config
 
     loaded = load_config(args.config, args.overrides)
+    if args.nproc != 1:
+        from lora_ft import distributed
+
+        if args.nproc < 1:
+            raise UserError(f"--nproc {args.nproc}: the number of processes must be at least 1", fix="--nproc 2")
+        if distributed.current_world().distributed:
+            raise UserError("--nproc was given inside a launcher that already started several processes",
+                            fix="drop --nproc when running under torchrun or accelerate launch")
+        argv = [args.config, *(a for o in args.overrides for a in ("--set", o)), "--resume", args.resume,
+                *(["--force-resume"] if args.force_resume else [])]
+        return distributed.launch(argv, args.nproc)
     from lora_ft import pipeline
 
     pipeline.train(loaded, say=_say, resume=args.resume, force_resume=args.force_resume)

@@ -237,6 +237,17 @@ class TrackingSection(_Section):
     tags: list[str] = Field(default_factory=list, description="Tags for the tracker run.")
 
 
+class DistributedSection(_Section):
+    """Several GPUs or machines: `lora-ft train CONFIG --nproc N`, or the command under torchrun / accelerate launch."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="`ddp`: every process holds a whole (4-bit) model copy on its own GPU and the data is split "
+        "between them. `fsdp`: the model's weights, gradients and optimizer state are sharded across the GPUs "
+        "(QLoRA included), for models that do not fit one GPU. Ignored in a single process.",
+    )
+
+
 class RunConfig(_Section):
     """A whole fine-tuning run."""
 
@@ -249,6 +260,8 @@ class RunConfig(_Section):
     data: DataSection = Field(..., description="The data.")
     train: TrainSection = Field(default_factory=TrainSection, description="The training loop.")
     tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment tracking.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection,
+                                            description="Training on several processes.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -683,6 +696,7 @@ def schema_sections() -> list[tuple[str, type[BaseModel]]]:
         ("data.train[] and data.eval[]", DatasetSource),
         ("train", TrainSection),
         ("tracking", TrackingSection),
+        ("distributed", DistributedSection),
     ]
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import artifacts, checkpoints, data, data_report, settings, tokenization
+from lora_ft import artifacts, checkpoints, data, data_report, distributed, settings, tokenization
 from lora_ft import resume as resume_lib
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
@@ -56,9 +56,14 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     started = time.time()
     resolved = settings.resolve(loaded)
     cfg = resolved.config
+    world = distributed.current_world()
+    if not world.is_main:
+        say = _silent  # one voice: the main process reports; every process still raises its own errors
+    check_distributed(cfg, world)
     resolved_dict = json.loads(cfg.model_dump_json())
-    start = resume_lib.choose_start(cfg.output_dir, resume, say)
+    start = resume_lib.choose_start(cfg.output_dir, resume, say, tidy=world.is_main)
     resume_lib.check_same_run(start, resolved_dict, None, force_resume, say)  # the config, before loading anything
+    resume_lib.check_same_processes(start, world.size, cfg.distributed.strategy, force_resume, say)
 
     _section(say, "resolved config")
     say(dump_config(cfg).rstrip())
@@ -127,21 +132,25 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
                     if eval_tokens.input_ids else None)
 
     artifacts.check_free_space(Path(cfg.output_dir), artifacts.run_disk_need(trainable, cfg))
-    if start.existing:
-        run_dir = start.run_dir
+    run_dir = start.run_dir
+    records: list[dict] = []
+    if not world.is_main:
+        pass  # only the main process writes the run directory
+    elif start.existing:
         records = resume_lib.truncate_metrics(run_dir, start.step if start.checkpoint else -1)
         if start.forced_changes:
             write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
     else:
         run_dir = artifacts.create_run_dir(cfg.output_dir)
         write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
-        records = []
     checkpoint_dir = run_dir / artifacts.CHECKPOINT_DIR
-    trackers = tracking.start_trackers(cfg, run_dir, resolved_dict)
+    trackers = (tracking.start_trackers(cfg, run_dir, resolved_dict) if world.is_main
+                else tracking.Trackers(report_to=["none"]))
     history = train_lib.LogHistory(run_dir / artifacts.METRICS_FILE, records)
     stop = train_lib.StopRequest(say)
     keeper = train_lib.CheckpointKeeper(
-        checkpoint_dir, {"config": resolved_dict, "data": data_fingerprint}, cfg.train.keep_last,
+        checkpoint_dir, {"config": resolved_dict, "data": data_fingerprint, "processes": world.size},
+        cfg.train.keep_last,
         artifacts.checkpoint_bytes(trainable), cfg.train.save_every_minutes, stop)
     try:
         trainer = train_lib.build_trainer(
@@ -155,9 +164,11 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
         saves = (f"a checkpoint every {trainer.args.save_steps} steps" if trainer.args.save_strategy != "no"
                  else "no step checkpoints (train.save_steps: null)")
         minutes = f" and every {cfg.train.save_every_minutes:g} min" if cfg.train.save_every_minutes else ""
+        processes = (f" ({cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation x "
+                     f"{world.size} processes, {cfg.distributed.strategy})" if world.distributed else "")
         say(f"{len(train_dataset)} samples, effective batch "
-            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps}, {steps}; {saves}{minutes}, "
-            f"newest {cfg.train.keep_last} kept")
+            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world.size}{processes}, {steps}; "
+            f"{saves}{minutes}, newest {cfg.train.keep_last} kept")
         for note in trackers.notes:
             say(note)
         try:
@@ -180,7 +191,9 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     if outcome.interrupted_by is not None:
         raise interrupted(outcome, loaded, run_dir)
 
-    adapter_dir = artifacts.save_adapter(trainer.model, tokenizer, template, run_dir)
+    adapter_dir = artifacts.save_adapter(trainer, tokenizer, template, run_dir, world.is_main)
+    if not world.is_main:
+        return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest={}, model=trainer.model)
     template_check(say, cfg.data.template_checks, tokenization.check_saved_template, adapter_dir, template)
     data_rows = [
         {"path": r.path, "format": r.format, "rows_read": r.rows_read, "kept": r.kept,
@@ -237,6 +250,22 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     _section(say, "summary")
     say(summary_table(outcome, run_dir, adapter_dir))
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
+
+
+def _silent(*_args) -> None:
+    return None
+
+
+def check_distributed(cfg, world) -> None:
+    """Refuse what the libraries cannot do with several processes, before anything is loaded."""
+    if not world.distributed:
+        return
+    if cfg.distributed.strategy == "fsdp" and cfg.train.device != "cuda":
+        raise UserError("distributed.strategy fsdp needs CUDA GPUs",
+                        fix="use distributed.strategy: ddp (it also runs on CPU processes)")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "int8":
+        raise UserError("8-bit weights cannot be sharded by FSDP",
+                        fix="use model.quantization: nf4 (QLoRA shards under FSDP) or none")
 
 
 def _resume_command(loaded: LoadedConfig) -> str:

@@ -74,8 +74,11 @@ def data_fingerprint(train_ids, train_labels, eval_ids, eval_labels, reports) ->
     return {"tokens_sha256": digest.hexdigest(), "files": {r.path: r.sha256 for r in reports}}
 
 
-def choose_start(output_dir: str, mode: str, say=print) -> StartPoint:
-    """Decide, before anything heavy is loaded, where this run starts; refuse what would overwrite a run."""
+def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> StartPoint:
+    """Decide, before anything heavy is loaded, where this run starts; refuse what would overwrite a run.
+
+    ``tidy``: clear unusable checkpoint folders out of the way (the main process does; the others only read).
+    """
     run_dir = Path(output_dir)
     if mode == "never":
         artifacts.check_run_dir_free(output_dir)
@@ -86,7 +89,7 @@ def choose_start(output_dir: str, mode: str, say=print) -> StartPoint:
         return StartPoint(run_dir)
     _refuse_unless_an_unfinished_run(run_dir)
     previous = yaml.safe_load((run_dir / artifacts.CONFIG_FILE).read_text(encoding="utf-8"))
-    checkpoint = checkpoints.newest(run_dir / artifacts.CHECKPOINT_DIR, say)
+    checkpoint = checkpoints.newest(run_dir / artifacts.CHECKPOINT_DIR, say, tidy=tidy)
     if checkpoint is None:
         say(f"note: {run_dir} holds an interrupted run with no complete checkpoint: it starts again from step 0")
         return StartPoint(run_dir, existing=True, previous_config=previous)
@@ -139,6 +142,36 @@ def _start_from_named_checkpoint(run_dir: Path, path: Path, say) -> StartPoint:
     say(f"starting from {path} (step {checkpoint.step})")
     return StartPoint(run_dir, checkpoint, existing=same_run, previous_config=checkpoint.fingerprint.get("config"),
                       previous_data=checkpoint.fingerprint.get("data"))
+
+
+def check_same_processes(start: StartPoint, processes: int, strategy: str, force: bool, say=print) -> None:
+    """A checkpoint resumes on another number of processes where the libraries allow it.
+
+    DDP checkpoints hold whole tensors and resume on any number of processes, but the effective batch changes with
+    it, so that is refused like a config change unless forced. FSDP checkpoints are sharded per process and resume
+    only on the number of processes that wrote them.
+    """
+    if start.checkpoint is None:
+        return
+    before = start.checkpoint.fingerprint.get("processes", 1)
+    if before == processes:
+        return
+    change = f"processes: {before} -> {processes} (the effective batch changes by {processes / before:g}x)"
+    if strategy == "fsdp" and max(before, processes) > 1:
+        raise UserError(
+            f"cannot resume {start.checkpoint.path.name} on {processes} processes: it was written by {before} "
+            "FSDP processes, and FSDP checkpoints are sharded per process",
+            fix=f"resume with --nproc {before} (or the same torchrun --nproc-per-node and --nnodes as before)",
+        )
+    if not force:
+        raise UserError(
+            f"cannot resume {start.checkpoint.path.name}: it was trained on {before} process(es), this is {processes}",
+            problems=[Problem(change)],
+            fix=f"resume with --nproc {before}; or scale train.gradient_accumulation_steps to keep the effective "
+            "batch and add --force-resume",
+        )
+    say(f"warning: --force-resume: resuming with a change: {change}")
+    start.forced_changes.append(change)
 
 
 def config_changes(previous: dict | None, current: dict) -> list[str]:

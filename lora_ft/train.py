@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from lora_ft import distributed
 from lora_ft.config import RunConfig
 
 SCHEDULERS = {
@@ -45,11 +46,11 @@ def checkpoint_interval(cfg: RunConfig, total_steps: int, has_eval: bool) -> int
     return max(unit, math.ceil(wanted / unit) * unit)
 
 
-def optimizer_steps(cfg: RunConfig, train_samples: int) -> int:
+def optimizer_steps(cfg: RunConfig, train_samples: int, processes: int = 1) -> int:
     """How many optimizer steps the run takes (before packing, which only lowers it)."""
     if cfg.train.max_steps:
         return cfg.train.max_steps
-    batches = math.ceil(train_samples / cfg.train.batch_size)
+    batches = math.ceil(train_samples / (cfg.train.batch_size * processes))
     return max(1, math.ceil(cfg.train.epochs * math.ceil(batches / cfg.train.gradient_accumulation_steps)))
 
 
@@ -104,6 +105,8 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         dataset_num_proc=None,
         push_to_hub=False,
         hub_token=None,
+        **distributed.trainer_settings(cfg.distributed.strategy, cfg.train.device, distributed.current_world(),
+                                       bool(cfg.model.gradient_checkpointing)),
     )
 
 
@@ -128,6 +131,9 @@ class ProgressBar(TrainerCallback):
         self.started = time.perf_counter()
         self.tokens_at_start = state.num_input_tokens_seen
         self.step_at_start = state.global_step
+        if not state.is_world_process_zero:
+            self.live = False
+            self._write = lambda line: None
         if self.live:
             from tqdm.auto import tqdm
 
@@ -279,20 +285,26 @@ class CheckpointKeeper(TrainerCallback):
         self.last_save = time.monotonic()
         self.committed: list[Path] = []
         self.disk_free = disk_free
+        self.world = distributed.current_world()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_save = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.save_every_seconds and time.monotonic() - self.last_save >= self.save_every_seconds:
+        # With several processes every decision is agreed on (one tiny all-reduce), or they would part ways.
+        time_due = bool(self.save_every_seconds) and time.monotonic() - self.last_save >= self.save_every_seconds
+        signalled = self.stop is not None and self.stop.signum is not None
+        time_due, signalled = distributed.agree([time_due, signalled], self.world)
+        if time_due:
             control.should_save = True
-        if self.stop is not None and self.stop.signum is not None:
+        if signalled:
             control.should_save = True
             control.should_training_stop = True
-        if control.should_save and state.is_world_process_zero:
+        if control.should_save:
             needed = int(self.expected_bytes * 1.1) + 16 * 2**20
-            free = self.disk_free(self.checkpoint_dir.parent)
-            if free < needed:
+            free = self.disk_free(self.checkpoint_dir.parent) if state.is_world_process_zero else needed
+            (short,) = distributed.agree([free < needed], self.world)
+            if short:
                 raise CheckpointNoSpace(state.global_step, needed, free)
         return control
 
@@ -351,7 +363,8 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     from trl import SFTTrainer
 
     has_eval = eval_dataset is not None
-    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset)), has_eval)
+    processes = distributed.current_world().size
+    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset), processes), has_eval)
     args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
     callbacks = list(extra_callbacks)
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:

@@ -1,0 +1,98 @@
+"""Several processes (GPUs, or CPU processes for testing): launched by torchrun, run by the trainer's Accelerate.
+
+lora-ft does not launch or coordinate processes itself. ``lora-ft train CONFIG --nproc N`` hands the same command to
+``torch.distributed.run`` (torchrun) for one machine; on a cluster, ``torchrun`` or ``accelerate launch`` start
+``python -m lora_ft train CONFIG`` on each node (see ``scripts/slurm_train.sh``). Inside each process, the HF
+Trainer (through Accelerate) sets up DDP or FSDP from the environment torchrun provides; this module only reads
+that environment, gives the trainer the settings the chosen strategy needs, and keeps the run's decisions (stop on
+a signal, save on a timer, no room to save) the same on every process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def current_world() -> World:
+    """This process's place among the processes torchrun (or accelerate launch) started; one process otherwise."""
+    return World(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                 size=int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def launch(train_argv: list[str], nproc: int) -> int:
+    """Run ``lora-ft train`` in ``nproc`` processes on this machine through torchrun; return its exit code."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "lora_ft", "train", *train_argv]
+    print(f"launching {nproc} processes: {' '.join(command[2:])}", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:  # torchrun forwards the signal to the workers, which save and stop
+        return 130
+
+
+def trainer_settings(strategy: str, device: str, world: World, gradient_checkpointing: bool) -> dict:
+    """The TrainingArguments a strategy needs; empty for one process."""
+    if not world.distributed:
+        return {}
+    settings = {
+        "ddp_backend": "nccl" if device == "cuda" else "gloo",
+        # Only LoRA weights train and every one of them gets a gradient: no search for unused parameters.
+        "ddp_find_unused_parameters": False,
+    }
+    if strategy == "fsdp":
+        settings["fsdp"] = "full_shard auto_wrap"
+        settings["fsdp_config"] = {
+            # QLoRA under FSDP, as PEFT documents it: the 4-bit weights are stored in the compute dtype
+            # (bnb_4bit_quant_storage), so FSDP shards them like any other tensor, and PEFT's wrap policy puts the
+            # LoRA layers in their own units, so flat parameters never mix frozen and trainable weights.
+            "use_orig_params": False,
+            "cpu_ram_efficient_loading": True,
+            "sync_module_states": True,
+            "backward_prefetch": "backward_pre",
+            "forward_prefetch": False,
+            "activation_checkpointing": bool(gradient_checkpointing),
+            "state_dict_type": "SHARDED_STATE_DICT",
+        }
+    return settings
+
+
+def agree(flags: list[bool], world: World) -> list[bool]:
+    """Each flag true on every process when it is true on any one (one tiny all-reduce per call)."""
+    if not world.distributed:
+        return flags
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return flags
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def barrier(world: World) -> None:
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
