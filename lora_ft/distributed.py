@@ -26,6 +26,8 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    launched: bool = False  # started by torchrun / accelerate launch (even as a single process)
+
     @property
     def distributed(self) -> bool:
         return self.size > 1
@@ -34,7 +36,7 @@ class World:
 def current_world() -> World:
     """This process's place among the processes torchrun (or accelerate launch) started; one process otherwise."""
     return World(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                 size=int(os.environ.get("WORLD_SIZE", 1)))
+                 size=int(os.environ.get("WORLD_SIZE", 1)), launched="WORLD_SIZE" in os.environ)
 
 
 def launch(train_argv: list[str], nproc: int) -> int:
@@ -49,8 +51,9 @@ def launch(train_argv: list[str], nproc: int) -> int:
 
 
 def trainer_settings(strategy: str, device: str, world: World, gradient_checkpointing: bool) -> dict:
-    """The TrainingArguments a strategy needs; empty for one process."""
-    if not world.distributed:
+    """The TrainingArguments a strategy needs; empty for one process that no launcher started (FSDP also runs
+    in a single launched process, which is how its path is checked on one GPU)."""
+    if not world.distributed and not (strategy == "fsdp" and world.launched):
         return {}
     settings = {
         "ddp_backend": "nccl" if device == "cuda" else "gloo",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_ft.config import EMBEDDED_MODEL, LoadedConfig, LoraSection, ModelSection
+from lora_ft.distributed import current_world
 from lora_ft.errors import UserError
 
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
@@ -126,14 +127,15 @@ def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: st
     )
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # each process of a multi-GPU run holds its own copy on its own GPU
+        kwargs["device_map"] = {"": current_world().local_rank} if device == "cuda" else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load the model {source.display_name}: {exc}",
                         fix="check model.base, model.trust_remote_code and model.attn_implementation") from exc
     if quant is None and device == "cuda":
-        model.to("cuda")
+        model.to(f"cuda:{current_world().local_rank}")
     model.config.use_cache = False
     if quant is not None:
         from peft import prepare_model_for_kbit_training

@@ -258,7 +258,7 @@ def _silent(*_args) -> None:
 
 def check_distributed(cfg, world) -> None:
     """Refuse what the libraries cannot do with several processes, before anything is loaded."""
-    if not world.distributed:
+    if not (world.distributed or world.launched):
         return
     if cfg.distributed.strategy == "fsdp" and cfg.train.device != "cuda":
         raise UserError("distributed.strategy fsdp needs CUDA GPUs",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,15 @@ def test_two_gloo_processes_match_one_process_and_write_the_adapter_once(tiny_ll
     # by about 5.5% after four steps, LoRA A far less). Not closer: each process averages the loss over its own
     # share's tokens before the gradients are averaged, where one process averages over all the batch's tokens,
     # so samples of unequal length weigh slightly differently; the logged losses agree to 1e-4.
+    # a checkpoint of the two-process run resumes in one process (with the effective batch kept: batch 12)
+    (double / "manifest.json").unlink()
+    shutil.rmtree(double / "adapter")
+    shutil.rmtree(double / "checkpoints" / "checkpoint-4")
+    assert cli.main(["train", str(config), *STEPS, "--set", f"output_dir={double}", "--set", "train.batch_size=12",
+                     "--force-resume"]) == 0
+    assert json.loads((double / "manifest.json").read_text())["metrics"]["resumed_from_step"] == 2
+    assert len(_losses(double)) == 4
+
     moved = 0
     for kind in ("lora_A", "lora_B"):
         keys = sorted(k for k in ours if kind in k)

@@ -29,3 +29,25 @@ def test_qlora_defaults_on_cuda(tiny_llama, legal_data, tmp_path):
     assert saved.train.optimizer == "paged_adamw_8bit"
     assert "GiB allocated" in result.manifest["metrics"]["peak_memory"]
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules())
+
+
+def test_fsdp_path_trains_a_4bit_model_in_one_launched_process(tiny_llama, legal_data, tmp_path):
+    """FSDP with QLoRA (4-bit weights stored in bfloat16, sharded by FSDP) through torchrun, one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "lora_ft",
+         "train", str(config), "--set", "distributed.strategy=fsdp", "--set", "train.max_steps=2",
+         "--set", "model.quantization=nf4"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 2
+    assert "GiB allocated" in manifest["metrics"]["peak_memory"]
+    print("FSDP QLoRA peak memory:", manifest["metrics"]["peak_memory"])
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
