@@ -60,7 +60,8 @@ class ModelSection(_Section):
         "CPU, which has no fast bfloat16.",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel. `auto` is PyTorch's scaled-dot-product attention (`sdpa`)."
+        "auto", description="Attention kernel. `auto` is `flash_attention_2` on a CUDA GPU in 16-bit when the "
+        "flash-attn package is installed (padding-free batches then need no mask), else PyTorch's `sdpa`."
     )
     gradient_checkpointing: bool | None = Field(
         None,
@@ -185,6 +186,12 @@ class TrainSection(_Section):
         True,
         description="Concatenate each batch into one row with per-sample position ids instead of padding it: no "
         "compute is spent on pad tokens, and attention stays within each sample (same loss as padded batches).",
+    )
+    fused_kernels: bool | Literal["auto"] = Field(
+        "auto",
+        description="Liger Kernel's fused RMSNorm, RoPE and SwiGLU on a CUDA GPU (the LM head and loss are already "
+        "fused by TRL, computed for trained positions only). `auto` uses them on a GPU when liger-kernel is "
+        "installed (`pip install 'lora-ft[gpu]'`); they need CUDA.",
     )
     seed: int = Field(42, ge=0, description="Seed for data order, the eval split and LoRA initialisation.")
     eval_steps: int | None = Field(

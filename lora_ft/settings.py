@@ -6,6 +6,8 @@ run and saved with it, so a run directory says exactly what ran.
 
 from __future__ import annotations
 
+import importlib.util
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +69,25 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     if device == "cpu" and model.dtype == "float16":
         raise UserError("float16 training is not supported on a CPU", fix="use model.dtype: float32")
     if model.attn_implementation == "auto":
-        model.attn_implementation = "sdpa"
+        # FlashAttention-2 runs padding-free batches as variable-length sequences, with no mask at all; SDPA
+        # needs a block-diagonal mask for them.
+        flash = device == "cuda" and model.dtype in ("bfloat16", "float16") and \
+            importlib.util.find_spec("flash_attn") is not None
+        model.attn_implementation = "flash_attention_2" if flash else "sdpa"
     if model.gradient_checkpointing is None:
         model.gradient_checkpointing = model.quantization in ("nf4", "int8") and device == "cuda"
     if cfg.train.optimizer == "auto":
         cfg.train.optimizer = "paged_adamw_8bit" if (device == "cuda" and model.quantization != "none") \
             else "adamw_torch"
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    if cfg.train.fused_kernels == "auto":
+        cfg.train.fused_kernels = device == "cuda" and liger
+    elif cfg.train.fused_kernels and device != "cuda":
+        raise UserError("train.fused_kernels: true needs a CUDA GPU (Liger's kernels are Triton kernels)",
+                        fix="set train.fused_kernels: auto (or false)")
+    elif cfg.train.fused_kernels and not liger:
+        raise UserError("train.fused_kernels: true needs liger-kernel, which is not installed",
+                        fix="pip install 'lora-ft[gpu]' (or liger-kernel), or set train.fused_kernels: auto")
     if cfg.output_dir is None:
         stem = loaded.path.stem if loaded.path is not None else "run"
         cfg.output_dir = str(Path("runs") / stem)

@@ -92,6 +92,7 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         fp16=cfg.model.dtype == "float16" and cfg.model.quantization == "none",
         use_cpu=cfg.train.device == "cpu",
         gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
+        use_liger_kernel=cfg.train.fused_kernels is True,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
         run_name=cfg.tracking.run_name,

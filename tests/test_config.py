@@ -215,3 +215,38 @@ def test_settings_resolve_for_a_cuda_machine_without_one(tmp_path):
     assert (cfg.model.quantization, cfg.model.dtype) == ("nf4", "bfloat16")
     assert cfg.model.gradient_checkpointing is True and cfg.train.optimizer == "paged_adamw_8bit"
     assert not any("CPU" in note for note in resolved.notes)
+
+
+def test_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lora_ft.settings import resolve
+
+    loaded = load_config(_write(tmp_path, MINIMAL))
+    assert resolve(loaded, has_cuda=False).config.train.fused_kernels is False
+    real_find_spec = importlib.util.find_spec
+    for installed in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if installed else None) if name == "liger_kernel"
+                            else real_find_spec(name, *a))
+        assert resolve(loaded, has_cuda=True).config.train.fused_kernels is installed
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        resolve(load_config(_write(tmp_path, MINIMAL), ["train.fused_kernels=true"]), has_cuda=False)
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    with pytest.raises(UserError, match="needs liger-kernel"):
+        resolve(load_config(_write(tmp_path, MINIMAL), ["train.fused_kernels=true"]), has_cuda=True)
+
+
+def test_flash_attention_only_on_a_gpu_where_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lora_ft.settings import resolve
+
+    loaded = load_config(_write(tmp_path, MINIMAL))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert resolve(loaded, has_cuda=True).config.model.attn_implementation == "flash_attention_2"
+    assert resolve(loaded, has_cuda=False).config.model.attn_implementation == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    assert resolve(loaded, has_cuda=True).config.model.attn_implementation == "sdpa"  # not installed here
