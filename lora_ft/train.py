@@ -358,6 +358,40 @@ def peak_memory(device: str) -> tuple[int, str]:
     return rss, f"{rss / 2**30:.2f} GiB RSS (CPU)"
 
 
+def selective_loss_trainer():
+    """SFTTrainer whose training loss projects only the trained positions through the LM head, in one piece.
+
+    For a CPU. TRL's own loss also projects only trained positions, in vocabulary tiles with running
+    log-sum-exp, entropy and accuracy, which on a GPU runs as Triton kernels; on a CPU it falls back to several
+    float32 passes over every tile, about a third of a small model's step. Here the model's forward is asked
+    (``logits_to_keep``) for the logits of the positions whose next token is trained, and PyTorch's fused cross
+    entropy takes it from there: the same loss, one pass. It applies to padding-free and packed batches (one row);
+    padded batches and evaluation go through TRL's loss unchanged.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    class SelectiveLossTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if return_outputs or labels is None or labels.shape[0] != 1 or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            targets = inputs.get("shift_labels")
+            targets = targets[0] if targets is not None else torch.cat(
+                [labels[0, 1:], labels.new_full((1,), -100)])
+            keep = (targets != -100).nonzero().squeeze(-1)
+            forward = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+            logits = model(**forward, use_cache=False, logits_to_keep=keep).logits[0]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else keep.numel()
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+    return SelectiveLossTrainer
+
+
 def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset, checkpoint_dir: Path,
                   report_to: list[str], extra_callbacks: list):
     import torch
@@ -371,7 +405,8 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
                                                early_stopping_threshold=cfg.train.early_stopping_threshold))
-    trainer = SFTTrainer(
+    trainer_class = selective_loss_trainer() if cfg.train.device == "cpu" else SFTTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
