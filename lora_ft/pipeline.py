@@ -73,7 +73,10 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     import torch
 
     from lora_ft import model as model_lib
+    from lora_ft import train as train_lib
 
+    if resolved.device == "cpu":
+        train_lib.reuse_freed_memory()
     quiet_libraries()
     torch.manual_seed(cfg.train.seed)
 
@@ -125,7 +128,6 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     from datasets import Dataset
 
     from lora_ft import tracking
-    from lora_ft import train as train_lib
 
     train_dataset = Dataset.from_dict({"input_ids": train_tokens.input_ids, "labels": train_tokens.labels})
     eval_dataset = (Dataset.from_dict({"input_ids": eval_tokens.input_ids, "labels": eval_tokens.labels})

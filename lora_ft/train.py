@@ -28,6 +28,34 @@ SCHEDULERS = {
 }
 
 
+def reuse_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse instead of returning it to the system at once.
+
+    A training step allocates and frees the same large activation buffers every micro-step. By default glibc
+    serves each one with a fresh mmap and unmaps it when freed, so every step page-faults its activations in
+    again; on a CPU that is several percent of the step. Raising the mmap and trim thresholds (what the
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ environment variables do at start-up) keeps them in the heap.
+    Peak memory is unchanged; memory freed late in the run is returned when the process ends. Returns whether it
+    applied (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all((
+        mallopt(m_mmap_threshold, 32 * 2**20) == 1,  # glibc's maximum on 64-bit systems
+        mallopt(m_trim_threshold, 2**31 - 1) == 1,
+        mallopt(m_top_pad, 64 * 2**20) == 1,
+    ))
+
+
 def keeps_best(cfg: RunConfig, has_eval: bool) -> bool:
     return cfg.train.early_stopping_patience is not None and has_eval and cfg.train.eval_steps is not None
 

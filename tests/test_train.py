@@ -291,3 +291,11 @@ def test_a_run_that_would_fill_the_disk_does_not_start(tiny_llama, legal_data, t
     with pytest.raises(UserError, match="not enough free disk space") as exc:
         artifacts.check_free_space(tmp_path / "new" / "run", need, free=need // 2)
     assert "MiB needed" in exc.value.title and exc.value.fix
+
+
+def test_freed_memory_is_kept_for_reuse_on_linux():
+    import sys
+
+    from lora_ft.train import reuse_freed_memory
+
+    assert reuse_freed_memory() is sys.platform.startswith("linux")
