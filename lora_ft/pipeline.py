@@ -122,6 +122,10 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
     base = model_lib.load_base_model(source, cfg.model, resolved.device)
     model = model_lib.attach_lora(base, cfg.lora)
+    per_sample_attention = (resolved.device == "cpu" and cfg.model.attn_implementation == "sdpa"
+                            and (cfg.train.padding_free or cfg.train.packing))
+    if per_sample_attention:
+        model_lib.use_per_sample_attention(model, True)
     trainable, total = model_lib.count_parameters(model)
     say(f"LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
 
@@ -190,6 +194,8 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
             raise
     finally:
         trackers.finish()
+        if per_sample_attention:
+            model_lib.use_per_sample_attention(model, False)  # the returned model attends as the library does
     if outcome.interrupted_by is not None:
         raise interrupted(outcome, loaded, run_dir)
 

@@ -299,3 +299,20 @@ def test_freed_memory_is_kept_for_reuse_on_linux():
     from lora_ft.train import reuse_freed_memory
 
     assert reuse_freed_memory() is sys.platform.startswith("linux")
+
+
+def test_per_sample_attention_gives_the_masked_attention_result(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from lora_ft.model import use_per_sample_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa")
+    lengths = [5, 9, 3, 7]
+    ids = torch.randint(3, 300, (1, sum(lengths)), generator=torch.Generator().manual_seed(0))
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    separate = torch.cat([model(input_ids=part).logits for part in ids.split(lengths, dim=1)], dim=1)
+    use_per_sample_attention(model, True)
+    per_sample = model(input_ids=ids, position_ids=position_ids).logits
+    torch.testing.assert_close(per_sample, separate, rtol=1e-5, atol=1e-5)  # as if each sample ran alone
+    use_per_sample_attention(model, False)
+    assert model.config._attn_implementation == "sdpa"
