@@ -157,9 +157,19 @@ def prune(checkpoint_dir: Path, keep_last: int, best: str | None = None) -> list
     return deleted
 
 
+def folders(checkpoint_dir: Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder, oldest first, whatever its state."""
+    return sorted((p.resolve() for p in Path(checkpoint_dir).glob("checkpoint-*") if p.is_dir() and NAME.match(p.name)),
+                  key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def is_cut_short(folder: Path) -> bool:
+    """A checkpoint folder whose save never finished: it is there, without its manifest."""
+    folder = Path(folder)
+    return folder.is_dir() and NAME.match(folder.name) is not None and not (folder / MANIFEST).is_file()
+
+
 def scan_names(checkpoint_dir: Path) -> tuple[list[Path], list[Path]]:
     """Committed and uncommitted checkpoint folders by manifest presence alone (cheap: no hashing)."""
-    folders = sorted((p.resolve() for p in Path(checkpoint_dir).glob("checkpoint-*")
-                      if p.is_dir() and NAME.match(p.name)), key=lambda p: int(NAME.match(p.name).group(1)))
-    committed = [p for p in folders if (p / MANIFEST).is_file()]
-    return committed, [p for p in folders if p not in committed]
+    found = folders(checkpoint_dir)
+    return [p for p in found if not is_cut_short(p)], [p for p in found if is_cut_short(p)]

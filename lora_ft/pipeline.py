@@ -153,7 +153,7 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     trackers = (tracking.start_trackers(cfg, run_dir, resolved_dict) if world.is_main
                 else tracking.Trackers(report_to=["none"]))
     history = train_lib.LogHistory(run_dir / artifacts.METRICS_FILE, records)
-    stop = train_lib.StopRequest(say)
+    stop = train_lib.StopRequest()
     keeper = train_lib.CheckpointKeeper(
         checkpoint_dir, {"config": resolved_dict, "data": data_fingerprint, "processes": world.size},
         cfg.train.keep_last,
@@ -188,8 +188,7 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
             raise checkpoint_write_failed(checkpoint_dir, exc.step, f"{exc.needed / 2**20:,.0f} MiB needed, "
                                           f"{exc.free / 2**20:,.0f} MiB free") from None
         except Exception as exc:
-            cut_short = checkpoint_dir / f"checkpoint-{trainer.state.global_step}"
-            if cut_short in checkpoints.scan_names(checkpoint_dir)[1]:
+            if checkpoints.is_cut_short(checkpoint_dir / f"checkpoint-{trainer.state.global_step}"):
                 raise checkpoint_write_failed(checkpoint_dir, trainer.state.global_step, str(exc)) from exc
             raise
     finally:
@@ -302,7 +301,7 @@ def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str) -> Use
     from lora_ft.errors import CheckpointWriteFailed
 
     cut_short = checkpoint_dir / f"checkpoint-{step}"
-    if cut_short.is_dir() and cut_short in checkpoints.scan_names(checkpoint_dir)[1]:
+    if checkpoints.is_cut_short(cut_short):
         shutil.rmtree(cut_short, ignore_errors=True)  # half a checkpoint: never resumed from, and it takes space
     committed = checkpoints.scan_names(checkpoint_dir)[0]
     previous = (f"the previous checkpoint {committed[-1]} is intact and complete, and a rerun resumes from it"

@@ -133,12 +133,13 @@ def _start_from_named_checkpoint(run_dir: Path, path: Path, say) -> StartPoint:
         )
     if same_run:
         _refuse_unless_an_unfinished_run(run_dir)
-        for newer in checkpoints.scan_names(path.parent)[0] + checkpoints.scan_names(path.parent)[1]:
-            if int(checkpoints.NAME.match(newer.name).group(1)) > checkpoint.step:
-                raise UserError(
-                    f"{path} is not the newest checkpoint of its run ({newer.name} is newer); resuming from it "
-                    "would write over the newer ones",
-                    fix="train into a new directory, --set output_dir=..., to branch off from this checkpoint")
+        newest_folder = (checkpoints.folders(path.parent) or [path])[-1]
+        newest_step = int(checkpoints.NAME.match(newest_folder.name).group(1)) if newest_folder != path else -1
+        if newest_step > checkpoint.step:
+            raise UserError(
+                f"{path} is not the newest checkpoint of its run ({newest_folder.name} is newer); resuming from it "
+                "would write over the newer ones",
+                fix="train into a new directory, --set output_dir=..., to branch off from this checkpoint")
     say(f"starting from {path} (step {checkpoint.step})")
     return StartPoint(run_dir, checkpoint, existing=same_run, previous_config=checkpoint.fingerprint.get("config"),
                       previous_data=checkpoint.fingerprint.get("data"))

@@ -267,8 +267,7 @@ class StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, say=print) -> None:
-        self.say = say
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict = {}
 
@@ -479,7 +478,7 @@ def run_training(trainer, device: str, eval_before: bool, has_eval: bool, traine
         with trainer.model.disable_adapter():
             outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
         say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
-    stop = stop or StopRequest(say)
+    stop = stop or StopRequest()
     started = time.perf_counter()
     with stop:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

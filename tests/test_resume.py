@@ -339,3 +339,20 @@ def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_pa
     keeper.last_save -= 31
     keeper.on_step_end(None, state, control)
     assert control.should_save and not control.should_training_stop
+
+
+def test_a_cut_short_save_is_found_under_a_relative_output_dir(tmp_path, monkeypatch):
+    from lora_ft.pipeline import checkpoint_write_failed
+
+    monkeypatch.chdir(tmp_path)  # output_dir defaults to runs/<name>, a relative path
+    checkpoint_dir = Path("runs") / "legal" / "checkpoints"
+    done = checkpoint_dir / "checkpoint-2"
+    done.mkdir(parents=True)
+    (done / "adapter_model.safetensors").write_bytes(b"w")
+    checkpoints.commit(done, 2, {})
+    (checkpoint_dir / "checkpoint-4").mkdir()
+    assert checkpoints.is_cut_short(checkpoint_dir / "checkpoint-4")
+    assert not checkpoints.is_cut_short(done) and not checkpoints.is_cut_short(checkpoint_dir / "checkpoint-6")
+    error = checkpoint_write_failed(checkpoint_dir, 4, "No space left on device")
+    assert not (checkpoint_dir / "checkpoint-4").exists(), "the half-written checkpoint is removed"
+    assert "checkpoint-2 is intact and complete" in error.title and error.exit_code == 4
