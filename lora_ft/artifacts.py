@@ -35,33 +35,22 @@ PACKAGES = ("lora-ft", "torch", "transformers", "peft", "trl", "datasets", "acce
 
 
 def check_run_dir_free(output_dir: str) -> None:
-    """Refuse a directory that already holds a run, so nothing finished is ever overwritten."""
+    """Refuse a directory that already holds anything, so nothing finished (or not ours) is ever overwritten."""
+    from lora_ft import run_lock
+
     run_dir = Path(output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output_dir {output_dir} exists and is not a directory",
-                        fix="choose another output_dir, e.g. --set output_dir=runs/my-run")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+                        fix=f"choose another output_dir, e.g. --set output_dir={run_lock.suggest_new_dir(run_dir)}")
+    if not run_lock.is_fresh(run_dir):
         finished = (run_dir / MANIFEST_FILE).is_file()
-        state = "a finished run" if finished else "files from an earlier run"
+        state = ("a finished run" if finished else "files from an earlier run" if run_lock.is_marked(run_dir)
+                 else "files lora-ft did not write")
         raise UserError(
-            f"output_dir {output_dir} already holds {state}; lora-ft never writes over a run",
-            fix=f"train into a new directory: --set output_dir={output_dir.rstrip('/')}-2 (or move the old one away)",
+            f"output_dir {output_dir} already holds {state}; lora-ft never writes over a run or a user's files",
+            fix=f"train into a new directory: --set output_dir={run_lock.suggest_new_dir(run_dir)} (or move the "
+            "old one away)",
         )
-
-
-def create_run_dir(output_dir: str) -> Path:
-    """Create the (free) run directory and check that it is writable."""
-    check_run_dir_free(output_dir)
-    run_dir = Path(output_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to output_dir {output_dir}: {exc.strerror}",
-                        fix="choose a writable directory with --set output_dir=...") from exc
-    return run_dir
 
 
 def package_versions() -> dict[str, str]:
@@ -108,17 +97,41 @@ def hardware(device: str) -> dict:
     return info
 
 
-def checkpoint_bytes(trainable_params: int) -> int:
-    """Expected size of one checkpoint: fp32 adapter weights, two AdamW moments, tokenizer files."""
-    return trainable_params * 12 + 20 * 2**20
+DEFAULT_TOKENIZER_BYTES = 20 * 2**20  # when the base's tokenizer files cannot be measured (a hub id)
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges*", "special_tokens_map*", "added_tokens*", "*.model",
+                   "chat_template*")
 
 
-def run_disk_need(trainable_params: int, cfg) -> int:
-    """Bytes a run will write: the adapter and tokenizer, plus the checkpoints it keeps, with a margin."""
-    adapter = trainable_params * 4 + 20 * 2**20
+def tokenizer_bytes(model_dir: str | Path) -> int:
+    """The size of the tokenizer files saved with the adapter and with every checkpoint."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        return DEFAULT_TOKENIZER_BYTES
+    files = {p for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()}
+    return sum(p.stat().st_size for p in files) or DEFAULT_TOKENIZER_BYTES
+
+
+def adapter_bytes(trainable_params: int, tokenizer_size: int = DEFAULT_TOKENIZER_BYTES) -> int:
+    """The final adapter folder: float32 LoRA weights, tokenizer files, config and model card."""
+    return trainable_params * 4 + tokenizer_size + 256 * 2**10
+
+
+def checkpoint_bytes(trainable_params: int, tokenizer_size: int = DEFAULT_TOKENIZER_BYTES) -> int:
+    """One checkpoint: float32 adapter weights, two AdamW moments, tokenizer files, scheduler/RNG/trainer state."""
+    return trainable_params * 12 + tokenizer_size + 2**20
+
+
+def run_disk_need(trainable_params: int, cfg, tokenizer_size: int = DEFAULT_TOKENIZER_BYTES,
+                  saves_left: bool = True, checkpoints_on_disk: int = 0) -> int:
+    """Bytes this invocation still has to write: the final adapter, plus the checkpoints that will sit on disk at
+    once (the newest ``keep_last``, the best one, and one being written) less those already there. A resume from
+    the final step writes only the adapter."""
+    need = adapter_bytes(trainable_params, tokenizer_size)
     checkpointing = cfg.train.save_steps is not None or cfg.train.early_stopping_patience is not None
-    checkpoints = (cfg.train.keep_last + 1) * checkpoint_bytes(trainable_params) if checkpointing else 0
-    return int((adapter + checkpoints) * 1.2) + 50 * 2**20
+    if checkpointing and saves_left:
+        at_once = cfg.train.keep_last + 1 + (cfg.train.early_stopping_patience is not None)
+        need += max(1, at_once - checkpoints_on_disk) * checkpoint_bytes(trainable_params, tokenizer_size)
+    return int(need * 1.1) + 8 * 2**20
 
 
 def check_free_space(directory: Path, needed: int, free: int | None = None) -> None:
@@ -140,21 +153,49 @@ def write_metrics(run_dir: Path, records: list[dict]) -> None:
     write_text_atomic(run_dir / METRICS_FILE, lines)
 
 
+STAGED_ADAPTER = ".adapter.partial"
+
+
 def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main: bool = True) -> Path:
-    """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training.
+    """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training into a
+    staging folder of the run directory (``publish_adapter`` moves it into place once complete); return it.
 
     Under FSDP every process takes part (the adapter's shards are gathered into one file); otherwise only the main
     process writes.
     """
-    adapter_dir = run_dir / ADAPTER_DIR
+    staging = run_dir / STAGED_ADAPTER
+    if is_main and staging.exists():
+        shutil.rmtree(staging)  # left by an attempt that was cut short
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-        trainer.save_model(str(adapter_dir))
+        trainer.save_model(str(staging))
     elif is_main:
-        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        trainer.model.save_pretrained(str(staging), safe_serialization=True)
     if is_main:
         tokenizer.chat_template = chat_template
-        tokenizer.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(staging))
+    return staging
+
+
+def publish_adapter(staging: Path, run_dir: Path) -> Path:
+    """Move a completely written adapter into ``run_dir/adapter``: a reader sees the whole adapter or none.
+
+    An ``adapter/`` already there is from an attempt of this run that stopped before its manifest was written
+    (only a run directory lora-ft made is touched)."""
+    from lora_ft import run_lock
+
+    adapter_dir = run_dir / ADAPTER_DIR
+    for item in staging.iterdir():
+        if item.is_file():
+            fd = os.open(item, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    if adapter_dir.exists():
+        run_lock.require_mark(run_dir, f"replace {adapter_dir}")
+        shutil.rmtree(adapter_dir)
+    os.replace(staging, adapter_dir)
     return adapter_dir
 
 

@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_ft import run_lock
 from lora_ft.files import file_sha256
 
 MANIFEST = "checkpoint.json"
+TRAINER_STATE = "trainer_state.json"  # the trainer's own record: step, planned steps, logs, best checkpoint
 NAME = re.compile(r"^checkpoint-(\d+)$")
 # Written by the trainer, needed by nobody: a pickle of its arguments. lora-ft's config.yaml is the record.
 UNNEEDED = ("training_args.bin",)
@@ -41,6 +43,15 @@ class Checkpoint:
     @property
     def size(self) -> int:
         return sum(f["bytes"] for f in self.manifest.get("files", {}).values())
+
+    @property
+    def finished_training(self) -> bool:
+        """True for the checkpoint of the run's planned last step: resuming from it trains nothing more."""
+        try:
+            state = json.loads((self.path / TRAINER_STATE).read_text(encoding="utf-8"))
+            return 0 < int(state["max_steps"]) <= int(state["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
 
 @dataclass
@@ -125,6 +136,8 @@ def newest(checkpoint_dir: Path, say=print, tidy: bool = True) -> Checkpoint | N
     holds nothing usable), one that fails its hashes is renamed ``checkpoint-N.corrupt`` and kept for a look.
     """
     complete, rejected = scan(checkpoint_dir)
+    if tidy and rejected:
+        run_lock.require_mark(Path(checkpoint_dir).parent, "remove or rename checkpoint folders")
     for bad in rejected if tidy else []:
         if bad.incomplete:
             shutil.rmtree(bad.path, ignore_errors=True)
@@ -150,6 +163,8 @@ def prune(checkpoint_dir: Path, keep_last: int, best: str | None = None) -> list
     if best:
         keep.add(Path(best).resolve())
     deleted = []
+    if any(folder not in keep for folder in complete):
+        run_lock.require_mark(Path(checkpoint_dir).parent, "delete old checkpoints")
     for folder in complete:
         if folder not in keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -147,9 +147,10 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     say(f"loading the base model {run.base_name} in float32 ...")
     if run.trained_quantized:
         # The reference is the model as trained: NF4 base + adapter.
-        from lora_ft.model import quantization_config
+        from lora_ft.model import nf4_config_for
 
-        nf4 = quantization_config(run.config.model.model_copy(update={"quantization": "nf4", "dtype": "float32"}))
+        nf4 = nf4_config_for(base_path, run.config.model.model_copy(update={"quantization": "nf4", "dtype": "float32"}),
+                             "cpu", say)
 
         def load_nf4():
             return AutoModelForCausalLM.from_pretrained(base_path, quantization_config=nf4, dtype=torch.float32,

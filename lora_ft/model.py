@@ -96,7 +96,46 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def quantization_config(model_cfg: ModelSection):
+# bitsandbytes' CPU 4-bit kernels (the packed layout it switches to on CPUs with AVX-512 bf16) need each 4-bit
+# layer's input width to be a multiple of the quantization block and its output width a multiple of 32 rows.
+CPU_NF4_BLOCK = 64
+CPU_NF4_ROW_BLOCK = 32
+
+
+def cpu_nf4_unfit_layers(model_path: str, model_cfg: ModelSection) -> tuple[list[str], list[str]]:
+    """Layers bitsandbytes' CPU 4-bit kernels cannot hold, found on an empty (meta) copy of the model.
+
+    Returns (the library's default unquantized modules, e.g. the LM head; the linear layers too narrow for the CPU
+    kernels, as ``name (in x out)``). Real models (widths of hundreds or thousands) have none; tiny ones may.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = AutoConfig.from_pretrained(model_path, revision=model_cfg.revision,
+                                        trust_remote_code=model_cfg.trust_remote_code)
+    with torch.device("meta"):
+        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    defaults = get_keys_to_not_convert(empty)
+    unfit = []
+    for name, module in empty.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            width_in, width_out = module.in_features, module.out_features
+        elif isinstance(module, Conv1D):
+            width_in, width_out = module.weight.shape
+        else:
+            continue
+        if any(name == d or name.startswith(f"{d}.") for d in defaults):
+            continue
+        if width_in % CPU_NF4_BLOCK or width_out % CPU_NF4_ROW_BLOCK:
+            unfit.append(f"{name} ({width_in} x {width_out})")
+    return defaults, unfit
+
+
+def quantization_config(model_cfg: ModelSection, keep_unquantized: list[str] | None = None):
+    """bitsandbytes settings for the model section; ``keep_unquantized``: module names left in full precision
+    (replacing the library's default list, so it must include it)."""
     from transformers import BitsAndBytesConfig
 
     compute = torch_dtype(model_cfg.dtype)
@@ -107,17 +146,33 @@ def quantization_config(model_cfg: ModelSection):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute,
             bnb_4bit_quant_storage=compute,
+            llm_int8_skip_modules=keep_unquantized,
         )
     if model_cfg.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
 
-def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: str):
+def nf4_config_for(model_path: str, model_cfg: ModelSection, device: str, say=print):
+    """The 4-bit settings for this model on this device. On a CPU, layers too narrow for bitsandbytes' CPU
+    kernels stay in full precision (said in one line) instead of failing inside the library mid-run."""
+    if model_cfg.quantization != "nf4" or device != "cpu":
+        return quantization_config(model_cfg)
+    defaults, unfit = cpu_nf4_unfit_layers(model_path, model_cfg)
+    if not unfit:
+        return quantization_config(model_cfg)
+    shown = ", ".join(unfit[:4]) + (f" and {len(unfit) - 4} more" if len(unfit) > 4 else "")
+    say(f"note: {len(unfit)} layer(s) stay in {model_cfg.dtype}, not 4-bit: bitsandbytes' CPU kernels need a "
+        f"4-bit layer's input width to be a multiple of {CPU_NF4_BLOCK} and its output width a multiple of "
+        f"{CPU_NF4_ROW_BLOCK} ({shown})")
+    return quantization_config(model_cfg, keep_unquantized=[*defaults, *(u.split(" ")[0] for u in unfit)])
+
+
+def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: str, say=print):
     """Load the causal LM at its configured precision and quantization, ready for k-bit training."""
     from transformers import AutoModelForCausalLM
 
-    quant = quantization_config(model_cfg)
+    quant = nf4_config_for(source.path, model_cfg, device, say)
     kwargs = dict(
         dtype=torch_dtype(model_cfg.dtype),
         revision=model_cfg.revision,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import artifacts, checkpoints, data, data_report, distributed, settings, tokenization
+from lora_ft import artifacts, checkpoints, data, data_report, distributed, run_lock, settings, tokenization
 from lora_ft import resume as resume_lib
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
@@ -60,6 +60,22 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     if not world.is_main:
         say = _silent  # one voice: the main process reports; every process still raises its own errors
     check_distributed(cfg, world)
+    lock = None
+    if world.is_main:
+        # Before anything in output_dir is read or written: refuse a folder that is not ours (reading only), then
+        # hold the run's lock (creating the folder, its mark first) until this process is done with it.
+        resume_lib.check_writable_run_dir(cfg.output_dir, resume)
+        lock = run_lock.RunLock(cfg.output_dir, run_lock.command_line(), create=True).acquire()
+    try:
+        return _train(loaded, resolved, world, started, say, resume, force_resume)
+    finally:
+        if lock is not None:  # a run stopped before it wrote its config leaves nothing behind
+            lock.release(unused=not (Path(cfg.output_dir) / artifacts.CONFIG_FILE).exists())
+
+
+def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: str,
+           force_resume: bool) -> RunResult:
+    cfg = resolved.config
     resolved_dict = json.loads(cfg.model_dump_json())
     start = resume_lib.choose_start(cfg.output_dir, resume, say, tidy=world.is_main)
     resume_lib.check_same_run(start, resolved_dict, None, force_resume, say)  # the config, before loading anything
@@ -120,7 +136,7 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     resume_lib.check_same_run(start, resolved_dict, data_fingerprint, force_resume, say)
 
     say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
-    base = model_lib.load_base_model(source, cfg.model, resolved.device)
+    base = model_lib.load_base_model(source, cfg.model, resolved.device, say)
     model = model_lib.attach_lora(base, cfg.lora)
     per_sample_attention = (resolved.device == "cpu" and cfg.model.attn_implementation == "sdpa"
                             and (cfg.train.padding_free or cfg.train.packing))
@@ -137,8 +153,13 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     eval_dataset = (Dataset.from_dict({"input_ids": eval_tokens.input_ids, "labels": eval_tokens.labels})
                     if eval_tokens.input_ids else None)
 
-    artifacts.check_free_space(Path(cfg.output_dir), artifacts.run_disk_need(trainable, cfg))
     run_dir = start.run_dir
+    tokenizer_size = artifacts.tokenizer_bytes(source.path)
+    finished_training = start.checkpoint is not None and start.checkpoint.finished_training
+    on_disk = len(checkpoints.scan_names(run_dir / artifacts.CHECKPOINT_DIR)[0]) if start.existing else 0
+    artifacts.check_free_space(run_dir, artifacts.run_disk_need(trainable, cfg, tokenizer_size,
+                                                                saves_left=not finished_training,
+                                                                checkpoints_on_disk=on_disk))
     records: list[dict] = []
     if not world.is_main:
         pass  # only the main process writes the run directory
@@ -147,8 +168,7 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
         if start.forced_changes:
             write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
     else:
-        run_dir = artifacts.create_run_dir(cfg.output_dir)
-        write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))
+        write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))  # the folder and its mark exist
     checkpoint_dir = run_dir / artifacts.CHECKPOINT_DIR
     trackers = (tracking.start_trackers(cfg, run_dir, resolved_dict) if world.is_main
                 else tracking.Trackers(report_to=["none"]))
@@ -157,7 +177,7 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     keeper = train_lib.CheckpointKeeper(
         checkpoint_dir, {"config": resolved_dict, "data": data_fingerprint, "processes": world.size},
         cfg.train.keep_last,
-        artifacts.checkpoint_bytes(trainable), cfg.train.save_every_minutes, stop)
+        artifacts.checkpoint_bytes(trainable, tokenizer_size), cfg.train.save_every_minutes, stop)
     try:
         trainer = train_lib.build_trainer(
             model, tokenizer, cfg, train_dataset, eval_dataset, checkpoint_dir, trackers.report_to,
@@ -198,26 +218,45 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
     if outcome.interrupted_by is not None:
         raise interrupted(outcome, loaded, run_dir)
 
-    adapter_dir = artifacts.save_adapter(trainer, tokenizer, template, run_dir, world.is_main)
-    if not world.is_main:
-        return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest={}, model=trainer.model)
-    template_check(say, cfg.data.template_checks, tokenization.check_saved_template, adapter_dir, template)
-    data_rows = [
-        {"path": r.path, "format": r.format, "rows_read": r.rows_read, "kept": r.kept,
-         "dropped": r.dropped_count, "drop_reasons": {k: len(v) for k, v in r.dropped.items()},
-         "sha256": r.sha256}
-        for r in loaded_data.reports
-    ]
-    from lora_ft import embedded
+    try:
+        staged = artifacts.save_adapter(trainer, tokenizer, template, run_dir, world.is_main)
+        if not world.is_main:
+            return RunResult(run_dir=run_dir, adapter_dir=run_dir / artifacts.ADAPTER_DIR, outcome=outcome,
+                             manifest={}, model=trainer.model)
+        template_check(say, cfg.data.template_checks, tokenization.check_saved_template, staged, template)
+        data_rows = [
+            {"path": r.path, "format": r.format, "rows_read": r.rows_read, "kept": r.kept,
+             "dropped": r.dropped_count, "drop_reasons": {k: len(v) for k, v in r.dropped.items()},
+             "sha256": r.sha256}
+            for r in loaded_data.reports
+        ]
+        from lora_ft import embedded
 
-    upstream = embedded.UPSTREAM_ID if source.is_embedded else None
-    card = artifacts.model_card(
-        base_name=source.display_name, base_path=source.path, upstream=upstream, cfg=cfg, data_rows=data_rows,
-        outcome=outcome, trainable=trainable, total=total, end_of_turn=renderer.end_of_turn, run_dir=run_dir,
-    )
-    write_text_atomic(adapter_dir / "README.md", card)
+        upstream = embedded.UPSTREAM_ID if source.is_embedded else None
+        card = artifacts.model_card(
+            base_name=source.display_name, base_path=source.path, upstream=upstream, cfg=cfg, data_rows=data_rows,
+            outcome=outcome, trainable=trainable, total=total, end_of_turn=renderer.end_of_turn, run_dir=run_dir,
+        )
+        write_text_atomic(staged / "README.md", card)
+        adapter_dir = artifacts.publish_adapter(staged, run_dir)
+        manifest = run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer,
+                                tokenizer, trainable, total, outcome, start, trackers, started, run_dir, adapter_dir)
+        artifacts.write_manifest(run_dir, manifest)
+    except OSError as exc:
+        raise final_save_failed(run_dir, outcome.steps, exc,
+                                artifacts.adapter_bytes(trainable, tokenizer_size)) from exc
+    _section(say, "summary")
+    say(summary_table(outcome, run_dir, adapter_dir))
+    return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
+
+
+def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer, tokenizer,
+                 trainable, total, outcome, start, trackers, started, run_dir, adapter_dir) -> dict:
+    """What ran, on what, with what result: the record that also marks the run as finished."""
+    from lora_ft import model as model_lib
+
     packages = artifacts.package_versions()
-    manifest = {
+    return {
         "lora_ft_version": packages.get("lora-ft"),
         "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
                        "tokenizer_sha256": model_lib.model_files_digest(source.path)},
@@ -253,10 +292,29 @@ def train(loaded: LoadedConfig, say=print, resume: str = "auto", force_resume: b
         "outputs": {"adapter": str(adapter_dir), "config": str(run_dir / artifacts.CONFIG_FILE),
                     "metrics": str(run_dir / artifacts.METRICS_FILE)},
     }
-    artifacts.write_manifest(run_dir, manifest)
-    _section(say, "summary")
-    say(summary_table(outcome, run_dir, adapter_dir))
-    return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
+
+
+def final_save_failed(run_dir: Path, steps: int, exc: OSError, adapter_size: int) -> UserError:
+    """The message for a final adapter (or manifest) that could not be written; what is kept, how to finish."""
+    import shutil
+
+    from lora_ft.errors import CheckpointWriteFailed
+
+    shutil.rmtree(run_dir / artifacts.STAGED_ADAPTER, ignore_errors=True)  # half an adapter: never used
+    committed = checkpoints.scan_names(run_dir / artifacts.CHECKPOINT_DIR)[0]
+    newest = committed[-1] if committed else None
+    newest_step = int(checkpoints.NAME.match(newest.name).group(1)) if newest else 0
+    if newest and newest_step >= steps:
+        kept = (f"the trained weights are safe in {newest.name}, the run's last step; the same command writes the "
+                "adapter from it without training again")
+    elif newest:
+        kept = f"the newest complete checkpoint is {newest.name}; the same command resumes from it"
+    else:
+        kept = "no checkpoint was kept (train.save_steps: null), so the same command trains again from step 0"
+    return CheckpointWriteFailed(
+        f"could not write the final adapter in {run_dir} ({exc.strerror or exc}); {kept}",
+        fix=f"free at least {adapter_size * 1.1 / 2**20 + 8:,.0f} MiB under {run_dir}, then run the same command",
+    )
 
 
 def _silent(*_args) -> None:
@@ -301,7 +359,7 @@ def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str) -> Use
     from lora_ft.errors import CheckpointWriteFailed
 
     cut_short = checkpoint_dir / f"checkpoint-{step}"
-    if checkpoints.is_cut_short(cut_short):
+    if checkpoints.is_cut_short(cut_short) and run_lock.is_marked(checkpoint_dir.parent):
         shutil.rmtree(cut_short, ignore_errors=True)  # half a checkpoint: never resumed from, and it takes space
     committed = checkpoints.scan_names(checkpoint_dir)[0]
     previous = (f"the previous checkpoint {committed[-1]} is intact and complete, and a rerun resumes from it"

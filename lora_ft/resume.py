@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from lora_ft import artifacts, checkpoints
+from lora_ft import artifacts, checkpoints, run_lock
 from lora_ft.errors import Problem, UserError
 
 RESUME_MODES = ("auto", "never")
@@ -74,10 +74,24 @@ def data_fingerprint(train_ids, train_labels, eval_ids, eval_labels, reports) ->
     return {"tokens_sha256": digest.hexdigest(), "files": {r.path: r.sha256 for r in reports}}
 
 
+def check_writable_run_dir(output_dir: str, mode: str) -> None:
+    """Refuse, reading only, a folder this run may not write in: a user's files, a finished run, a fresh run
+    (``never``) that is not fresh. Called before the lock is taken, so nothing is created in a refused folder."""
+    run_dir = Path(output_dir)
+    if mode == "never":
+        artifacts.check_run_dir_free(output_dir)
+    elif mode == "auto":
+        if not run_lock.is_fresh(run_dir):
+            _refuse_unless_an_unfinished_run(run_dir)
+    else:
+        _start_from_named_checkpoint(run_dir, Path(mode), lambda *_: None)
+
+
 def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> StartPoint:
     """Decide, before anything heavy is loaded, where this run starts; refuse what would overwrite a run.
 
-    ``tidy``: clear unusable checkpoint folders out of the way (the main process does; the others only read).
+    ``tidy``: clear unusable checkpoint folders out of the way (the main process does, holding the run's lock; the
+    others only read).
     """
     run_dir = Path(output_dir)
     if mode == "never":
@@ -85,7 +99,7 @@ def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> St
         return StartPoint(run_dir)
     if mode != "auto":
         return _start_from_named_checkpoint(run_dir, Path(mode), say)
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+    if run_lock.is_fresh(run_dir):
         return StartPoint(run_dir)
     _refuse_unless_an_unfinished_run(run_dir)
     previous = yaml.safe_load((run_dir / artifacts.CONFIG_FILE).read_text(encoding="utf-8"))
@@ -100,19 +114,33 @@ def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> St
 
 
 def _refuse_unless_an_unfinished_run(run_dir: Path) -> None:
+    """Only an interrupted run that lora-ft made (the mark) is resumed; anything else is left untouched."""
     if not run_dir.is_dir():
         artifacts.check_run_dir_free(str(run_dir))  # not a directory: its message
+    new_dir = run_lock.suggest_new_dir(run_dir)
     if (run_dir / artifacts.MANIFEST_FILE).is_file():
         raise UserError(
             f"output_dir {run_dir} already holds a finished run; lora-ft never writes over a run",
-            fix=f"train into a new directory: --set output_dir={str(run_dir).rstrip('/')}-2; to train on from one "
+            fix=f"train into a new directory: --set output_dir={new_dir}; to train on from one "
             f"of its checkpoints, add --resume {run_dir}/{artifacts.CHECKPOINT_DIR}/checkpoint-N",
+        )
+    if not run_lock.is_marked(run_dir):
+        earlier = ""
+        if (run_dir / artifacts.CONFIG_FILE).is_file() and (run_dir / artifacts.CHECKPOINT_DIR).is_dir():
+            earlier = (f"; if it is an interrupted run of an older lora-ft, start from one of its checkpoints in a "
+                       f"new directory: --resume {run_dir}/{artifacts.CHECKPOINT_DIR}/checkpoint-N "
+                       f"--set output_dir={new_dir}")
+        raise UserError(
+            f"output_dir {run_dir} is not empty and lora-ft did not make it (it has no {run_lock.MARK_FILE} mark); "
+            "lora-ft never deletes, resumes into or writes over files it did not write",
+            fix=f"choose an empty or new directory, e.g. --set output_dir={new_dir}{earlier}",
         )
     if not (run_dir / artifacts.CONFIG_FILE).is_file():
         raise UserError(
-            f"output_dir {run_dir} is not empty and holds no lora-ft run (no {artifacts.CONFIG_FILE}); lora-ft "
-            "never writes over files it did not write",
-            fix=f"choose an empty or new directory, e.g. --set output_dir={str(run_dir).rstrip('/')}-2",
+            f"output_dir {run_dir} is a lora-ft run directory without its {artifacts.CONFIG_FILE}, so the run "
+            "in it cannot be resumed",
+            fix=f"train into a new directory, e.g. --set output_dir={new_dir} (the files in {run_dir} are left "
+            "as they are)",
         )
 
 
@@ -126,10 +154,10 @@ def _start_from_named_checkpoint(run_dir: Path, path: Path, say) -> StartPoint:
                         fix="pick an earlier checkpoint of the run, or --resume auto to take the newest "
                         "complete one")
     same_run = path.resolve().parent.parent == run_dir.resolve()
-    if not same_run and run_dir.exists() and any(run_dir.iterdir()):
+    if not same_run and not run_lock.is_fresh(run_dir):
         raise UserError(
             f"output_dir {run_dir} is not empty, and the checkpoint {path} belongs to another run",
-            fix=f"train into a new directory: --set output_dir={str(run_dir).rstrip('/')}-2",
+            fix=f"train into a new directory: --set output_dir={run_lock.suggest_new_dir(run_dir)}",
         )
     if same_run:
         _refuse_unless_an_unfinished_run(run_dir)

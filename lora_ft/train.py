@@ -255,6 +255,22 @@ class LogHistory(TrainerCallback):
                 fh.write(json.dumps(record, default=str) + "\n")
 
 
+class TrainingAlreadyComplete(Exception):
+    """Resumed from the checkpoint of the run's last step: there is nothing left to train."""
+
+
+class StopAtPlannedEnd(TrainerCallback):
+    """Never trains past the planned last step.
+
+    The trainer checks ``max_steps`` only after a step; resumed from a checkpoint of the last step that falls
+    partway through an epoch, it would run one more. Raised before that step's first forward pass, so the weights
+    stay exactly those of the checkpoint."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise TrainingAlreadyComplete()
+
+
 class CheckpointNoSpace(Exception):
     def __init__(self, step: int, needed: int, free: int) -> None:
         super().__init__(f"not enough disk space for the checkpoint at step {step}")
@@ -428,7 +444,7 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     processes = distributed.current_world().size
     save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset), processes), has_eval)
     args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
-    callbacks = list(extra_callbacks)
+    callbacks = [StopAtPlannedEnd(), *extra_callbacks]
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
                                                early_stopping_threshold=cfg.train.early_stopping_threshold))
@@ -451,6 +467,14 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def finish_complete_run(trainer) -> None:
+    """What the trainer does after its last step, for a run resumed at that step: the best adapter when one is
+    kept, and the end-of-training callbacks (progress bar, trackers)."""
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def _callback(trainer, kind):
@@ -480,12 +504,19 @@ def run_training(trainer, device: str, eval_before: bool, has_eval: bool, traine
         say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
     stop = stop or StopRequest()
     started = time.perf_counter()
+    training_loss = float("nan")
     with stop:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            training_loss = result.training_loss
+        except TrainingAlreadyComplete:
+            say(f"{resume_from.name} holds the run's last step ({trainer.state.global_step}): nothing is left to "
+                "train; finishing the run from it")
+            finish_complete_run(trainer)
     outcome.seconds = time.perf_counter() - started
     outcome.steps = trainer.state.global_step
     outcome.resumed_from_step = _callback(trainer, ProgressBar).step_at_start if resume_from else None
-    outcome.train_loss = result.training_loss if math.isfinite(result.training_loss) else None
+    outcome.train_loss = training_loss if math.isfinite(training_loss) else None
     if resume_from is not None:  # the trainer averages this session's steps only; the run's mean is over all
         losses = [r["loss"] for r in history.records if "loss" in r and math.isfinite(r["loss"])]
         outcome.train_loss = sum(losses) / len(losses) if losses else None

@@ -50,12 +50,19 @@ def build_tokenizer(directory: Path, chat_template: str | None = CHATML, eos: st
     return fast
 
 
-def build_llama(directory: Path, vocab_size: int, layers: int = 2, init_range: float = 0.02) -> None:
+# Widths every bitsandbytes backend accepts in 4-bit: inputs a multiple of 64 (its block), outputs of 32 (the
+# packed CPU layout on AVX-512 machines); k/v projections are 2 heads x 16 = 32 wide.
+TINY_HIDDEN, TINY_INTERMEDIATE = 64, 128
+
+
+def build_llama(directory: Path, vocab_size: int, layers: int = 2, init_range: float = 0.02,
+                hidden: int = TINY_HIDDEN, intermediate: int = TINY_INTERMEDIATE) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
                          initializer_range=init_range)
@@ -67,7 +74,7 @@ def build_gpt2(directory: Path, vocab_size: int) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512,
+    config = GPT2Config(vocab_size=vocab_size, n_embd=TINY_HIDDEN, n_layer=2, n_head=4, n_positions=512,
                         bos_token_id=0, eos_token_id=0)
     GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
 

@@ -106,13 +106,14 @@ def test_damaged_checkpoints_are_skipped_and_named(setup, tmp_path, capsys):
     blob[-7] ^= 0x10
     flipped.write_bytes(bytes(blob))
     truncated = run_dir / "checkpoints" / "checkpoint-8" / "optimizer.pt"
+    size = truncated.stat().st_size
     truncated.write_bytes(truncated.read_bytes()[:-100])
     capsys.readouterr()
 
     assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert "checkpoint-10 is damaged: adapter_model.safetensors does not match its hash" in out
-    assert "checkpoint-8 is damaged: optimizer.pt has 83,815 bytes" in out and "were written" in out
+    assert f"checkpoint-8 is damaged: optimizer.pt has {size - 100:,} bytes, {size:,} were written" in out
     assert (run_dir / "checkpoints" / "checkpoint-10.corrupt").is_dir(), "kept for a look, out of the way"
     assert "no complete checkpoint: it starts again from step 0" in out
     _assert_same_run(run_dir, reference)
@@ -289,8 +290,13 @@ def test_resume_modes_never_and_path(setup, tmp_path, capsys):
 
 
 def test_commit_verify_and_retention(tmp_path):
-    folder = tmp_path / "checkpoint-3"
-    folder.mkdir()
+    from lora_ft import run_lock
+    from lora_ft.errors import UserError
+
+    run_lock.write_mark(tmp_path)
+    checkpoint_dir = tmp_path / "checkpoints"
+    folder = checkpoint_dir / "checkpoint-3"
+    folder.mkdir(parents=True)
     (folder / "adapter_model.safetensors").write_bytes(b"weights" * 100)
     (folder / "training_args.bin").write_bytes(b"a pickle")
     assert checkpoints.verify(folder)[0] is None and "incomplete" in checkpoints.verify(folder)[1]
@@ -301,14 +307,23 @@ def test_commit_verify_and_retention(tmp_path):
     assert "bytes" in checkpoints.verify(folder)[1]
 
     for step in (5, 7, 9):
-        other = tmp_path / f"checkpoint-{step}"
+        other = checkpoint_dir / f"checkpoint-{step}"
         other.mkdir()
         (other / "a.json").write_text("{}")
         checkpoints.commit(other, step, {})
-    (tmp_path / "checkpoint-11").mkdir()  # a save cut short: not counted, never deletes a complete one
-    deleted = checkpoints.prune(tmp_path, keep_last=1, best=str(tmp_path / "checkpoint-5"))
+    (checkpoint_dir / "checkpoint-11").mkdir()  # a save cut short: not counted, never deletes a complete one
+    # outside a folder lora-ft made (no mark), nothing is ever deleted
+    foreign = tmp_path / "user" / "checkpoints"
+    shutil.copytree(checkpoint_dir, foreign)
+    with pytest.raises(UserError, match="does not carry lora-ft's mark"):
+        checkpoints.prune(foreign, keep_last=1)
+    with pytest.raises(UserError, match="does not carry lora-ft's mark"):
+        checkpoints.newest(foreign, say=lambda _: None)
+    assert sorted(p.name for p in foreign.iterdir()) == sorted(p.name for p in checkpoint_dir.iterdir())
+
+    deleted = checkpoints.prune(checkpoint_dir, keep_last=1, best=str(checkpoint_dir / "checkpoint-5"))
     assert sorted(p.name for p in deleted) == ["checkpoint-3", "checkpoint-7"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-11", "checkpoint-5", "checkpoint-9"]
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["checkpoint-11", "checkpoint-5", "checkpoint-9"]
 
 
 def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_path):
@@ -342,12 +357,14 @@ def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_pa
 
 
 def test_a_cut_short_save_is_found_under_a_relative_output_dir(tmp_path, monkeypatch):
+    from lora_ft import run_lock
     from lora_ft.pipeline import checkpoint_write_failed
 
     monkeypatch.chdir(tmp_path)  # output_dir defaults to runs/<name>, a relative path
     checkpoint_dir = Path("runs") / "legal" / "checkpoints"
     done = checkpoint_dir / "checkpoint-2"
     done.mkdir(parents=True)
+    run_lock.write_mark(checkpoint_dir.parent)
     (done / "adapter_model.safetensors").write_bytes(b"w")
     checkpoints.commit(done, 2, {})
     (checkpoint_dir / "checkpoint-4").mkdir()

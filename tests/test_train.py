@@ -128,7 +128,32 @@ def test_nf4_on_cpu_trains_through_4bit_layers(tiny_llama, legal_data, tmp_path)
     from peft import PeftModel  # noqa: F401 - the adapter loads on an un-quantized base
 
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
-    assert bnb.nn.Linear4bit  # the backend the run used
+    four_bit = [n for n, m in result.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(four_bit) == 3 * 7, "every attention and MLP projection of the 3 layers trained through 4-bit weights"
+    assert not any("stay in" in line for line in seen)
+
+
+def test_nf4_on_cpu_keeps_layers_too_narrow_for_the_cpu_kernels_in_full_precision(legal_data, tmp_path):
+    """bitsandbytes' packed CPU path (AVX-512 machines) fails inside the library on layers narrower than its
+    blocks; those layers stay unquantized, said in one line, and the run trains on every CPU."""
+    import bitsandbytes as bnb
+
+    from lora_ft import pipeline
+
+    from .conftest import build_llama, build_tokenizer
+
+    model_dir = tmp_path / "narrow"
+    build_llama(model_dir, len(build_tokenizer(model_dir)), layers=1, hidden=32, intermediate=64)
+    loaded = load_config(write_config(tmp_path / "run.yaml", model_dir, legal_data),
+                         ["model.quantization=nf4", "train.max_steps=2"])
+    seen = []
+    result = pipeline.train(loaded, say=seen.append)
+    assert result.manifest["metrics"]["eval_loss_after"] is not None
+    note = next(line for line in seen if "stay in float32, not 4-bit" in line)
+    assert "model.layers.0.self_attn.q_proj (32 x 32)" in note and "multiple of 64" in note
+    modules = dict(result.model.named_modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for n, m in modules.items() if n.endswith("q_proj.base_layer"))
+    assert isinstance(modules["base_model.model.model.layers.0.mlp.down_proj.base_layer"], bnb.nn.Linear4bit)
 
 
 def test_early_stopping_keeps_the_best_adapter(tiny_llama, legal_data, tmp_path):
