@@ -240,7 +240,8 @@ def cmd_merge(args) -> int:
     run = open_run(args.run_dir)
     _quiet()
     out = Path(args.out) if args.out else run.run_dir / "merged"
-    report = merge_run(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
+    with _holding(run):
+        report = merge_run(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
     _say(f"merged model: {out}")
     return EXIT_FAILURE if report.within_tolerance is False else EXIT_OK
 
@@ -254,13 +255,14 @@ def cmd_export(args) -> int:
     run = open_run(args.run_dir)
     _quiet()
     out = Path(args.out) if args.out else run.run_dir / f"export-{args.format}"
-    if args.format == "peft":
-        check = export.export_peft(run, out, base=args.base, say=_say)
-    elif args.format == "merged":
-        check = export.export_merged(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
-    else:
-        types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
-        check = export.export_gguf(run, out, types=types, base=args.base, say=_say)
+    with _holding(run):
+        if args.format == "peft":
+            check = export.export_peft(run, out, base=args.base, say=_say)
+        elif args.format == "merged":
+            check = export.export_merged(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
+        else:
+            types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
+            check = export.export_gguf(run, out, types=types, base=args.base, say=_say)
     _say(f"exported: {out}")
     return EXIT_OK if check["passed"] else EXIT_FAILURE
 
@@ -355,8 +357,18 @@ def cmd_eval(args) -> int:
 
     run = open_run(args.run_dir)
     _quiet()
-    evaluate_run(run, data_file=args.data, samples_to_show=args.samples, out_dir=args.out, base=args.base, say=_say)
+    with _holding(run):
+        evaluate_run(run, data_file=args.data, samples_to_show=args.samples, out_dir=args.out, base=args.base,
+                     say=_say)
     return EXIT_OK
+
+
+def _holding(run):
+    """The run's lock, for commands that write into a finished run (eval, merge, export): one at a time, and
+    never while a training process holds it."""
+    from lora_ft import run_lock
+
+    return run_lock.RunLock(run.run_dir, run_lock.command_line())
 
 
 def _quiet() -> None:

@@ -78,6 +78,9 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
     cfg = resolved.config
     resolved_dict = json.loads(cfg.model_dump_json())
     start = resume_lib.choose_start(cfg.output_dir, resume, say, tidy=world.is_main)
+    if start.checkpoint is not None and start.checkpoint.finished_training:
+        say(f"{start.checkpoint.path.name} holds the run's last step ({start.step}): nothing is left to train; "
+            "the run is finished from it (adapter, evaluation, manifest)")
     resume_lib.check_same_run(start, resolved_dict, None, force_resume, say)  # the config, before loading anything
     resume_lib.check_same_processes(start, world.size, cfg.distributed.strategy, force_resume, say)
 

@@ -510,8 +510,6 @@ def run_training(trainer, device: str, eval_before: bool, has_eval: bool, traine
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             training_loss = result.training_loss
         except TrainingAlreadyComplete:
-            say(f"{resume_from.name} holds the run's last step ({trainer.state.global_step}): nothing is left to "
-                "train; finishing the run from it")
             finish_complete_run(trainer)
     outcome.seconds = time.perf_counter() - started
     outcome.steps = trainer.state.global_step

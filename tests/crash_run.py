@@ -5,8 +5,10 @@
 KILL is one of
   none                  run to the end
   step:N                during the N-th micro-batch this process trains
+  sigterm:N             SIGTERM (not a kill) during the N-th micro-batch: the run saves and stops after it
   save:STEP:FILE        while the trainer writes FILE of checkpoint-STEP (half of it is on disk)
   commit:STEP           while lora-ft hashes checkpoint-STEP, before its manifest is committed
+  committed:STEP        right after checkpoint-STEP is committed
 
 Used by the kill-and-resume tests; it wraps functions only inside this throwaway process.
 """
@@ -27,7 +29,7 @@ def die() -> None:
 
 def arm(kill: str) -> None:
     kind, _, where = kill.partition(":")
-    if kind == "step":
+    if kind in ("step", "sigterm"):
         import transformers
 
         original = transformers.Trainer.training_step
@@ -36,7 +38,9 @@ def arm(kill: str) -> None:
         def training_step(self, *args, **kwargs):
             calls["n"] += 1
             if calls["n"] == int(where):
-                die()
+                if kind == "step":
+                    die()
+                os.kill(os.getpid(), signal.SIGTERM)
             return original(self, *args, **kwargs)
 
         transformers.Trainer.training_step = training_step
@@ -67,6 +71,18 @@ def arm(kill: str) -> None:
             return original_hash(path)
 
         checkpoints.file_sha256 = file_sha256
+    elif kind == "committed":
+        from lora_ft import checkpoints
+
+        original_commit = checkpoints.commit
+
+        def commit(path, step, fingerprint):
+            committed = original_commit(path, step, fingerprint)
+            if step == int(where):
+                die()
+            return committed
+
+        checkpoints.commit = commit
     elif kind != "none":
         raise SystemExit(f"unknown kill point {kill!r}")
 

@@ -373,3 +373,147 @@ def test_a_cut_short_save_is_found_under_a_relative_output_dir(tmp_path, monkeyp
     error = checkpoint_write_failed(checkpoint_dir, 4, "No space left on device")
     assert not (checkpoint_dir / "checkpoint-4").exists(), "the half-written checkpoint is removed"
     assert "checkpoint-2 is intact and complete" in error.title and error.exit_code == 4
+
+
+# --- a run directory is lora-ft's only when it carries the mark; one process at a time writes in it ---------
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_lora_ft_did_not_make_is_never_touched(setup, tmp_path, capsys):
+    """A user's folder that looks like an unfinished run (config.yaml, a checkpoint folder without a manifest):
+    nothing in it is deleted, renamed or written, whatever the resume flags."""
+    config, _ = setup
+    user = tmp_path / "userproj"
+    (user / "checkpoints" / "checkpoint-500").mkdir(parents=True)
+    (user / "config.yaml").write_text("experiment: x\n")
+    (user / "checkpoints" / "checkpoint-500" / "model.safetensors").write_bytes(bytes(range(256)) * 400)
+    before = _snapshot(user)
+    for flags in ([], ["--force-resume"], ["--resume", "never"],
+                  ["--resume", str(user / "checkpoints" / "checkpoint-500")]):
+        capsys.readouterr()
+        assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={user}", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert "error:" in err and "fix:" in err and "removed" not in err
+        assert _snapshot(user) == before and sorted(p.name for p in user.iterdir()) == ["checkpoints",
+                                                                                      "config.yaml"], flags
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={user}"]) == 2
+    err = capsys.readouterr().err
+    assert "lora-ft did not make it (it has no .lora-ft-run mark)" in err
+    assert f"--set output_dir={user}-2" in err
+
+
+def test_a_run_directory_is_marked_before_anything_else(setup):
+    _, reference = setup
+    mark = json.loads((reference / ".lora-ft-run").read_text())
+    assert mark["made_by"] == "lora-ft" and mark["version"] and mark["host"]
+    assert (reference / ".lora-ft-run").stat().st_mtime <= (reference / "config.yaml").stat().st_mtime
+
+
+@pytest.mark.parametrize("kill", ["committed:7", "sigterm:7"])
+def test_a_run_resumed_from_its_last_step_finishes_without_training_more(setup, tmp_path, kill):
+    """max_steps 7 with six steps an epoch: the last checkpoint falls partway through the second epoch, where the
+    trainer would run a step 8 before checking max_steps. Killed right after committing checkpoint-7, or stopped
+    by SIGTERM during step 7 (it saves, then exits 143), the same command finishes the run."""
+    config, _ = setup
+    seven = [*RUN, "--set", "train.max_steps=7", "--set", "lora.dropout=0.0", "--set", "train.lr_scheduler=constant"]
+    reference = tmp_path / "reference"
+    assert cli.main(["train", str(config), *seven, "--set", f"output_dir={reference}"]) == 0
+    run_dir = tmp_path / "run"
+    stopped = subprocess.run([sys.executable, str(CRASH_RUN), kill, str(config), *seven,
+                              "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=180)
+    assert stopped.returncode == (-signal.SIGKILL if kill.startswith("committed") else 143), stopped.stderr[-2000:]
+    assert [c.step for c in checkpoints.scan(run_dir / "checkpoints")[0]][-1] == 7
+    assert not (run_dir / "manifest.json").exists()
+
+    resumed = subprocess.run([sys.executable, str(CRASH_RUN), "none", str(config), *seven,
+                              "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "checkpoint-7 holds the run's last step (7): nothing is left to train" in resumed.stdout
+    assert "step 8" not in resumed.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["metrics"]["steps"] == 7
+    _assert_same_run(run_dir, reference)
+
+
+def test_a_second_process_is_refused_at_once_and_a_killed_holder_leaves_no_lock(setup, tmp_path, capsys):
+    import os
+    import socket
+
+    from lora_ft import run_lock
+
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    with run_lock.RunLock(run_dir, "lora-ft train held-by-test", create=True):
+        started = time.monotonic()
+        assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 2
+        assert time.monotonic() - started < 20, "refused before anything heavy is loaded"
+        err = capsys.readouterr().err
+        assert f"is in use by another lora-ft process: pid {os.getpid()} on host {socket.gethostname()}" in err
+        assert "lora-ft train held-by-test" in err
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lora-ft-run", ".lora-ft.lock"]
+        # commands that write into a finished run respect it too
+    finished = tmp_path / "finished"
+    shutil.copytree(reference, finished)
+    with run_lock.RunLock(finished, "lora-ft train held-by-test"):
+        for command in (["eval", str(finished)], ["merge", str(finished)],
+                        ["export", str(finished), "--format", "peft"]):
+            assert cli.main(command) == 2, command
+            assert "is in use by another lora-ft process" in capsys.readouterr().err
+        assert not any((finished / name).exists() for name in ("eval", "merged", "export-peft"))
+
+    # a holder that is killed leaves no stale lock behind
+    holder = subprocess.Popen([sys.executable, "-c", (
+        f"import sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from lora_ft.run_lock import RunLock\n"
+        f"RunLock({str(run_dir)!r}, 'holder').acquire(); print('held', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match="in use by another lora-ft process"):
+        run_lock.RunLock(run_dir, "second").acquire()
+    holder.kill()
+    holder.wait()
+    run_lock.RunLock(run_dir, "after the kill").acquire().release()
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_a_rerun_finishes(setup, tmp_path,
+                                                                                       monkeypatch, capsys):
+    from lora_ft import artifacts
+
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    real_save = artifacts.publish_adapter
+
+    def disk_fills(staging, run):
+        (staging / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # cut short by the full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(staging / "adapter_model.safetensors"))
+
+    monkeypatch.setattr(artifacts, "publish_adapter", disk_fills)
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 4
+    err = capsys.readouterr().err
+    assert "could not write the final adapter" in err and "No space left on device" in err
+    assert "safe in checkpoint-12, the run's last step" in err and "MiB under" in err
+    assert not (run_dir / "adapter").exists() and not (run_dir / artifacts.STAGED_ADAPTER).exists()
+    assert not (run_dir / "manifest.json").exists()
+    assert [c.step for c in checkpoints.scan(run_dir / "checkpoints")[0]][-1] == 12
+
+    monkeypatch.setattr(artifacts, "publish_adapter", real_save)  # space freed
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
+    assert "nothing is left to train" in capsys.readouterr().out
+    _assert_same_run(run_dir, reference)
+
+
+def test_the_free_space_check_counts_only_what_is_left_to_write(tiny_llama, legal_data, tmp_path):
+    from lora_ft import artifacts
+    from lora_ft.config import load_config
+
+    cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["train.save_steps=10"]).config
+    tokenizer = artifacts.tokenizer_bytes(tiny_llama)
+    assert 0 < tokenizer < 2**20, "measured from the base model's tokenizer files"
+    adapter_only = artifacts.run_disk_need(1_000_000, cfg, tokenizer, saves_left=False)
+    assert adapter_only == int((4_000_000 + tokenizer + 256 * 2**10) * 1.1) + 8 * 2**20  # about 12 MiB
+    fresh = artifacts.run_disk_need(1_000_000, cfg, tokenizer)
+    assert fresh == int((4_000_000 + tokenizer + 256 * 2**10 + 3 * (12_000_000 + tokenizer + 2**20)) * 1.1) \
+        + 8 * 2**20
+    assert artifacts.run_disk_need(1_000_000, cfg, tokenizer, checkpoints_on_disk=2) < fresh
