@@ -120,7 +120,7 @@ def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None, say=pr
                         fix="retrain with the listed settings, or export --format merged")
     base_path = locate_base(run, base, say)
     base_for_serving = run.upstream if run.upstream and not Path(base_path).is_dir() else base_path
-    with staged_directory(out_dir) as staging:
+    with staged_directory(out_dir, say) as staging:
         for item in run.adapter_dir.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
@@ -197,7 +197,7 @@ def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f
     from lora_ft import gguf_export
     from lora_ft.merge import merge_run
 
-    with staged_directory(out_dir) as staging:
+    with staged_directory(out_dir, say) as staging:
         merged_dir = staging / "merged-hf"
         report = merge_run(run, merged_dir, dtype="float32", base=base, say=say)
         files = gguf_export.export_gguf(merged_dir, staging, types=types, say=say)

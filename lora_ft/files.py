@@ -42,25 +42,74 @@ def check_output_dir_free(out_dir: Path) -> None:
                         fix="choose a writable --out directory")
 
 
+PARTIAL_LOCK = ".lora-ft-partial.lock"  # held while a staging folder is written; free once its writer is gone
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_abandoned_staging(out_dir: Path, say=None) -> list[Path]:
+    """Delete staging folders of ``out_dir`` whose writer is gone (killed mid-write): the ones lora-ft made (they
+    hold its partial-lock file) and whose lock nobody holds. A folder being written by a live process is kept."""
+    import fcntl
+
+    out_dir = Path(out_dir)
+    removed = []
+    for folder in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        lock = folder / PARTIAL_LOCK
+        if not folder.is_dir() or not lock.is_file():
+            continue  # not one of ours, or its writer has not taken the lock yet
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its writer is still at work
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        if say:
+            say(f"note: removed {folder.name}, left by an earlier write of {out_dir.name} that was cut short")
+    return removed
+
+
 @contextmanager
-def staged_directory(out_dir: Path) -> Iterator[Path]:
+def staged_directory(out_dir: Path, say=None) -> Iterator[Path]:
     """A temporary folder beside ``out_dir`` that becomes ``out_dir`` when the block completes.
 
-    If the block fails (or is interrupted), the temporary folder is removed: nothing half-written is left.
+    If the block fails (or is interrupted), the temporary folder is removed: nothing half-written is left. A
+    process killed outright (``kill -9``) cannot clean up; its folder is removed by the next write of ``out_dir``.
+    The result gets the permissions of any folder the user creates (``mkdtemp``'s private 0700 would keep a serving
+    engine running as another user out).
     """
+    import fcntl
+
     out_dir = Path(out_dir)
     check_output_dir_free(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_staging(out_dir, say)
         staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+        os.chmod(staging, 0o777 & ~_umask())
+        lock_fd = os.open(staging / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise UserError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}",
                         fix="choose a writable --out directory") from exc
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         yield staging
+        (staging / PARTIAL_LOCK).unlink()
         if out_dir.exists():
             out_dir.rmdir()  # empty: checked above
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock_fd)

@@ -176,7 +176,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
 
     say(f"merging the adapter into {merged_into}, saving in {dtype} ...")
     merged = tuned.merge_and_unload().to(getattr(torch, dtype)).eval()
-    with staged_directory(out_dir) as staging:
+    with staged_directory(out_dir, say) as staging:
         merged.save_pretrained(staging, safe_serialization=True, max_shard_size="2GB")
         save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging)
         say("checking parity (logits and greedy answers) ...")

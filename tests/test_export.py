@@ -221,3 +221,49 @@ def test_chat_streams_answers_and_handles_commands(lora_run, monkeypatch, capsys
     out = capsys.readouterr().out
     assert out.count("model> ") == 2
     assert "(system message set; conversation cleared)" in out and "(conversation cleared)" in out
+
+
+def test_an_export_killed_mid_write_is_cleaned_by_the_next_one(lora_run, tmp_path, capsys):
+    """kill -9 while an export is written leaves its staging folder; the next export of the same target removes
+    it, and never one whose writer is still alive. Exports are readable by other users (not mkdtemp's 0700)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    repo = Path(__file__).resolve().parent.parent
+    write_then_die = (
+        f"import os, signal, sys; sys.path.insert(0, {str(repo)!r})\n"
+        "from lora_ft.files import staged_directory\n"
+        f"with staged_directory({str(run / 'export-peft')!r}) as staging:\n"
+        "    (staging / 'model.safetensors').write_bytes(b'w' * 100000)\n"
+        "    print('writing', flush=True)\n"
+        "    {}\n")
+    alive = subprocess.Popen([sys.executable, "-c", write_then_die.format("import time; time.sleep(600)")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert alive.stdout.readline().strip() == "writing"
+        in_progress = list(run.glob(".export-peft.partial-*"))
+        killed = subprocess.run([sys.executable, "-c", write_then_die.format("os.kill(os.getpid(), signal.SIGKILL)")],
+                                capture_output=True, text=True, timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        abandoned = [p for p in run.glob(".export-peft.partial-*") if p not in in_progress]
+        assert len(abandoned) == 1 and (abandoned[0] / "model.safetensors").is_file()
+        old_umask = os.umask(0o022)
+        try:
+            assert cli.main(["export", str(run), "--format", "peft"]) == 0
+        finally:
+            os.umask(old_umask)
+        out = capsys.readouterr().out
+        assert f"removed {abandoned[0].name}, left by an earlier write of export-peft that was cut short" in out
+        assert not abandoned[0].exists()
+        assert len(in_progress) == 1 and in_progress[0].exists(), "a live writer's folder is kept"
+    finally:
+        alive.kill()
+        alive.wait()
+    assert (run / "export-peft" / "adapter_model.safetensors").is_file()
+    assert (run / "export-peft").stat().st_mode & 0o777 == 0o755
+    assert not (run / "export-peft" / ".lora-ft-partial.lock").exists()
