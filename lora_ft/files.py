@@ -24,7 +24,10 @@ def file_sha256(path: Path) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before the rename, so a power cut never leaves an empty file in its place
     os.replace(tmp, path)
 
 

@@ -6,6 +6,7 @@ Each step lives in its own module and can be tested alone; this file only calls 
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass
@@ -213,6 +214,9 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
         except Exception as exc:
             if checkpoints.is_cut_short(checkpoint_dir / f"checkpoint-{trainer.state.global_step}"):
                 raise checkpoint_write_failed(checkpoint_dir, trainer.state.global_step, str(exc)) from exc
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # e.g. the metrics log
+                raise checkpoint_write_failed(checkpoint_dir, trainer.state.global_step, str(exc),
+                                              what=f"write {exc.filename or 'a file'} after step") from exc
             raise
     finally:
         trackers.finish()
@@ -355,7 +359,8 @@ def interrupted(outcome, loaded: LoadedConfig, run_dir: Path) -> UserError:
                           fix=f"run the same command to resume from there: {_resume_command(loaded)}")
 
 
-def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str) -> UserError:
+def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str,
+                            what: str = "write the checkpoint at step") -> UserError:
     """The message for a checkpoint that could not be written: the previous one is intact and is resumed from."""
     import shutil
 
@@ -368,7 +373,7 @@ def checkpoint_write_failed(checkpoint_dir: Path, step: int, reason: str) -> Use
     previous = (f"the previous checkpoint {committed[-1]} is intact and complete, and a rerun resumes from it"
                 if committed else "no earlier checkpoint exists, so a rerun starts from step 0")
     return CheckpointWriteFailed(
-        f"could not write the checkpoint at step {step} ({reason}); {previous}",
+        f"could not {what} {step} ({reason}); {previous}",
         fix=f"free disk space under {checkpoint_dir.parent} (or lower train.keep_last), then run the same command",
     )
 

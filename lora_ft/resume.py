@@ -78,6 +78,12 @@ def check_writable_run_dir(output_dir: str, mode: str) -> None:
     """Refuse, reading only, a folder this run may not write in: a user's files, a finished run, a fresh run
     (``never``) that is not fresh. Called before the lock is taken, so nothing is created in a refused folder."""
     run_dir = Path(output_dir)
+    inside = next((p for p in run_dir.resolve().parents if run_lock.is_marked(p)), None)
+    if inside is not None:
+        raise UserError(
+            f"output_dir {run_dir} lies inside the run directory {inside}; a run inside another run could be "
+            "taken for one of its checkpoints or exports",
+            fix=f"choose a directory outside {inside}, e.g. --set output_dir={run_lock.suggest_new_dir(inside)}")
     if mode == "never":
         artifacts.check_run_dir_free(output_dir)
     elif mode == "auto":
