@@ -400,6 +400,25 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory. fix: lower train.batch_size or data.max_seq_length, or use "
               "model.quantization: nf4", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        from lora_ft.errors import file_system_error
+
+        error = file_system_error(exc)
+        if error is None:
+            raise
+        sys.stdout.flush()
+        print(error.render(), file=sys.stderr, flush=True)
+        return error.exit_code
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError: the GPU's memory
+            raise
+        sys.stdout.flush()
+        print(f"error: out of GPU memory ({str(exc).splitlines()[0][:200]})\n  fix: run `lora-ft plan CONFIG --gpu "
+              "GB` for settings that fit; lower train.batch_size (raise train.gradient_accumulation_steps to keep "
+              "the effective batch) or data.max_seq_length, keep model.quantization: nf4 and "
+              "model.gradient_checkpointing on. A training run resumes from its last checkpoint with the same "
+              "command (add --force-resume after changing the batch)", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

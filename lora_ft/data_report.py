@@ -591,7 +591,11 @@ def _write(path: Path, text: str) -> None:
     try:
         write_text_atomic(Path(path), text)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}", fix="choose a writable path") from exc
+        from lora_ft.errors import file_system_error
+
+        exc.filename = str(path)
+        raise file_system_error(exc) or UserError(f"cannot write {path}: {exc.strerror or exc}",
+                                                  fix="choose a writable path") from exc
 
 
 def require_matplotlib() -> None:
@@ -622,4 +626,8 @@ def write_plot(report: DataReport, path: Path) -> None:
     try:
         figure.savefig(Path(path), dpi=100)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}", fix="choose a writable path") from exc
+        from lora_ft.errors import file_system_error
+
+        exc.filename = str(path)
+        raise file_system_error(exc) or UserError(f"cannot write {path}: {exc.strerror or exc}",
+                                                  fix="choose a writable path") from exc

@@ -80,3 +80,28 @@ class RunInterrupted(UserError):
 
     def render(self, max_problems: int = 15) -> str:
         return "stopped: " + super().render(max_problems).removeprefix("error: ")
+
+
+class DiskFull(UserError):
+    """A file could not be written because the disk (or the user's quota) is full."""
+
+    exit_code = EXIT_CHECKPOINT_WRITE
+
+
+def file_system_error(exc: OSError) -> UserError | None:
+    """A clear message for a file-system fault a user can fix (a full disk, no permission, a missing folder), or
+    None for one that is not theirs to fix."""
+    import errno
+
+    where = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"the disk is full: could not write {where} ({exc.strerror})",
+                        fix="free some space (or choose another output location) and run the command again; "
+                        "nothing finished was lost")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write {where}: {exc.strerror}",
+                         fix="choose a location you can write to, or fix the permissions")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return UserError(f"cannot write {where}: {exc.strerror}",
+                         fix="check the path: its folder must exist, and a file name must not be a folder")
+    return None

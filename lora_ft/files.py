@@ -23,6 +23,13 @@ def file_sha256(path: Path) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never half of it."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # replace the file the link points to, never the link itself
+    if path.exists() and not path.is_file():  # a device, a pipe (/dev/stdout): write into it, never replace it
+        with path.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         fh.write(text)

@@ -65,3 +65,46 @@ def test_a_conversion_of_the_embedded_model_that_was_killed_leaves_nothing_for_l
     with pytest.raises(UserError, match="unreachable"):
         embedded.ensure_embedded_model(say=lambda _: None)
     assert not abandoned.exists()
+
+
+def test_file_system_faults_of_any_command_are_one_screen_errors(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["data", str(config), "--samples", "0", "--json", "/dev/full"]) == 4  # a full disk
+    err = capsys.readouterr().err
+    assert err.startswith("error: the disk is full: could not write /dev/full") and "Traceback" not in err
+    assert cli.main(["data", str(config), "--samples", "0", "--json", str(tmp_path / "no" / "such" / "r.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_running_out_of_gpu_memory_is_explained(monkeypatch, tmp_path, tiny_llama, legal_data, capsys):
+    import torch
+
+    from lora_ft import pipeline
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pipeline, "train", out_of_memory)
+    assert cli.main(["train", str(write_config(tmp_path / "run.yaml", tiny_llama, legal_data))]) == 1
+    err = capsys.readouterr().err
+    assert "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err and "lora-ft plan" in err
+
+
+def test_an_atomic_write_never_replaces_a_device_or_a_link(tmp_path):
+    import os
+    import stat
+
+    from lora_ft.files import write_text_atomic
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    write_text_atomic(fifo, "through the pipe")
+    assert os.read(reader, 100) == b"through the pipe" and stat.S_ISFIFO(fifo.stat().st_mode)
+    os.close(reader)
