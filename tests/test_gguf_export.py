@@ -202,7 +202,7 @@ def test_gpt2_exports_with_transposed_conv1d_weights(tiny_gpt2, tmp_path):
     meta = metadata(path)
     assert meta["general.architecture"] == "gpt2" and meta["gpt2.context_length"] == 512
     tensors = read_tensors(path)
-    assert tensors["blk.0.attn_qkv.weight"][1].shape == (96, 32)  # HF Conv1D stores (in, out)
+    assert tensors["blk.0.attn_qkv.weight"][1].shape == (3 * 64, 64)  # HF Conv1D stores (in, out) = (64, 192)
     assert tensors["position_embd.weight"][0] == "F32"
     # transformers maps GGUF context_length to GPT-2's n_ctx, not n_positions, so say it here.
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32,
