@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "train, and samples rendered with the chat template, trained tokens marked. Exit 2 when "
                           "`lora-ft train` would stop on this data.")
     _add_config_args(data)
-    data.add_argument("--samples", type=int, default=1, metavar="N",
+    data.add_argument("--samples", type=COUNT, default=1, metavar="N",
                       help="training samples to show rendered, trained tokens marked (default 1)")
     data.add_argument("--json", metavar="FILE", help="also write the whole report as JSON (for CI)")
     data.add_argument("--plot", metavar="FILE.png",
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "print a table and write RUN_DIR/eval/report.json and report.md.")
     _add_run_args(evaluate)
     evaluate.add_argument("--data", help="a data file to evaluate on instead of the run's eval data")
-    evaluate.add_argument("--samples", type=int, default=3, help="answers to generate and show (default 3)")
+    evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to generate and show (default 3)")
     evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     return parser
 
@@ -138,10 +138,29 @@ def _add_merge_args(parser: argparse.ArgumentParser) -> None:
                         "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
 
 
+def _number(kind, smallest, what: str):
+    """An argparse type: a number of ``kind`` no smaller than ``smallest``; anything else is a usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if value != value or value < smallest:  # NaN, or too small
+            raise argparse.ArgumentTypeError(f"{text} is not a {what}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "whole number of at least 1")
+COUNT = _number(int, 0, "whole number of 0 or more")
+NON_NEGATIVE = _number(float, 0.0, "number of 0 or more")
+
+
 def _add_sampling_args(parser: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
-    parser.add_argument("--temperature", type=float, default=temperature,
+    parser.add_argument("--temperature", type=NON_NEGATIVE, default=temperature,
                         help=f"0 for greedy decoding (default {temperature:g})")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+    parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=max_new_tokens,
                         help=f"longest answer in tokens (default {max_new_tokens})")
 
 
@@ -170,8 +189,6 @@ def cmd_data(args) -> int:
     from lora_ft import data_report
     from lora_ft.config import load_config
 
-    if args.samples < 0:
-        raise UserError(f"--samples {args.samples} is negative", fix="give 0 or more samples to show")
     if args.plot:
         data_report.require_matplotlib()  # before the work, not after it
     loaded = load_config(args.config, args.overrides)
@@ -264,7 +281,7 @@ def cmd_export(args) -> int:
             types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
             check = export.export_gguf(run, out, types=types, base=args.base, say=_say)
     _say(f"exported: {out}")
-    return EXIT_OK if check["passed"] else EXIT_FAILURE
+    return EXIT_FAILURE if check["passed"] is False else EXIT_OK  # None: not run in an engine, said above
 
 
 def cmd_chat(args) -> int:
@@ -316,7 +333,14 @@ def _read_prompts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"prompts file not found: {path}", fix="give a text file with one prompt per line")
-    lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        from lora_ft.data import _first_non_utf8
+
+        line, _ = _first_non_utf8(file)
+        raise UserError(f"the prompts file {path} is not UTF-8 text", where=f"{path}:{line}",
+                        fix="save it as UTF-8") from None
     if file.suffix == ".jsonl":
         prompts = []
         for number, line in enumerate(lines, start=1):

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from lora_ft.errors import Problem, UserError
 
@@ -32,8 +33,26 @@ TRACKERS = (
 TRACKER_PACKAGES = {"comet_ml": "comet_ml", "azure_ml": "azureml", "dagshub": "dagshub", "flyte": "flytekit"}
 
 
+def _accepts(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type admits any of ``kinds`` (looking through unions, Annotated and Optional)."""
+    if annotation in kinds:
+        return True
+    return any(_accepts(arg, kinds) for arg in get_args(annotation) if not isinstance(arg, (str, int, float)))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML's true/false would otherwise pass as 1/0 (max_steps: true trained one step)
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _accepts(annotation, (int, float)) and not _accepts(annotation, (bool,)):
+                raise PydanticCustomError("number_not_bool", "a number is expected, not {value}",
+                                          {"value": str(value).lower()})
+        return value
 
 
 class ModelSection(_Section):
@@ -295,13 +314,30 @@ class LoadedConfig:
 KeyPath = tuple[Union[str, int], ...]
 
 
+# A config is a few hundred values. YAML aliases (&name / *name) can make a 2 KB file stand for billions of them
+# ("billion laughs"); counting values as they expand stops such a file at once instead of after gigabytes.
+MAX_CONFIG_VALUES = 100_000
+
+
+class ConfigTooLarge(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 def _yaml_key_lines(text: str) -> tuple[dict[KeyPath, int], list[tuple[KeyPath, int]]]:
-    """Map every key path in a YAML document to its line (1-based); also list duplicated keys."""
+    """Map every key path in a YAML document to its line (1-based); also list duplicated keys.
+
+    Raises :class:`ConfigTooLarge` (with the line being expanded) past ``MAX_CONFIG_VALUES`` values."""
     lines: dict[KeyPath, int] = {}
     duplicates: list[tuple[KeyPath, int]] = []
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    visited = [0]
 
     def walk(node: Any, path: KeyPath) -> None:
+        visited[0] += 1
+        if visited[0] > MAX_CONFIG_VALUES or len(path) > 50:
+            raise ConfigTooLarge(node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
@@ -465,6 +501,8 @@ def _fix_for(err: dict) -> str:
         return "use a number, for example 2e-4"
     if kind in ("bool_parsing", "bool_type"):
         return "use true or false"
+    if kind == "number_not_bool":
+        return "write a number (true and false are not numbers), or null where the key allows it"
     if kind in ("list_type",):
         return "use a YAML list, for example [a, b]"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
@@ -493,8 +531,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read config file {path}: {exc}") from exc
     try:
+        lines, duplicates = _yaml_key_lines(text)  # first: it bounds what the aliases expand to
         data = yaml.safe_load(text)
-        lines, duplicates = _yaml_key_lines(text)
+    except ConfigTooLarge as exc:
+        raise UserError(f"the config expands to more than {MAX_CONFIG_VALUES:,} values or nests more than 50 "
+                        "levels deep (through YAML aliases, &name / *name); a lora-ft config has a few hundred",
+                        where=f"{source}:{exc.line}",
+                        fix="write the values out, or use each alias only where one value is repeated") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -534,9 +577,30 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
 # Cross-field checks: things each key allows alone but not together, or not on this machine.
 
 
+# A name ending like a data file is a path, never a hub id: a mistyped local path must be reported as missing, not
+# looked up on the hub (which, with a network, retries for half a minute before failing).
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".arrow", ".yaml", ".yml", ".gz", ".zst")
+
+
 def _looks_like_hub_id(value: str) -> bool:
     parts = value.split("/")
-    return len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~")) and "\\" not in value
+    return (len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~")) and "\\" not in value
+            and not value.lower().endswith(FILE_SUFFIXES))
+
+
+def _missing_path_fix(local: Path, value: str) -> str:
+    """How to fix a path that does not exist: the closest existing name, where one is close."""
+    ancestor, missing = local, []
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.insert(0, ancestor.name)
+        ancestor = ancestor.parent
+    hint = f"check the path (relative paths start at the config's folder: looked for {local})"
+    if ancestor.is_dir() and missing:
+        close = difflib.get_close_matches(missing[0], [p.name for p in ancestor.iterdir()], n=1, cutoff=0.6)
+        if close:
+            guess = ancestor / close[0] / Path(*missing[1:]) if len(missing) > 1 else ancestor / close[0]
+            hint = f"did you mean {guess}? ({hint})"
+    return hint
 
 
 def bitsandbytes_problem() -> str | None:
@@ -643,8 +707,11 @@ def check_consistency(
             local = loaded.resolve_path(ds.path)
             if not local.exists() and not _looks_like_hub_id(ds.path):
                 add(("data", section, index, "path"), f"data file not found: {ds.path}",
-                    f"check the path (relative paths start at the config's folder: looked for {local})")
+                    _missing_path_fix(local, ds.path))
     has_eval = bool(cfg.data.eval) or cfg.data.eval_fraction > 0
+    if cfg.train.eval_steps is not None and not has_eval:
+        add(("train", "eval_steps"), "train.eval_steps is set but there is no eval data to evaluate on",
+            "add data.eval files or set data.eval_fraction above 0, or remove train.eval_steps")
     if cfg.data.eval and "eval_fraction" in cfg.data.model_fields_set and cfg.data.eval_fraction > 0:
         add(("data", "eval_fraction"), "both data.eval files and data.eval_fraction are set",
             "use one: remove eval_fraction to evaluate on the eval files")

@@ -108,6 +108,8 @@ def _read_jsonl(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
                 yield location, json.loads(line)
             except json.JSONDecodeError as exc:
                 report.drop(f"invalid JSON ({exc.msg})", location)
+            except RecursionError:
+                report.drop("nested too deeply to be a row (thousands of levels)", location)
 
 
 def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
@@ -115,6 +117,9 @@ def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
     text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{shown} nests too deeply to be read (thousands of levels)", where=shown,
+                        fix="write one row per line (JSON Lines): a bad row is then dropped and named") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
             yield from _read_jsonl(path, report)
@@ -335,6 +340,27 @@ def normalize_row(row: Any, fmt: str) -> Sample:
     raise ValueError(f"unknown format {fmt}")
 
 
+def _check_encodable(sample: Sample) -> None:
+    """JSON can spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can encode."""
+    texts = [sample.text] if sample.text is not None else [m["content"] for m in sample.messages or []]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RowFault(f"text holds an invalid character ({text[exc.start]!r}, a lone UTF-16 surrogate)") \
+                from None
+
+
+def _first_non_utf8(path: Path) -> tuple[int, int]:
+    """The line (1-based) and file offset of the first byte that is not valid UTF-8."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return 1, 0
+    except UnicodeDecodeError as exc:
+        return raw.count(b"\n", 0, exc.start) + 1, exc.start
+
+
 def _rename(row: Any, columns: dict[str, str]) -> Any:
     if not columns or not isinstance(row, dict):
         return row
@@ -365,8 +391,11 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
             try:
                 yield from READERS[path.suffix.lower()](path, report)
             except UnicodeDecodeError as exc:
-                raise UserError(f"{_display(path)} is not UTF-8 text (byte {exc.start})",
-                                fix="save the file as UTF-8") from exc
+                line, offset = _first_non_utf8(path)
+                raise UserError(f"{_display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
+                                f"line {line} (byte {offset} of the file) is not valid UTF-8",
+                                where=f"{_display(path)}:{line}",
+                                fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)") from exc
 
     samples: list[Sample] = []
     fmt = None if source.format == "auto" else source.format
@@ -386,6 +415,7 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
                 )
         try:
             sample = normalize_row(row, fmt)
+            _check_encodable(sample)
         except RowFault as fault:
             report.drop(str(fault), location)
             continue

@@ -58,7 +58,21 @@ class EvalReport:
         return "\n".join(parts)
 
 
-def eval_samples(run: FinishedRun, data_file: str | None) -> tuple[list[data_lib.Sample], str]:
+REPORT_FILES = ("report.json", "report.md")
+
+
+def check_report_free(out_dir: Path) -> None:
+    """Refuse to write over an earlier evaluation's report (merge and export refuse in the same case)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder", fix="give a folder for the report")
+    taken = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if taken:
+        raise UserError(f"{out_dir} already holds an evaluation report ({', '.join(taken)}); lora-ft does not "
+                        "write over it", fix=f"choose another folder with --out (e.g. --out {out_dir}-2), or move "
+                        "the old report away")
+
+
+def eval_samples(run: FinishedRun, data_file: str | None, say=print) -> tuple[list[data_lib.Sample], str]:
     """The samples to evaluate on: a given file, or the run's own eval data (files or the same held-out split)."""
     config = run.config.model_copy(deep=True)
     if data_file:
@@ -69,6 +83,9 @@ def eval_samples(run: FinishedRun, data_file: str | None) -> tuple[list[data_lib
         loaded = LoadedConfig(config, None, [])
         samples, report = data_lib.read_dataset(config.data.train[0], loaded, config.data.system_prompt)
         data_lib.check_drops([report], config.data.max_dropped_fraction)
+        if report.dropped:
+            for line in report.summary_lines():
+                say(line)
         return samples, data_file
     loaded = LoadedConfig(config, None, [])
     loaded_data = data_lib.load_data(loaded)
@@ -105,7 +122,9 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
                  say=print) -> EvalReport:
     from lora_ft import inference
 
-    samples, source = eval_samples(run, data_file)
+    out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
+    check_report_free(out_dir)  # before the slow part
+    samples, source = eval_samples(run, data_file, say)
     tokenizer = inference.load_tokenizer(run)
     renderer = ChatRenderer(tokenizer, tokenizer.chat_template)
     tokens = tokenize_samples(samples, renderer, run.config.data.max_seq_length, "answers")
@@ -130,8 +149,8 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
     report = EvalReport(run_dir=str(run.run_dir), data=source, samples=len(tokens.input_ids),
                         trained_tokens=tokens.trained_tokens, base_loss=base_loss, tuned_loss=tuned_loss,
                         answers=answers)
-    out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_report_free(out_dir)  # still free: nothing is written over
     payload = {**asdict(report), "base_perplexity": report.base_perplexity,
                "tuned_perplexity": report.tuned_perplexity}
     write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")

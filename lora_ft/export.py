@@ -102,10 +102,12 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0][inputs["i
 
 def _write_check(directory: Path, check: dict, say) -> dict:
     write_text_atomic(directory / CHECK_FILE, json.dumps(check, indent=2) + "\n")
-    status = "passed" if check["passed"] else "FAILED"
+    status = {True: "passed", False: "FAILED",
+              None: "NOT RUN in an engine (the file is readable; no answer was generated)"}[check["passed"]]
     say(f"export check ({check['loader']}): {status}")
     say(f"  prompt: {check['prompt']}")
-    say(f"  answer: {check['answer'][:300]}")
+    if check.get("answer") is not None:
+        say(f"  answer: {check['answer'][:300]}")
     if check.get("note"):
         say(f"  note: {check['note']}")
     return check
@@ -222,9 +224,12 @@ def check_gguf(path: Path, run: FinishedRun, prompt: str, reference: str, say=pr
         from gguf import GGUFReader
 
         reader = GGUFReader(str(path))
-        return {"format": "gguf", "loader": "gguf reader (llama-cpp-python not installed)", "prompt": prompt,
-                "answer": "", "passed": len(reader.tensors) > 0, "tensors": len(reader.tensors),
-                "note": "install the llama.cpp check with: pip install 'lora-ft[gguf]' (builds llama-cpp-python)",
+        # Readable is not proven: without llama.cpp nothing was generated, and the check says so.
+        return {"format": "gguf", "loader": "gguf reader only (llama-cpp-python not installed)", "prompt": prompt,
+                "answer": None, "passed": None if len(reader.tensors) > 0 else False,
+                "tensors": len(reader.tensors),
+                "note": "not loaded in llama.cpp: install the check with pip install 'lora-ft[gguf]' (builds "
+                "llama-cpp-python), then export again",
                 "checked_at": time.time()}
     say(f"loading {path.name} in llama.cpp ...")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
@@ -232,4 +237,4 @@ def check_gguf(path: Path, run: FinishedRun, prompt: str, reference: str, say=pr
     answer = out["choices"][0]["message"]["content"].strip()
     return {"format": "gguf", "loader": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})", "prompt": prompt,
             "answer": answer, "reference_answer": reference, "finish_reason": out["choices"][0]["finish_reason"],
-            "passed": True, "checked_at": time.time()}
+            "passed": bool(answer), "checked_at": time.time()}
