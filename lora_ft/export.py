@@ -47,7 +47,9 @@ def vllm_problems(adapter_dir: Path) -> list[Problem]:
         problems.append(Problem("DoRA adapters are not supported by vLLM", where, "serve the merged model"))
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
-    unknown = sorted(set(targets) - VLLM_TARGETS)
+    # vLLM matches a target by its last name part: "model.layers.0.self_attn.q_proj" is a q_proj (PEFT writes full
+    # names when a model has few layers)
+    unknown = sorted({t.rsplit(".", 1)[-1] for t in targets} - VLLM_TARGETS)
     if unknown:
         problems.append(Problem(f"target modules {unknown} are not LoRA layers vLLM knows", where,
                                 "serve the merged model"))
@@ -199,6 +201,10 @@ def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f
     from lora_ft import gguf_export
     from lora_ft.merge import merge_run
 
+    gguf_export.check_types(types)  # bad input is refused before the merge, not after it
+    base_config = Path(locate_base(run, base, say)) / "config.json"
+    if base_config.is_file():
+        gguf_export.architecture(json.loads(base_config.read_text(encoding="utf-8")), base_config.parent)
     with staged_directory(out_dir, say) as staging:
         merged_dir = staging / "merged-hf"
         report = merge_run(run, merged_dir, dtype="float32", base=base, say=say)

@@ -78,9 +78,9 @@ def export_gguf(model_dir: Path, out_dir: Path, types: Sequence[str] = ("f16", "
                 say: Say = print) -> list[Path]:
     """Convert the merged model in ``model_dir`` to ``out_dir/model-<type>.gguf`` for each type; return the paths."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    wanted = _check_types(types)
+    wanted = check_types(types)
     config = _read_config(model_dir)
-    arch = _architecture(config, model_dir)
+    arch = architecture(config, model_dir)
     _prepare_out_dir(out_dir)
     files = _safetensors_files(model_dir)
     plan = _plan_tensors(arch, config, files)
@@ -182,7 +182,7 @@ _FILE_TYPES = {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
                gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
 
 
-def _check_types(types: Sequence[str]) -> list[str]:
+def check_types(types: Sequence[str]) -> list[str]:
     if isinstance(types, str):
         types = [types]
     wanted: list[str] = []
@@ -210,7 +210,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: {exc}", fix="re-save the merged model with save_pretrained") from exc
 
 
-def _architecture(config: dict[str, Any], model_dir: Path) -> str:
+def architecture(config: dict[str, Any], model_dir: Path) -> str:
     names = config.get("architectures") or []
     for name in names:
         if name in SUPPORTED_ARCHITECTURES:

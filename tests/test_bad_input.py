@@ -196,3 +196,29 @@ def test_suggested_new_directories_are_real_names(given, suggested):
     assert suggest_new_dir(given) == suggested
     here = suggest_new_dir(".")
     assert here.endswith(f"{Path.cwd().name}-2") and here != ".-2"
+
+
+def test_a_bad_gguf_type_is_refused_before_the_merge(finished_run, tmp_path, capsys):
+    code, err = _exit_and_error(capsys, ["export", str(finished_run), "--format", "gguf", "--gguf-types", "bogus",
+                                         "--out", str(tmp_path / "gguf")])
+    assert code == 2 and "unknown GGUF type 'bogus'" in err
+    assert "merging" not in capsys.readouterr().out and not (tmp_path / "gguf").exists()
+
+
+def test_vllm_check_reads_full_module_names_by_their_last_part(tmp_path):
+    """PEFT writes full module names (model.layers.0.self_attn.q_proj) for models with few layers."""
+    from safetensors.torch import save_file
+    import torch
+
+    from lora_ft.export import vllm_problems
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 8, "bias": "none",
+        "target_modules": ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)},
+              str(tmp_path / "adapter_model.safetensors"))
+    assert vllm_problems(tmp_path) == []
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["target_modules"].append("model.layers.0.router")
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert "['router'] are not LoRA layers vLLM knows" in vllm_problems(tmp_path)[0].what
