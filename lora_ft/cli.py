@@ -191,6 +191,9 @@ def cmd_data(args) -> int:
 
     if args.plot:
         data_report.require_matplotlib()  # before the work, not after it
+        data_report.check_output_file(Path(args.plot), "png")
+    if args.json:
+        data_report.check_output_file(Path(args.json), "json")
     loaded = load_config(args.config, args.overrides)
     _quiet()
     report = data_report.build_report(loaded, samples=args.samples, say=_say)

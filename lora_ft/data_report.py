@@ -598,6 +598,29 @@ def _write(path: Path, text: str) -> None:
                                                   fix="choose a writable path") from exc
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_output_file(path: Path, kind: str) -> None:
+    """Refuse to write a report over a file that is not an earlier report of the same kind (a data file, the
+    config, anything else of the user's); an earlier report is replaced, so CI can rerun the command."""
+    path = Path(path)
+    if not path.exists() or not path.is_file():
+        return  # a new file, or a device such as /dev/stdout
+    try:
+        if kind == "json":
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+            ours = isinstance(earlier, dict) and {"splits", "datasets", "ok"} <= set(earlier)
+        else:
+            with path.open("rb") as fh:
+                ours = fh.read(8) == PNG_SIGNATURE
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise UserError(f"{path} exists and is not an earlier `lora-ft data` report; lora-ft does not write over "
+                        "it", fix=f"give a new file name for --{kind if kind == 'json' else 'plot'}")
+
+
 def require_matplotlib() -> None:
     """Raise a :class:`UserError` saying how to install matplotlib when it is missing (it is optional)."""
     if importlib.util.find_spec("matplotlib") is None:

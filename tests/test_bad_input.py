@@ -222,3 +222,19 @@ def test_vllm_check_reads_full_module_names_by_their_last_part(tmp_path):
     config["target_modules"].append("model.layers.0.router")
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     assert "['router'] are not LoRA layers vLLM knows" in vllm_problems(tmp_path)[0].what
+
+
+def test_a_data_report_never_writes_over_the_users_files(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    train = legal_data / "train.jsonl"
+    before = train.read_bytes()
+    import importlib.util
+
+    flags = ["--json"] + (["--plot"] if importlib.util.find_spec("matplotlib") else [])
+    for flag in flags:
+        code, err = _exit_and_error(capsys, ["data", str(config), flag, str(train)])
+        assert code == 2 and "is not an earlier `lora-ft data` report" in err, flag
+    assert train.read_bytes() == before
+    report = tmp_path / "report.json"
+    assert cli.main(["data", str(config), "--json", str(report)]) == 0
+    assert cli.main(["data", str(config), "--json", str(report)]) == 0, "an earlier report is replaced"
