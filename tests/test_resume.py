@@ -517,3 +517,14 @@ def test_the_free_space_check_counts_only_what_is_left_to_write(tiny_llama, lega
     assert fresh == int((4_000_000 + tokenizer + 256 * 2**10 + 3 * (12_000_000 + tokenizer + 2**20)) * 1.1) \
         + 8 * 2**20
     assert artifacts.run_disk_need(1_000_000, cfg, tokenizer, checkpoints_on_disk=2) < fresh
+
+
+def test_a_run_killed_between_its_adapter_and_its_manifest_finishes_on_the_same_command(setup, tmp_path, capsys):
+    config, reference = setup
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "manifest.json").unlink()  # the adapter was moved into place; the kill came before the manifest
+    (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"stale")
+    assert cli.main(["train", str(config), *RUN, "--set", f"output_dir={run_dir}"]) == 0
+    assert "nothing is left to train" in capsys.readouterr().out
+    _assert_same_run(run_dir, reference)
