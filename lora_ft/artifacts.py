@@ -199,6 +199,50 @@ def publish_adapter(staging: Path, run_dir: Path) -> Path:
     return adapter_dir
 
 
+def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer, tokenizer,
+                 trainable, total, outcome, start, trackers, started, run_dir, adapter_dir) -> dict:
+    """What ran, on what, with what result: the record that also marks the run as finished."""
+    from lora_ft import model as model_lib
+
+    packages = package_versions()
+    return {
+        "lora_ft_version": packages.get("lora-ft"),
+        "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
+                       "tokenizer_sha256": model_lib.model_files_digest(source.path)},
+        "config_file": str(loaded.path) if loaded.path else None,
+        "overrides": loaded.overrides,
+        "git_commit": git_commit(loaded.base_dir),
+        "seed": cfg.train.seed,
+        "packages": packages,
+        "hardware": hardware(resolved.device),
+        "data": data_rows,
+        "chat_template": {"origin": template_origin, "end_of_turn": renderer.end_of_turn,
+                          "end_of_turn_id": renderer.end_of_turn_token_id(),
+                          "pad_token": tokenizer.pad_token},
+        "parameters": {"trainable": trainable, "total": total},
+        "metrics": {
+            "steps": outcome.steps,
+            "resumed_from_step": outcome.resumed_from_step,
+            "forced_resume_changes": start.forced_changes,
+            "train_seconds": round(outcome.seconds, 2),
+            "train_loss": outcome.train_loss,
+            "eval_loss_before": outcome.eval_loss_before,
+            "eval_loss_after": outcome.eval_loss_after,
+            "tokens_seen": outcome.tokens_seen,
+            "tokens_per_second": round(outcome.tokens_per_second, 2),
+            "trained_tokens_per_epoch": outcome.trained_tokens_per_epoch,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
+            "peak_memory": outcome.peak_memory,
+            "best_checkpoint": outcome.best_checkpoint,
+            "skipped_nonfinite_steps": outcome.skipped_steps,
+        },
+        "trackers": trackers.notes,
+        "total_seconds": round(time.time() - started, 2),
+        "outputs": {"adapter": str(adapter_dir), "config": str(run_dir / CONFIG_FILE),
+                    "metrics": str(run_dir / METRICS_FILE)},
+    }
+
+
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     manifest = {"format": 1, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest}
     write_text_atomic(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str) + "\n")

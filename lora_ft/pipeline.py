@@ -246,7 +246,7 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
         )
         write_text_atomic(staged / "README.md", card)
         adapter_dir = artifacts.publish_adapter(staged, run_dir)
-        manifest = run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer,
+        manifest = artifacts.run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer,
                                 tokenizer, trainable, total, outcome, start, trackers, started, run_dir, adapter_dir)
         artifacts.write_manifest(run_dir, manifest)
     except OSError as exc:
@@ -255,50 +255,6 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
     _section(say, "summary")
     say(summary_table(outcome, run_dir, adapter_dir))
     return RunResult(run_dir=run_dir, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest, model=trainer.model)
-
-
-def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer, tokenizer,
-                 trainable, total, outcome, start, trackers, started, run_dir, adapter_dir) -> dict:
-    """What ran, on what, with what result: the record that also marks the run as finished."""
-    from lora_ft import model as model_lib
-
-    packages = artifacts.package_versions()
-    return {
-        "lora_ft_version": packages.get("lora-ft"),
-        "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
-                       "tokenizer_sha256": model_lib.model_files_digest(source.path)},
-        "config_file": str(loaded.path) if loaded.path else None,
-        "overrides": loaded.overrides,
-        "git_commit": artifacts.git_commit(loaded.base_dir),
-        "seed": cfg.train.seed,
-        "packages": packages,
-        "hardware": artifacts.hardware(resolved.device),
-        "data": data_rows,
-        "chat_template": {"origin": template_origin, "end_of_turn": renderer.end_of_turn,
-                          "end_of_turn_id": renderer.end_of_turn_token_id(),
-                          "pad_token": tokenizer.pad_token},
-        "parameters": {"trainable": trainable, "total": total},
-        "metrics": {
-            "steps": outcome.steps,
-            "resumed_from_step": outcome.resumed_from_step,
-            "forced_resume_changes": start.forced_changes,
-            "train_seconds": round(outcome.seconds, 2),
-            "train_loss": outcome.train_loss,
-            "eval_loss_before": outcome.eval_loss_before,
-            "eval_loss_after": outcome.eval_loss_after,
-            "tokens_seen": outcome.tokens_seen,
-            "tokens_per_second": round(outcome.tokens_per_second, 2),
-            "trained_tokens_per_epoch": outcome.trained_tokens_per_epoch,
-            "peak_memory_bytes": outcome.peak_memory_bytes,
-            "peak_memory": outcome.peak_memory,
-            "best_checkpoint": outcome.best_checkpoint,
-            "skipped_nonfinite_steps": outcome.skipped_steps,
-        },
-        "trackers": trackers.notes,
-        "total_seconds": round(time.time() - started, 2),
-        "outputs": {"adapter": str(adapter_dir), "config": str(run_dir / artifacts.CONFIG_FILE),
-                    "metrics": str(run_dir / artifacts.METRICS_FILE)},
-    }
 
 
 def final_save_failed(run_dir: Path, steps: int, exc: OSError, adapter_size: int) -> UserError:
