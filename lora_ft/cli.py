@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from lora_ft import __version__
@@ -414,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    # bitsandbytes logs at import, on CPUs with AVX-512, that an optional kernel cannot be fetched from the hub
+    # (it falls back to its own): noise that means nothing to the user
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -18,7 +18,17 @@ def load_tokenizer(run: FinishedRun):
     """The tokenizer saved with the adapter: it carries the chat template used in training."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(run.adapter_dir)
+    from lora_ft.errors import UserError
+
+    try:
+        return AutoTokenizer.from_pretrained(run.adapter_dir)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # a file cut short, missing or edited
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the tokenizer saved with the adapter in {run.adapter_dir} cannot be loaded: {first}",
+                        where=str(run.adapter_dir),
+                        fix="the adapter folder was changed after training: restore its tokenizer files "
+                        "(tokenizer.json, tokenizer_config.json) from a copy or from the run's last checkpoint "
+                        "folder, which holds the same files") from None
 
 
 def load_base(run: FinishedRun, base: str | None = None, dtype: str | None = None, say=print):

@@ -124,9 +124,9 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from lora_ft.inference import stop_token_ids
+    from lora_ft.inference import load_tokenizer, stop_token_ids
 
     if into not in ("original", "dequantized"):
         raise UserError(f"unknown merge target '{into}'", fix="use --into original or --into dequantized")
@@ -140,7 +140,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     dtype = dtype or base_config.get("dtype") or base_config.get("torch_dtype") or "bfloat16"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype '{dtype}'", fix="use float32, bfloat16 or float16")
-    tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
+    tokenizer = load_tokenizer(run)
     stop_ids = stop_token_ids(tokenizer, run)
     trust = run.config.model.trust_remote_code
 

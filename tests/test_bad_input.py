@@ -85,7 +85,8 @@ def test_non_utf8_data_is_named_by_line(tiny_llama, legal_data, tmp_path, capsys
     assert code == 2 and "latin1.jsonl:4: " in err and "byte 0xe9 at line 4" in err and "UTF-8" in err
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "bad config json", "config without keys"])
+@pytest.mark.parametrize("damage", ["truncated weights", "bad config json", "config without keys",
+                                    "truncated tokenizer"])
 def test_a_damaged_adapter_is_refused_by_every_command_that_loads_it(finished_run, tmp_path, capsys, damage):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -97,9 +98,13 @@ def test_a_damaged_adapter_is_refused_by_every_command_that_loads_it(finished_ru
     elif damage == "bad config json":
         (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": ')
         expected = "adapter_config.json is not readable JSON"
-    else:
+    elif damage == "config without keys":
         (adapter / "adapter_config.json").write_text('{"r": 4}')
         expected = "lacks peft_type, target_modules"
+    else:
+        tokenizer = adapter / "tokenizer.json"
+        tokenizer.write_text(tokenizer.read_text()[:500])
+        expected = "the tokenizer saved with the adapter"
     for argv in (["eval", str(run)], ["generate", str(run), "--prompt", "hi"], ["chat", str(run)],
                  ["merge", str(run)], ["export", str(run), "--format", "peft"]):
         code, err = _exit_and_error(capsys, argv)
