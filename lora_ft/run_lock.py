@@ -49,7 +49,11 @@ def is_fresh(run_dir: Path) -> bool:
     if not run_dir.is_dir():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    return not names or (names <= set(OUR_FILES) and is_marked(run_dir))
+    if not names:
+        return True
+    # ours, and the run never got as far as its config (a start killed while writing it leaves only a temp file)
+    return is_marked(run_dir) and not names & {"config.yaml", "checkpoints", "adapter", "manifest.json"} and \
+        all(name in OUR_FILES or name.startswith(".") for name in names)
 
 
 def suggest_new_dir(path: Path | str) -> str:

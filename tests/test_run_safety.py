@@ -108,3 +108,15 @@ def test_an_atomic_write_never_replaces_a_device_or_a_link(tmp_path):
     write_text_atomic(fifo, "through the pipe")
     assert os.read(reader, 100) == b"through the pipe" and stat.S_ISFIFO(fifo.stat().st_mode)
     os.close(reader)
+
+
+def test_a_start_killed_while_writing_the_config_leaves_a_folder_that_starts_again(tiny_llama, legal_data, tmp_path):
+    from lora_ft import run_lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_lock.write_mark(run_dir)
+    (run_dir / ".config.yaml.tmp").write_text("output_dir: ")  # cut short by the kill
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["train", str(config), "--set", "train.max_steps=1"]) == 0
+    assert (run_dir / "manifest.json").is_file()
