@@ -261,6 +261,13 @@ class TrackingSection(_Section):
     project: str = Field("lora-ft", description="Tracker project name.")
     run_name: str | None = Field(None, description="Run name; `null` uses the output directory's name.")
     tags: list[str] = Field(default_factory=list, description="Tags for the tracker run.")
+    wandb_fallback: Literal["offline", "error"] = Field(
+        "offline",
+        description="What to do when W&B is configured but unusable at start (a malformed or rejected API key, "
+        "the server unreachable; checked before the model loads, in seconds): `offline` logs the run offline and "
+        "says so (upload later with `wandb sync`), so an outage of the tracker never costs a training run; "
+        "`error` stops with exit code 2 before anything heavy starts.",
+    )
 
 
 class DistributedSection(_Section):

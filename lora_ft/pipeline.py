@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import artifacts, checkpoints, data, data_report, distributed, run_lock, settings, tokenization
+from lora_ft import (artifacts, checkpoints, data, data_report, distributed, run_lock, settings, tokenization,
+                     tracking)
 from lora_ft import resume as resume_lib
 from lora_ft.config import LoadedConfig, dump_config
 from lora_ft.errors import UserError
@@ -89,6 +90,8 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
     say(dump_config(cfg).rstrip())
     for note in resolved.notes:
         say(f"note: {note}")
+    # the tracker is checked now, in seconds, not found broken after the model has loaded
+    wandb_mode = tracking.preflight(cfg, say) if world.is_main else None
 
     import torch
 
@@ -151,8 +154,6 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
 
     from datasets import Dataset
 
-    from lora_ft import tracking
-
     train_dataset = Dataset.from_dict({"input_ids": train_tokens.input_ids, "labels": train_tokens.labels})
     eval_dataset = (Dataset.from_dict({"input_ids": eval_tokens.input_ids, "labels": eval_tokens.labels})
                     if eval_tokens.input_ids else None)
@@ -174,7 +175,7 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
     else:
         write_text_atomic(run_dir / artifacts.CONFIG_FILE, dump_config(cfg))  # the folder and its mark exist
     checkpoint_dir = run_dir / artifacts.CHECKPOINT_DIR
-    trackers = (tracking.start_trackers(cfg, run_dir, resolved_dict) if world.is_main
+    trackers = (tracking.start_trackers(cfg, run_dir, resolved_dict, wandb_mode) if world.is_main
                 else tracking.Trackers(report_to=["none"]))
     history = train_lib.LogHistory(run_dir / artifacts.METRICS_FILE, records)
     stop = train_lib.StopRequest()
