@@ -198,7 +198,9 @@ class TrainSection(_Section):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay on the LoRA weights.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
-        "auto", description="`auto` is `paged_adamw_8bit` for quantized models on a GPU, else `adamw_torch`."
+        "auto", description="`auto` is `adamw_torch_fused` on a GPU (one fused kernel for all LoRA weights; their "
+        "optimizer state is a few hundred MB even for an 8B model, so 8-bit or paged state saves little), "
+        "`adamw_torch` on a CPU. 8-bit optimizers do not work on FSDP's sharded parameters with several GPUs."
     )
     packing: bool = Field(False, description="Pack several samples into each sequence of `max_seq_length`.")
     padding_free: bool = Field(

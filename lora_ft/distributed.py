@@ -63,16 +63,16 @@ def trainer_settings(strategy: str, device: str, world: World, gradient_checkpoi
     if strategy == "fsdp":
         settings["fsdp"] = "full_shard auto_wrap"
         settings["fsdp_config"] = {
-            # QLoRA under FSDP, as PEFT documents it: the 4-bit weights are stored in the compute dtype
-            # (bnb_4bit_quant_storage), so FSDP shards them like any other tensor, and PEFT's wrap policy puts the
-            # LoRA layers in their own units, so flat parameters never mix frozen and trainable weights.
-            "use_orig_params": False,
+            # FSDP2 (transformers 5's default; its FSDP1 keys such as use_orig_params or prefetch are ignored).
+            # Parameters are sharded per tensor (DTensor): frozen 4-bit weights, stored in the compute dtype
+            # (bnb_4bit_quant_storage), and trainable LoRA weights live side by side in one unit.
+            "version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (the model's no-split list)
             "cpu_ram_efficient_loading": True,
-            "sync_module_states": True,
-            "backward_prefetch": "backward_pre",
-            "forward_prefetch": False,
-            "activation_checkpointing": bool(gradient_checkpointing),
             "state_dict_type": "SHARDED_STATE_DICT",
+            # FSDP's own activation checkpointing replaces the trainer's: the trainer refuses both at once
+            "activation_checkpointing": bool(gradient_checkpointing),
         }
     return settings
 
@@ -99,3 +99,16 @@ def barrier(world: World) -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def prepare_sharded_loading(strategy: str, world: World) -> None:
+    """Before the model loads, under FSDP with several processes: start the process group and ask transformers
+    for CPU-RAM-efficient loading, so that only the first process reads the weights and the others build an empty
+    (meta) model that FSDP fills when it shards. Otherwise every process loads the whole model first."""
+    if strategy != "fsdp" or not world.distributed:
+        return
+    os.environ["ACCELERATE_USE_FSDP"] = "true"
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+    from accelerate import PartialState
+
+    PartialState()  # initialises torch.distributed from torchrun's environment, as the trainer would later

@@ -116,6 +116,24 @@ def save_tokenizer_and_generation_config(model, tokenizer, stop_ids: list[int], 
     generation.save_pretrained(directory)
 
 
+def merge_device(base_path: str) -> str:
+    """Where to merge: the GPU when there is one with room for the base in float32 (an 8B model needs about
+    32 GB; on a CPU that is as much RAM and many minutes), else the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    folder = Path(base_path)
+    stored = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    if not stored:
+        return "cpu"  # size unknown (a hub id): the CPU cannot run out of GPU memory
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    stored_dtype = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    float32_bytes = stored * (1 if stored_dtype == "float32" else 2)
+    free, _ = torch.cuda.mem_get_info()
+    return "cuda" if float32_bytes * 1.3 < free else "cpu"  # headroom for the adapter and the parity prompts
+
+
 def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into: str = "original",
               base: str | None = None, say=print) -> ParityReport:
     """Merge the run's adapter into a full-precision base, save it to ``out_dir`` and return the parity report.
@@ -144,17 +162,18 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     stop_ids = stop_token_ids(tokenizer, run)
     trust = run.config.model.trust_remote_code
 
-    say(f"loading the base model {run.base_name} in float32 ...")
+    device = merge_device(base_path)
+    say(f"loading the base model {run.base_name} in float32 on {device} ...")
     if run.trained_quantized:
         # The reference is the model as trained: NF4 base + adapter.
         from lora_ft.model import nf4_config_for
 
         nf4 = nf4_config_for(base_path, run.config.model.model_copy(update={"quantization": "nf4", "dtype": "float32"}),
-                             "cpu", say)
+                             device, say)
 
         def load_nf4():
             return AutoModelForCausalLM.from_pretrained(base_path, quantization_config=nf4, dtype=torch.float32,
-                                                        device_map={"": "cpu"}, trust_remote_code=trust)
+                                                        device_map={"": device}, trust_remote_code=trust)
 
         trained = PeftModel.from_pretrained(load_nf4(), str(run.adapter_dir)).eval()
         reference = model_outputs(trained, tokenizer, stop_ids)
@@ -164,11 +183,13 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
             float_base = load_nf4().dequantize()
             merged_into = "dequantized NF4 weights"
         else:
-            float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+            float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, device_map={"": device},
+                                                              trust_remote_code=trust)
             merged_into = "original 16-bit weights"
         tuned = PeftModel.from_pretrained(float_base, str(run.adapter_dir)).eval()
     else:
-        float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust)
+        float_base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, device_map={"": device},
+                                                          trust_remote_code=trust)
         tuned = PeftModel.from_pretrained(float_base, str(run.adapter_dir)).eval()
         reference = model_outputs(tuned, tokenizer, stop_ids)  # before merging rewrites the weights in place
         reference_name = "base + adapter (unmerged, float32)"

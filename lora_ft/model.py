@@ -192,7 +192,11 @@ def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: st
     if quant is None and device == "cuda":
         model.to(f"cuda:{current_world().local_rank}")
     model.config.use_cache = False
-    if quant is not None:
+    if model_cfg.quantization == "int8":
+        # LLM.int8 layers want float32 norms and embeddings. Not for nf4: upcasting every non-4-bit weight to
+        # float32 would make hidden states, attention and the LM head run in float32 (no fused kernels, about
+        # twice the time and far more activation memory); the trainer's autocast computes in the compute dtype,
+        # and it enables gradient checkpointing (with input gradients) itself.
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -284,6 +288,9 @@ def model_files_digest(path: str) -> str | None:
 PER_SAMPLE_ATTENTION = "lora_ft_per_sample_sdpa"
 
 
+_BOUNDARIES: dict = {}  # the last forward pass's position ids and the sample starts read from them
+
+
 def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """Causal attention within each sample of a padding-free row, one SDPA call per sample.
 
@@ -291,7 +298,10 @@ def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
     library keeps them apart with a block-diagonal mask over the whole row, so every score between every pair of
     tokens in the row is computed and most are thrown away, and the masked kernel is the slow one. Here each sample
     is its own causal SDPA call: the same result (the tests compare the losses), only the scores that count.
-    On a GPU, FlashAttention-2 does this in one kernel; this is for the CPU, where it does not exist.
+    FlashAttention-2 does this in one kernel where it is installed (resolved as ``attn_implementation``); this is
+    the exact path for everywhere else: CPUs, and GPUs without a flash-attn build (none exists for current
+    torch with CUDA 13). The sample boundaries are read once per forward pass (one host synchronisation, not one
+    per layer): every layer gets the same position-id tensor.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -300,9 +310,10 @@ def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal)
     length = query.shape[2]
-    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
+    if _BOUNDARIES.get("ids") is not position_ids:
+        starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+        _BOUNDARIES.update(ids=position_ids, starts=starts if starts and starts[0] == 0 else [0, *starts])
+    starts = _BOUNDARIES["starts"]
     outputs = [
         sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout=dropout,
                                scaling=scaling, is_causal=True)[0]

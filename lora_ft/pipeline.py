@@ -143,9 +143,11 @@ def _train(loaded: LoadedConfig, resolved, world, started: float, say, resume: s
     resume_lib.check_same_run(start, resolved_dict, data_fingerprint, force_resume, say)
 
     say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {resolved.device} ...")
+    distributed.prepare_sharded_loading(cfg.distributed.strategy, world)
     base = model_lib.load_base_model(source, cfg.model, resolved.device, say)
     model = model_lib.attach_lora(base, cfg.lora)
-    per_sample_attention = (resolved.device == "cpu" and cfg.model.attn_implementation == "sdpa"
+    # exact per-sample attention for padding-free rows wherever FlashAttention-2 is not installed (CPU or GPU)
+    per_sample_attention = (cfg.model.attn_implementation == "sdpa"
                             and (cfg.train.padding_free or cfg.train.packing))
     if per_sample_attention:
         model_lib.use_per_sample_attention(model, True)
@@ -295,6 +297,10 @@ def check_distributed(cfg, world) -> None:
     if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "int8":
         raise UserError("8-bit weights cannot be sharded by FSDP",
                         fix="use model.quantization: nf4 (QLoRA shards under FSDP) or none")
+    if cfg.distributed.strategy == "fsdp" and world.distributed and cfg.train.optimizer in ("adamw_8bit",
+                                                                                           "paged_adamw_8bit"):
+        raise UserError(f"train.optimizer {cfg.train.optimizer} fails on FSDP's sharded (DTensor) parameters with "
+                        "several processes", fix="use train.optimizer: auto (adamw_torch_fused)")
 
 
 def _resume_command(loaded: LoadedConfig) -> str:

@@ -77,8 +77,7 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     if model.gradient_checkpointing is None:
         model.gradient_checkpointing = model.quantization in ("nf4", "int8") and device == "cuda"
     if cfg.train.optimizer == "auto":
-        cfg.train.optimizer = "paged_adamw_8bit" if (device == "cuda" and model.quantization != "none") \
-            else "adamw_torch"
+        cfg.train.optimizer = "adamw_torch_fused" if device == "cuda" else "adamw_torch"
     liger = importlib.util.find_spec("liger_kernel") is not None
     if cfg.train.fused_kernels == "auto":
         cfg.train.fused_kernels = device == "cuda" and liger

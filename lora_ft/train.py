@@ -116,10 +116,10 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best or train.lr_scheduler == "reduce_on_plateau" else None,
         greater_is_better=False if keep_best else None,
-        bf16=cfg.model.dtype == "bfloat16" and cfg.model.quantization == "none" and cfg.train.device == "cuda",
-        fp16=cfg.model.dtype == "float16" and cfg.model.quantization == "none",
+        **mixed_precision(cfg),
         use_cpu=cfg.train.device == "cpu",
-        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
+        # under FSDP its own activation checkpointing does this (distributed.trainer_settings)
+        gradient_checkpointing=bool(cfg.model.gradient_checkpointing) and not fsdp_active(cfg),
         use_liger_kernel=cfg.train.fused_kernels is True,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
@@ -137,6 +137,30 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         **distributed.trainer_settings(cfg.distributed.strategy, cfg.train.device, distributed.current_world(),
                                        bool(cfg.model.gradient_checkpointing)),
     )
+
+
+def fsdp_active(cfg: RunConfig) -> bool:
+    world = distributed.current_world()
+    return cfg.distributed.strategy == "fsdp" and (world.distributed or world.launched)
+
+
+def mixed_precision(cfg: RunConfig) -> dict:
+    """Autocast on a GPU for every run, quantized or not (the 4-bit layers, norms, attention and LM head then run
+    in 16 bits, as TRL's own QLoRA does): bf16 where the GPU has it; fp16 with a gradient scaler where it has not
+    (T4, V100), the trainable weights kept in float32 for the scaler. None on a CPU."""
+    on_gpu = cfg.train.device == "cuda"
+    return {"bf16": on_gpu and cfg.model.dtype == "bfloat16", "fp16": on_gpu and cfg.model.dtype == "float16"}
+
+
+def trainable_dtype(cfg: RunConfig):
+    """The dtype the trainable (LoRA) weights are kept in, or None to keep what PEFT and TRL chose.
+
+    bfloat16 compute: TRL stores a quantized model's LoRA A/B in bfloat16 and leaves DoRA's magnitude vector in
+    float32 (its updates are below bfloat16's resolution): kept. float16 compute: float32, the gradient scaler
+    cannot unscale float16 gradients. float32 compute (a CPU): float32, a CPU has no fast bfloat16 arithmetic."""
+    import torch
+
+    return None if cfg.model.dtype == "bfloat16" else torch.float32
 
 
 class ProgressBar(TrainerCallback):
@@ -226,7 +250,8 @@ class NonFiniteGuard(TrainerCallback):
         import torch
 
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+        # one host synchronisation for all gradients (not one per tensor: a 1B model's LoRA has about 224)
+        if not params or bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):
             return
         step = state.global_step + 1
         if self.mode == "skip" and len(self.skipped) < self.max_skips:
@@ -457,13 +482,11 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    if cfg.model.quantization != "none":
-        # TRL stores a quantized model's LoRA weights in bfloat16; keep them in the compute dtype instead, which is
-        # the same on a GPU and avoids bfloat16 arithmetic a CPU has no fast path for.
-        compute = getattr(torch, cfg.model.dtype)
+    keep = trainable_dtype(cfg)
+    if keep is not None:
         for param in trainer.model.parameters():
-            if param.requires_grad and param.dtype != compute:
-                param.data = param.data.to(compute)
+            if param.requires_grad and param.dtype != keep:
+                param.data = param.data.to(keep)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -213,7 +213,7 @@ def test_settings_resolve_for_a_cuda_machine_without_one(tmp_path):
     cfg = resolved.config
     assert resolved.device == "cuda"
     assert (cfg.model.quantization, cfg.model.dtype) == ("nf4", "bfloat16")
-    assert cfg.model.gradient_checkpointing is True and cfg.train.optimizer == "paged_adamw_8bit"
+    assert cfg.model.gradient_checkpointing is True and cfg.train.optimizer == "adamw_torch_fused"
     assert not any("CPU" in note for note in resolved.notes)
 
 

@@ -115,7 +115,7 @@ def test_strategy_settings_for_the_trainer():
     assert ddp == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
     fsdp = distributed.trainer_settings("fsdp", "cuda", two, True)
     assert fsdp["ddp_backend"] == "nccl" and fsdp["fsdp"] == "full_shard auto_wrap"
-    assert fsdp["fsdp_config"]["activation_checkpointing"] is True
+    assert fsdp["fsdp_config"]["activation_checkpointing"] is True and fsdp["fsdp_config"]["version"] == 2
     assert distributed.agree([True, False], one) == [True, False]
 
 

@@ -26,7 +26,7 @@ def test_qlora_defaults_on_cuda(tiny_llama, legal_data, tmp_path):
     assert any("(nf4, bfloat16) on cuda" in line for line in lines)
     saved = load_config(result.run_dir / "config.yaml").config
     assert saved.model.quantization == "nf4" and saved.model.gradient_checkpointing is True
-    assert saved.train.optimizer == "paged_adamw_8bit"
+    assert saved.train.optimizer == "adamw_torch_fused"
     assert "GiB allocated" in result.manifest["metrics"]["peak_memory"]
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules())
 
@@ -40,7 +40,8 @@ def test_fsdp_path_trains_a_4bit_model_in_one_launched_process(tiny_llama, legal
     from pathlib import Path
 
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    repo = str(Path(__file__).resolve().parent.parent)  # ahead of, not instead of, an existing PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "lora_ft",
          "train", str(config), "--set", "distributed.strategy=fsdp", "--set", "train.max_steps=2",
