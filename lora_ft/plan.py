@@ -4,8 +4,8 @@ The estimate is arithmetic on the model's shape (read from its config.json, no w
 settings and the data's token count:
 
 - weights at their stored size: NF4 about 0.52 byte per parameter (4 bits, plus absmax constants after double
-  quantization), int8 about 1 byte, otherwise the dtype's size; embeddings and a separate output head stay in the
-  compute dtype;
+  quantization), int8 about 1 byte, otherwise the dtype's size; embeddings, norms and a separate output head stay in
+  the compute dtype (QLoRA does not upcast them: it trains under autocast);
 - LoRA parameters with their gradients and optimizer state (AdamW: two fp32 moments; 8-bit AdamW: two bytes);
 - activations kept for the backward pass, per token and layer (all of them, or only each layer's input with
   gradient checkpointing plus one layer recomputed);
@@ -128,7 +128,8 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     weights = shape.linear_params * per_linear + (shape.embedding_params + shape.layers * 3 * shape.hidden) * compute
 
     lora = lora_param_count(shape, cfg)
-    param_bytes = compute if quant != "none" else 4  # adapters: compute dtype for QLoRA, fp32 otherwise
+    # adapters: bf16 for QLoRA in bf16 (as TRL stores them), fp32 otherwise (fp16 runs keep fp32 for the scaler)
+    param_bytes = 2 if quant != "none" and cfg.model.dtype == "bfloat16" else 4
     optimizer_bytes = 2 if "8bit" in cfg.train.optimizer else 8
     lora_states = lora * (2 * param_bytes + optimizer_bytes)
 
@@ -212,6 +213,15 @@ class Plan:
     measured_peak: float | None = None
     measured_step_seconds: float | None = None
 
+    def compared_estimate(self) -> tuple[float, str]:
+        """The part of the estimate that the measured peak counts too, and what that measurement is. A GPU's peak
+        is what torch allocated for tensors (max_memory_allocated): the CUDA context and the allocator's cache are
+        outside it, so the runtime overhead is left out of the estimate it is compared with. A CPU's peak is the
+        process's resident memory, overhead included."""
+        if self.device == "cpu":
+            return self.estimate.total, "resident memory"
+        return self.estimate.total - self.estimate.overhead, "allocated by tensors; runtime overhead left out"
+
     @property
     def fits(self) -> bool:
         return self.estimate.total <= self.budget_bytes
@@ -225,9 +235,10 @@ class Plan:
         lines.append(f"  {'total':<36} {e.total / GiB:7.2f} GiB   of {self.budget_label}")
         lines.append(f"LoRA parameters: {e.lora_params:,}")
         if self.measured_peak is not None:
-            error = (e.total - self.measured_peak) / self.measured_peak
-            lines.append(f"measured peak ({self.device}): {self.measured_peak / GiB:.2f} GiB; "
-                         f"estimate error {error:+.0%}")
+            compared, what = self.compared_estimate()
+            error = (compared - self.measured_peak) / self.measured_peak
+            lines.append(f"measured peak ({self.device}, {what}): {self.measured_peak / GiB:.2f} GiB against "
+                         f"{compared / GiB:.2f} GiB estimated; estimate error {error:+.0%}")
         if self.measured_step_seconds is not None:
             seconds = self.measured_step_seconds * self.steps_per_epoch
             lines.append(f"time per epoch: about {_duration(seconds)} ({self.steps_per_epoch} steps x "

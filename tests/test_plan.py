@@ -85,3 +85,15 @@ def test_embedded_shape_matches_its_config():
 
     shape = plan.shape_from_config(dict(EMBEDDED_MODEL_SHAPE, tie_word_embeddings=True))
     assert shape.total_params == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_a_gpu_measurement_is_compared_like_with_like():
+    """max_memory_allocated counts tensors only: the CUDA context in the estimate is left out of the comparison."""
+    from lora_ft.plan import GiB, Estimate, Plan
+
+    est = Estimate(weights=4 * GiB, lora_states=1 * GiB, activations=2 * GiB, logits=1 * GiB, overhead=0.6 * GiB,
+                   lora_params=1, tokens_per_micro_batch=1, flops_per_token=1.0)
+    gpu = Plan(est, "NVIDIA H200", 141e9, "a 141 GB GPU", 1, 1, [], measured_peak=8 * GiB)
+    assert gpu.compared_estimate()[0] == 8 * GiB and "estimate error +0%" in gpu.render()
+    cpu = Plan(est, "cpu", 24 * GiB, "RAM", 1, 1, [], measured_peak=8.6 * GiB)
+    assert cpu.compared_estimate()[0] == est.total and "estimate error +0%" in cpu.render()
