@@ -19,10 +19,19 @@ optimizer steps. Each arm runs in a fresh process (so peak memory is its own), a
 Figures: non-pad tokens/s (tokens the model reads, padding excluded), trained-label tokens/s (estimated as the
 non-pad rate times the data's trained-token fraction: both arms see the same samples), seconds per optimizer
 step, peak memory (RSS on a CPU; max allocated and reserved on a GPU), final logged loss, and on a GPU model FLOPs
-utilisation. MFU counts 6 x trainable + 4 x frozen parameters' worth of FLOPs per token, as frozen weights need
-no weight gradient (forward 2N, backward to the activations 2N), plus attention 6 x layers x hidden x tokens
-attended per token (forward and backward); HFU adds the forward that gradient checkpointing recomputes (2N plus
-attention). Peak: bf16 dense of the GPU (H100 989, H200 989, A100 312 TFLOP/s).
+utilisation (MFU) and hardware FLOPs utilisation (HFU).
+
+How the FLOPs per non-pad token are counted (a multiply-add is 2 FLOPs; N = the frozen matmul weights of the
+decoder layers, h = hidden size, V = vocabulary, hq = query heads x head size, f = the trained-token fraction,
+P = LoRA parameters, E[L], E[L^2] = mean and mean square of the samples' token lengths):
+- frozen layers: forward 2N, backward 2N (gradients to the activations only: frozen weights need none) = 4N;
+- LM head: 4 h V, counted for trained positions only (TRL's loss projects only those through the head) = 4 h V f;
+- LoRA: forward 2P, backward 4P (to the activations and to the LoRA weights) = 6P;
+- attention scores and mixing (QK^T and AV), causal within each sample: a token at position i attends to i
+  tokens, so the mean over tokens is E[L^2] / (2 E[L]), not E[L] / 2; forward 4 hq x that per layer, backward twice
+  the forward (all three inputs need gradients) = 3 x forward;
+- HFU adds what gradient checkpointing recomputes: the decoder layers' forward (2N + 2P + attention forward).
+Peak: the GPU's dense bf16 TFLOP/s (H100 989, H200 989, A100 312).
 Writes RESULTS.json and RESULTS.md under --out, and prints the table.
 """
 
@@ -43,6 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LEGAL_CONFIG = REPO / "configs" / "legal_domain.yaml"
+LORA_R = 16  # both arms: the legal config's rank and the baseline's LoraConfig
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 SHAPES = {  # Llama-architecture shapes, random weights: speed and memory only
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -66,24 +76,16 @@ def embedded_workload(work: Path) -> tuple[Path, Path, int]:
     return Path(model_dir), REPO / "examples" / "legal" / "train.jsonl", 512
 
 
-def synthetic_workload(name: str, work: Path) -> tuple[Path, Path, int]:
-    """A random-weight Llama of the named shape with the embedded tokenizer, and Alpaca-like data (long tail)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lora_ft import embedded
-
+def synthetic_workload(name: str, work: Path, tokenizer_dir: str | None = None) -> tuple[Path, Path, int]:
+    """A random-weight Llama of the named shape with a local tokenizer (``--tokenizer``, else the embedded
+    model's: no hub), and Alpaca-like data (long tail). The model is built in a child process, so this process
+    never holds GPU memory while the arms run."""
     model_dir = work / name
     if not (model_dir / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(embedded.ensure_embedded_model(say=lambda *_: None))
-        config = LlamaConfig(**SHAPES[name], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16")
-        torch.manual_seed(0)
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = LlamaForCausalLM(config).to(torch.bfloat16)
-        model.save_pretrained(model_dir, safe_serialization=True)
-        tokenizer.save_pretrained(model_dir)
-        del model
+        command = [sys.executable, __file__, "--arm", "build", "--workload", name, "--model-dir", str(model_dir)]
+        if tokenizer_dir:
+            command += ["--tokenizer", tokenizer_dir]
+        subprocess.run(command, check=True)
     data = work / "alpaca-like.jsonl"
     if not data.is_file():
         rng = random.Random(0)
@@ -167,14 +169,16 @@ def run_baseline(model_dir: Path, data: Path, max_len: int, steps: int, work: Pa
     return {"steps": clock.steps, "checkpointing": bool(args.gradient_checkpointing)}
 
 
-def run_ours(config: Path, model_dir: Path, data: Path, max_len: int, steps: int, work: Path) -> dict:
-    """`lora-ft train` with its defaults; the shared work settings given with --set."""
+def run_ours(config: Path, model_dir: Path, data: Path, max_len: int, steps: int, work: Path,
+             extra: list[str] = ()) -> dict:
+    """`lora-ft train` with its defaults; the shared work settings given with --set (and ``extra`` ones)."""
     from lora_ft import cli
 
     run_dir = work / "ours-run"
     overrides = [f"output_dir={run_dir}", f"model.base={model_dir}", f"data.train.0.path={data}", "data.eval=[]",
                  f"data.max_seq_length={max_len}", f"train.max_steps={steps}", "train.logging_steps=1",
-                 "train.save_steps=null", "train.save_every_minutes=null", "train.eval_before_training=false"]
+                 "train.save_steps=null", "train.save_every_minutes=null", "train.eval_before_training=false",
+                 *extra]
     code = cli.main(["train", str(config), *[a for o in overrides for a in ("--set", o)]])
     if code != 0:
         raise SystemExit(code)
@@ -187,19 +191,43 @@ def run_ours(config: Path, model_dir: Path, data: Path, max_len: int, steps: int
     return {"steps": steps_out, "checkpointing": bool(resolved["model"]["gradient_checkpointing"])}
 
 
+def build_model(name: str, model_dir: Path, tokenizer_dir: str | None) -> None:
+    """Save a random-weight model of the shape ``name`` with the tokenizer (the ``build`` arm)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if tokenizer_dir is None:
+        from lora_ft import embedded
+
+        tokenizer_dir = str(embedded.ensure_embedded_model(say=lambda *_: None))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(**SHAPES[name], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+
+
 def arm_main(args) -> None:
     import torch
+
+    if args.arm == "build":
+        build_model(args.workload, Path(args.model_dir), args.tokenizer)
+        return
 
     work = Path(args.work)
     model_dir, data, max_len = Path(args.model_dir), Path(args.data), args.max_len
     if args.arm == "ours":
-        result = run_ours(Path(args.config), model_dir, data, max_len, args.steps, work)
+        result = run_ours(Path(args.config), model_dir, data, max_len, args.steps, work, args.ours_overrides)
     else:
         result = run_baseline(model_dir, data, max_len, args.steps, work, trl_defaults=args.arm == "trl-defaults")
     result["rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if torch.cuda.is_available():
         result["gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
         result["gpu_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        result["gpu"] = torch.cuda.get_device_name(0)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -207,8 +235,9 @@ def arm_main(args) -> None:
 # Orchestration
 
 
-def trained_fraction(model_dir: Path, data: Path, max_len: int) -> tuple[float, float]:
-    """The data's trained-token fraction and mean non-pad tokens per sample, as lora-ft tokenizes it."""
+def token_statistics(model_dir: Path, data: Path, max_len: int) -> tuple[float, float, float]:
+    """The data's trained-token fraction, and the mean and mean square of its samples' token lengths, as lora-ft
+    tokenizes it."""
     from lora_ft.config import load_config
     from lora_ft import data as data_lib
     from lora_ft import model as model_lib, tokenization
@@ -218,23 +247,38 @@ def trained_fraction(model_dir: Path, data: Path, max_len: int) -> tuple[float, 
     chat = model_lib.load_chat_tokenizer(loaded, loaded.config.model, lambda *_: None)
     rows = data_lib.load_data(loaded).train
     toks = tokenization.tokenize_samples(rows, chat.renderer, max_len, "answers", "truncate")
-    return toks.trained_tokens / toks.tokens, toks.tokens / len(toks.input_ids)
+    lengths = [len(ids) for ids in toks.input_ids]
+    return (toks.trained_tokens / toks.tokens, sum(lengths) / len(lengths),
+            sum(n * n for n in lengths) / len(lengths))
 
 
-def model_flops_per_token(model_dir: Path, tokens_per_sample: float, checkpointing: bool) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) per trained-through token for LoRA training, as the docstring counts them."""
+def lora_parameters(config: dict, r: int) -> int:
+    """LoRA parameters for rank ``r`` on every linear layer of a Llama-style model (what `all-linear` targets)."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    head = config.get("head_dim") or h // heads
+    kv = config.get("num_key_value_heads", heads) * head
+    shapes = [(h, heads * head), (h, kv), (h, kv), (heads * head, h), (h, inter), (h, inter), (inter, h)]
+    return layers * sum(r * (i + o) for i, o in shapes)
+
+
+def model_flops_per_token(model_dir: Path, mean_length: float, mean_square_length: float, trained_fraction: float,
+                          lora_r: int, checkpointing: bool) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) per non-pad token for LoRA training, counted as the docstring says."""
     config = json.loads((model_dir / "config.json").read_text())
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
     inter, vocab = config["intermediate_size"], config["vocab_size"]
-    kv = config.get("num_key_value_heads", config["num_attention_heads"])
-    head = hidden // config["num_attention_heads"]
-    per_layer = hidden * hidden * 2 + hidden * kv * head * 2 + 3 * hidden * inter
-    n = layers * per_layer + hidden * vocab  # matmul parameters (embedding lookup is free)
-    attention = 2 * 2 * layers * hidden * tokens_per_sample / 2  # QK^T and AV over half the sample on average
-    forward = 2 * n + attention
-    model = forward * 2  # forward + backward to the activations (frozen weights: no weight gradient)
-    hardware = model + (forward if checkpointing else 0)
-    return model, hardware
+    heads = config["num_attention_heads"]
+    head = config.get("head_dim") or h // heads
+    kv = config.get("num_key_value_heads", heads) * head
+    hq = heads * head
+    frozen = layers * (h * hq + 2 * h * kv + hq * h + 3 * h * inter)  # N: q, k, v, o and the three MLP matrices
+    lora = lora_parameters(config, lora_r)
+    attended = mean_square_length / (2 * mean_length)  # mean tokens a token attends to, causal within its sample
+    attention_forward = layers * 4 * hq * attended
+    model = 4 * frozen + 4 * h * vocab * trained_fraction + 6 * lora + 3 * attention_forward
+    recomputed = 2 * frozen + 2 * lora + attention_forward if checkpointing else 0
+    return model, model + recomputed
 
 
 def summarize(run: dict, warmup: int) -> dict:
@@ -244,7 +288,7 @@ def summarize(run: dict, warmup: int) -> dict:
         raise SystemExit("too few steps to time: raise --steps")
     seconds = timed[-1]["time"] - timed[0]["time"]
     tokens = timed[-1]["tokens"] - timed[0]["tokens"]
-    out = {"tokens_per_s": tokens / seconds, "step_s": seconds / (len(timed) - 1),
+    out = {"tokens_per_s": tokens / seconds, "step_s": seconds / (len(timed) - 1), "gpu": run.get("gpu"),
            "final_loss": next((s["loss"] for s in reversed(steps) if "loss" in s), None),
            "losses": [s.get("loss") for s in steps], "rss_gib": run["rss_bytes"] / 2**30,
            "checkpointing": run.get("checkpointing")}
@@ -254,15 +298,13 @@ def summarize(run: dict, warmup: int) -> dict:
     return out
 
 
-def environment() -> dict:
-    import torch
-
+def environment(gpu: str | None = None) -> dict:
     from lora_ft.artifacts import package_versions
 
     info = {"machine": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "packages": package_versions()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    if gpu:
+        info["gpu"] = gpu  # as the arms saw it: the parent process never starts a CUDA context
     return info
 
 
@@ -275,6 +317,11 @@ def main() -> int:
     parser.add_argument("--defaults-steps", type=int, default=3,
                         help="steps for the TRL-defaults row on a CPU (0 leaves it out)")
     parser.add_argument("--out", default="bench-results", help="folder for RESULTS.json and RESULTS.md")
+    parser.add_argument("--set", dest="ours_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for the `ours` arm (repeatable), e.g. to compare "
+                        "train.optimizer=paged_adamw_8bit with the default")
+    parser.add_argument("--tokenizer", help="synthetic workloads: a local tokenizer folder (default: the embedded "
+                        "model's, fetched once through the package index)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     for hidden in ("--config", "--model-dir", "--data", "--max-len", "--work", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS, type=int if hidden == "--max-len" else str)
@@ -293,8 +340,8 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lora-ft-bench-"))
     model_dir, data, max_len = (embedded_workload(work) if args.workload == "legal"
-                                else synthetic_workload(args.workload, work))
-    fraction, tokens_per_sample = trained_fraction(model_dir, data, max_len)
+                                else synthetic_workload(args.workload, work, args.tokenizer))
+    fraction, mean_length, mean_square_length = token_statistics(model_dir, data, max_len)
 
     plan = []
     for _ in range(args.rounds):
@@ -311,7 +358,7 @@ def main() -> int:
         proc = subprocess.run(
             [sys.executable, __file__, "--arm", arm, "--config", str(LEGAL_CONFIG), "--model-dir", str(model_dir),
              "--data", str(data), "--max-len", str(max_len), "--steps", str(steps), "--work", str(arm_work),
-             "--result", str(result_file)],
+             "--result", str(result_file), *(a for o in args.ours_overrides for a in ("--set", o))],
             capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
@@ -334,10 +381,10 @@ def main() -> int:
         row["losses"] = results[-1]["losses"]
         row["runs"] = len(results)
         if cuda:
-            gpu = torch.cuda.get_device_name(0)
+            gpu = results[-1].get("gpu", "")
             peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
-            model_flops, hardware_flops = model_flops_per_token(model_dir, tokens_per_sample,
-                                                                bool(results[-1]["checkpointing"]))
+            model_flops, hardware_flops = model_flops_per_token(model_dir, mean_length, mean_square_length, fraction,
+                                                                LORA_R, bool(results[-1]["checkpointing"]))
             if peak:
                 row["mfu"] = row["tokens_per_s"] * model_flops / (peak * 1e12)
                 row["hfu"] = row["tokens_per_s"] * hardware_flops / (peak * 1e12)
@@ -350,7 +397,8 @@ def main() -> int:
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
     report = {"workload": args.workload, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "max_seq_length": max_len, "effective_batch": 8, "trained_fraction": fraction,
-              "environment": environment(), "command": command.strip(), "rows": rows, "ratios": ratios}
+              "environment": environment(next((r[-1].get("gpu") for r in runs.values() if r[-1].get("gpu")), None)),
+              "command": command.strip(), "rows": rows, "ratios": ratios}
     (out_dir / "RESULTS.json").write_text(json.dumps(report, indent=2))
     table = render(report)
     (out_dir / "RESULTS.md").write_text(table)

@@ -33,14 +33,21 @@ def test_summary_excludes_warm_up_and_counts_non_pad_tokens(bench):
     assert out["rss_gib"] == pytest.approx(4.0) and out["final_loss"] == pytest.approx(2.3)
 
 
-def test_model_flops_count_lora_as_four_n_plus_attention(bench, tmp_path):
+def test_model_flops_count_frozen_lora_head_and_attention_as_the_docstring_says(bench, tmp_path):
     config = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256,
               "num_attention_heads": 32, "num_key_value_heads": 8}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    model, hardware = bench.model_flops_per_token(tmp_path, tokens_per_sample=512, checkpointing=True)
-    n = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336) + 4096 * 128256  # about 7.5e9
-    assert model == pytest.approx(4 * n, rel=0.01)  # attention adds well under 1% at this length
-    assert hardware == pytest.approx(model * 1.5, rel=0.01)  # checkpointing recomputes the forward
+    n = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)  # frozen decoder matmuls, about 7.0e9
+    lora = 32 * 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 3)
+    assert bench.lora_parameters(config, 16) == lora  # about 42M: r=16 on all linear layers
+    # samples of 100 and 300 tokens: E[L] 200, E[L^2] 50,000; a token attends to 125 tokens on average, not 100
+    model, hardware = bench.model_flops_per_token(tmp_path, 200, 50_000, trained_fraction=0.5, lora_r=16,
+                                                  checkpointing=True)
+    attention_forward = 32 * 4 * 4096 * 125
+    assert model == 4 * n + 4 * 4096 * 128256 * 0.5 + 6 * lora + 3 * attention_forward
+    assert hardware == model + 2 * n + 2 * lora + attention_forward  # checkpointing recomputes the forward
+    untrained_head = bench.model_flops_per_token(tmp_path, 200, 50_000, 0.0, 16, False)[0]
+    assert model - untrained_head == 4 * 4096 * 128256 * 0.5, "the head counts for trained positions only"
 
 
 def test_report_table_and_ratios(bench):
