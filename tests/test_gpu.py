@@ -1,4 +1,4 @@
-"""The CUDA path: QLoRA defaults (NF4, bfloat16 compute, checkpointing, paged 8-bit AdamW) on a real GPU.
+"""The CUDA path: QLoRA defaults (NF4, bfloat16 autocast, checkpointing, fused AdamW) on a real GPU.
 
 Skipped where no CUDA GPU is present; the CPU suite covers the same decisions with `resolve(has_cuda=True)`
 (tests/test_config.py).

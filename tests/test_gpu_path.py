@@ -176,3 +176,20 @@ def test_merges_run_on_the_gpu_when_the_float32_base_fits(tiny_llama, monkeypatc
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1000, 80 * 2**30))
     assert merge.merge_device(str(tiny_llama)) == "cpu", "too little free GPU memory: the CPU"
     assert merge.merge_device("org/model-on-the-hub") == "cpu"
+
+
+def test_the_gpu_check_refuses_a_machine_without_a_gpu_and_its_reference_is_recorded():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    reference = json.loads((repo / "scripts" / "gpu_reference_losses.json").read_text())
+    assert reference["device"] == "cpu" and len(reference["losses"]) == 5
+    assert all(9 < loss < 12 for loss in reference["losses"]), "a random-weight model starts near ln(49152) = 10.8"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, str(repo / "scripts" / "gpu_check.py"), "run"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
