@@ -52,3 +52,22 @@ def test_fsdp_path_trains_a_4bit_model_in_one_launched_process(tiny_llama, legal
     assert "GiB allocated" in manifest["metrics"]["peak_memory"]
     print("FSDP QLoRA peak memory:", manifest["metrics"]["peak_memory"])
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_qlora_runs_its_residual_stream_and_head_in_bf16_on_cuda(tiny_llama):
+    """No float32 upcast: under the trainer's autocast, hidden states and logits are bf16 (not float32 with every
+    4-bit layer casting in and out)."""
+    import torch
+
+    from lora_ft.config import LoraSection, ModelSection
+    from lora_ft.model import BaseModelSource, attach_lora, load_base_model
+
+    model_cfg = ModelSection(base=str(tiny_llama), quantization="nf4", dtype="bfloat16",
+                             attn_implementation="sdpa", gradient_checkpointing=False)
+    model = attach_lora(load_base_model(BaseModelSource(str(tiny_llama), "tiny"), model_cfg, "cuda",
+                                        say=lambda _: None), LoraSection(r=4, alpha=8, dropout=0.0))
+    ids = torch.tensor([[1, 5, 6, 7, 8, 2]], device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(input_ids=ids, output_hidden_states=True)
+    assert out.hidden_states[1].dtype == torch.bfloat16 and out.logits.dtype == torch.bfloat16
+    assert model.get_base_model().model.norm.weight.dtype == torch.bfloat16
