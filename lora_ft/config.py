@@ -258,17 +258,19 @@ class TrackingSection(_Section):
     report_to: list[str] = Field(
         default_factory=lambda: ["none"],
         description="Trackers: `none`, `wandb`, `tensorboard`, `mlflow` or any other name transformers supports. "
-        "W&B runs offline (files under the run directory) when no API key is configured.",
+        "W&B logs offline (files under the run directory) when no API key is configured, unless "
+        "`wandb_fallback` is `error`.",
     )
     project: str = Field("lora-ft", description="Tracker project name.")
     run_name: str | None = Field(None, description="Run name; `null` uses the output directory's name.")
     tags: list[str] = Field(default_factory=list, description="Tags for the tracker run.")
     wandb_fallback: Literal["offline", "error"] = Field(
         "offline",
-        description="What to do when W&B is configured but unusable at start (a malformed or rejected API key, "
-        "the server unreachable; checked before the model loads, in seconds): `offline` logs the run offline and "
-        "says so (upload later with `wandb sync`), so an outage of the tracker never costs a training run; "
-        "`error` stops with exit code 2 before anything heavy starts.",
+        description="What to do when W&B is configured but unusable at start (no API key, a malformed or rejected "
+        "key, the server unreachable; checked before the model loads, in seconds): `offline` logs the run offline "
+        "and says so in one line (upload later with `wandb sync`), so an outage of the tracker never costs a "
+        "training run; `error` stops with exit code 2 before anything heavy starts, for runs that must appear "
+        "online. WANDB_MODE=offline or disabled skips the check.",
     )
 
 
