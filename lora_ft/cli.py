@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from lora_ft import __version__
-from lora_ft.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UserError
+from lora_ft.errors import EXIT_FAILURE, EXIT_USAGE, UserError
 
 EPILOG = """examples:
   lora-ft train configs/legal_domain.yaml
@@ -170,243 +171,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="the base model's directory, when it has moved since training")
 
 
-def _say(message: str = "") -> None:
-    print(message, flush=True)
-
-
-def cmd_validate(args) -> int:
-    from lora_ft.config import dump_config, load_config
-
-    loaded = load_config(args.config, args.overrides)
-    _say(dump_config(loaded.config).rstrip())
-    _say(f"\nconfig OK: {args.config}")
-    return EXIT_OK
-
-
-def cmd_data(args) -> int:
-    import os
-    from pathlib import Path
-
-    from lora_ft import data_report
-    from lora_ft.config import load_config
-
-    if args.plot:
-        data_report.require_matplotlib()  # before the work, not after it
-        data_report.check_output_file(Path(args.plot), "png")
-    if args.json:
-        data_report.check_output_file(Path(args.json), "json")
-    loaded = load_config(args.config, args.overrides)
-    _quiet()
-    report = data_report.build_report(loaded, samples=args.samples, say=_say)
-    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    _say(data_report.render_text(report, color=color))
-    if args.json:
-        data_report.write_json(report, Path(args.json))
-        _say(f"\nJSON report: {args.json}")
-    if args.plot:
-        data_report.write_plot(report, Path(args.plot))
-        _say(f"length histogram: {args.plot}")
-    if not report.ok:
-        raise UserError(f"`lora-ft train` would stop on this data: {len(report.problems)} problem(s), listed "
-                        "under '== verdict' above", fix="fix them, then run `lora-ft data` again")
-    return EXIT_OK
-
-
-def cmd_train(args) -> int:
-    from lora_ft.config import load_config
-
-    loaded = load_config(args.config, args.overrides)
-    if args.nproc != 1:
-        from lora_ft import distributed
-
-        if args.nproc < 1:
-            raise UserError(f"--nproc {args.nproc}: the number of processes must be at least 1", fix="--nproc 2")
-        if distributed.current_world().distributed:
-            raise UserError("--nproc was given inside a launcher that already started several processes",
-                            fix="drop --nproc when running under torchrun or accelerate launch")
-        argv = [args.config, *(a for o in args.overrides for a in ("--set", o)), "--resume", args.resume,
-                *(["--force-resume"] if args.force_resume else [])]
-        return distributed.launch(argv, args.nproc)
-    from lora_ft import pipeline
-
-    pipeline.train(loaded, say=_say, resume=args.resume, force_resume=args.force_resume)
-    return EXIT_OK
-
-
-def cmd_plan(args) -> int:
-    from lora_ft import plan, settings
-    from lora_ft.config import load_config
-
-    loaded = load_config(args.config, args.overrides)
-    _quiet()
-    resolved = settings.resolve(loaded, has_cuda=True if args.gpu else None)
-    tokens, samples, longest, model_dir = plan.data_tokens(loaded, resolved.config, _say)
-    result = plan.make_plan(resolved.config, plan.read_shape(model_dir), tokens, samples, resolved.device, args.gpu,
-                            longest)
-    if args.measure:
-        if args.gpu:
-            raise UserError("--measure runs on this machine and cannot measure a named GPU", fix="drop --gpu")
-        _say("measuring a few real training steps ...")
-        result.measured_peak, result.measured_step_seconds = plan.measure(loaded, say=_say)
-    _say(result.render())
-    return EXIT_OK if result.fits else EXIT_USAGE
-
-
-def cmd_merge(args) -> int:
-    from pathlib import Path
-
-    from lora_ft.finished_run import open_run
-    from lora_ft.merge import merge_run
-
-    run = open_run(args.run_dir)
-    _quiet()
-    out = Path(args.out) if args.out else run.run_dir / "merged"
-    with _holding(run):
-        report = merge_run(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
-    _say(f"merged model: {out}")
-    return EXIT_FAILURE if report.within_tolerance is False else EXIT_OK
-
-
-def cmd_export(args) -> int:
-    from pathlib import Path
-
-    from lora_ft import export
-    from lora_ft.finished_run import open_run
-
-    run = open_run(args.run_dir)
-    _quiet()
-    out = Path(args.out) if args.out else run.run_dir / f"export-{args.format}"
-    with _holding(run):
-        if args.format == "peft":
-            check = export.export_peft(run, out, base=args.base, say=_say)
-        elif args.format == "merged":
-            check = export.export_merged(run, out, dtype=args.dtype, into=args.into, base=args.base, say=_say)
-        else:
-            types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
-            check = export.export_gguf(run, out, types=types, base=args.base, say=_say)
-    _say(f"exported: {out}")
-    return EXIT_FAILURE if check["passed"] is False else EXIT_OK  # None: not run in an engine, said above
-
-
-def cmd_chat(args) -> int:
-    from lora_ft import inference
-    from lora_ft.finished_run import open_run
-
-    run = open_run(args.run_dir)
-    _quiet()
-    model = inference.load_tuned(run, args.base, _say)
-    tokenizer = inference.load_tokenizer(run)
-    system = run.config.data.system_prompt
-    history: list[dict[str, str]] = []
-    _say(f"chatting with {run.run_dir} ({run.base_name} + adapter). /reset clears, /system TEXT sets the system "
-         "message, /exit (or Ctrl-D) quits.")
-    while True:
-        try:
-            line = input("\nyou> ").strip()
-        except EOFError:
-            _say()
-            return EXIT_OK
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return EXIT_OK
-        if line == "/reset":
-            history = []
-            _say("(conversation cleared)")
-            continue
-        if line.startswith("/system"):
-            system = line[len("/system"):].strip() or None
-            history = []
-            _say(f"(system message {'set' if system else 'cleared'}; conversation cleared)")
-            continue
-        history.append({"role": "user", "content": line})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
-        print("model> ", end="", flush=True)
-        answer = ""
-        for piece in inference.stream(model, tokenizer, run, messages, args.max_new_tokens, args.temperature):
-            answer += piece
-            print(piece, end="", flush=True)
-        print(flush=True)
-        history.append({"role": "assistant", "content": answer.strip()})
-
-
-def _read_prompts(path: str) -> list[str]:
-    import json
-    from pathlib import Path
-
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"prompts file not found: {path}", fix="give a text file with one prompt per line")
-    try:
-        lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        from lora_ft.data import _first_non_utf8
-
-        line, _ = _first_non_utf8(file)
-        raise UserError(f"the prompts file {path} is not UTF-8 text", where=f"{path}:{line}",
-                        fix="save it as UTF-8") from None
-    if file.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                prompts.append(str(json.loads(line)["prompt"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"line {number} is not a JSON object with a 'prompt' field", where=f"{path}:{number}",
-                                fix='write {"prompt": "..."} on each line') from exc
-        return prompts
-    return lines
-
-
-def cmd_generate(args) -> int:
-    import json
-
-    from lora_ft import inference
-    from lora_ft.finished_run import open_run
-
-    run = open_run(args.run_dir)
-    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts)
-    _quiet()
-    model = inference.load_tuned(run, args.base, _say)
-    tokenizer = inference.load_tokenizer(run)
-    system = run.config.data.system_prompt
-    for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        answer, stopped = inference.generate(model, tokenizer, run, messages, args.max_new_tokens, args.temperature)
-        if args.prompts:
-            _say(json.dumps({"prompt": prompt, "answer": answer, "stopped_at_end_of_turn": stopped}))
-        else:
-            _say(answer)
-    return EXIT_OK
-
-
-def cmd_eval(args) -> int:
-    from lora_ft.evaluate import evaluate_run
-    from lora_ft.finished_run import open_run
-
-    run = open_run(args.run_dir)
-    _quiet()
-    with _holding(run):
-        evaluate_run(run, data_file=args.data, samples_to_show=args.samples, out_dir=args.out, base=args.base,
-                     say=_say)
-    return EXIT_OK
-
-
-def _holding(run):
-    """The run's lock, for commands that write into a finished run (eval, merge, export): one at a time, and
-    never while a training process holds it."""
-    from lora_ft import run_lock
-
-    return run_lock.RunLock(run.run_dir, run_lock.command_line())
-
-
-def _quiet() -> None:
-    from lora_ft.pipeline import quiet_libraries
-
-    quiet_libraries()
-
-
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "plan": cmd_plan, "data": cmd_data, "merge": cmd_merge, "export": cmd_export,
-            "chat": cmd_chat, "generate": cmd_generate, "eval": cmd_eval}
+COMMANDS = ("train", "validate", "plan", "data", "merge", "export", "chat", "generate", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     # (it falls back to its own): noise that means nothing to the user
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
-        return COMMANDS[args.command](args)
+        return importlib.import_module(f"lora_ft.commands.{args.command}").run(args)
     except UserError as exc:
         sys.stdout.flush()
         print(exc.render(), file=sys.stderr, flush=True)

@@ -15,6 +15,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from lora_ft import console
+from lora_ft.errors import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -43,7 +46,7 @@ def launch(train_argv: list[str], nproc: int) -> int:
     """Run ``lora-ft train`` in ``nproc`` processes on this machine through torchrun; return its exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "lora_ft", "train", *train_argv]
-    print(f"launching {nproc} processes: {' '.join(command[2:])}", flush=True)
+    console.say(f"launching {nproc} processes: {' '.join(command[2:])}")
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:  # torchrun forwards the signal to the workers, which save and stop
@@ -112,3 +115,31 @@ def prepare_sharded_loading(strategy: str, world: World) -> None:
     from accelerate import PartialState
 
     PartialState()  # initialises torch.distributed from torchrun's environment, as the trainer would later
+
+
+def check_supported(cfg, world: World) -> None:
+    """Refuse what the libraries cannot do with several processes, before anything is loaded."""
+    if not (world.distributed or world.launched):
+        return
+    if cfg.distributed.strategy == "fsdp" and cfg.train.device != "cuda":
+        raise UserError("distributed.strategy fsdp needs CUDA GPUs",
+                        fix="use distributed.strategy: ddp (it also runs on CPU processes)")
+    if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "int8":
+        raise UserError("8-bit weights cannot be sharded by FSDP",
+                        fix="use model.quantization: nf4 (QLoRA shards under FSDP) or none")
+    if cfg.distributed.strategy == "fsdp" and world.distributed and cfg.train.optimizer in ("adamw_8bit",
+                                                                                           "paged_adamw_8bit"):
+        raise UserError(f"train.optimizer {cfg.train.optimizer} fails on FSDP's sharded (DTensor) parameters with "
+                        "several processes", fix="use train.optimizer: auto (adamw_torch_fused)")
+
+
+def launch_training(args) -> int:
+    """``lora-ft train CONFIG --nproc N``: the same command in N processes on this machine (torchrun)."""
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: the number of processes must be at least 1", fix="--nproc 2")
+    if current_world().distributed:
+        raise UserError("--nproc was given inside a launcher that already started several processes",
+                        fix="drop --nproc when running under torchrun or accelerate launch")
+    argv = [args.config, *(a for o in args.overrides for a in ("--set", o)), "--resume", args.resume,
+            *(["--force-resume"] if args.force_resume else [])]
+    return launch(argv, args.nproc)

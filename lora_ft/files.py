@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lora_ft.errors import UserError
+from lora_ft import console
 
 
 def file_sha256(path: Path) -> str:
@@ -61,7 +62,7 @@ def _umask() -> int:
     return mask
 
 
-def remove_abandoned_staging(out_dir: Path, say=None) -> list[Path]:
+def remove_abandoned_staging(out_dir: Path) -> list[Path]:
     """Delete staging folders of ``out_dir`` whose writer is gone (killed mid-write): the ones lora-ft made (they
     hold its partial-lock file) and whose lock nobody holds. A folder being written by a live process is kept."""
     import fcntl
@@ -84,13 +85,12 @@ def remove_abandoned_staging(out_dir: Path, say=None) -> list[Path]:
             os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
-        if say:
-            say(f"note: removed {folder.name}, left by an earlier write of {out_dir.name} that was cut short")
+        console.say(f"note: removed {folder.name}, left by an earlier write of {out_dir.name} that was cut short")
     return removed
 
 
 @contextmanager
-def staged_directory(out_dir: Path, say=None) -> Iterator[Path]:
+def staged_directory(out_dir: Path) -> Iterator[Path]:
     """A temporary folder beside ``out_dir`` that becomes ``out_dir`` when the block completes.
 
     If the block fails (or is interrupted), the temporary folder is removed: nothing half-written is left. A
@@ -104,7 +104,7 @@ def staged_directory(out_dir: Path, say=None) -> Iterator[Path]:
     check_output_dir_free(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_staging(out_dir, say)
+        remove_abandoned_staging(out_dir)
         staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
         os.chmod(staging, 0o777 & ~_umask())
         lock_fd = os.open(staging / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from lora_ft.finished_run import FinishedRun, locate_base
+from lora_ft.rundir.finished import FinishedRun, locate_base
 
 
 def inference_device() -> str:
@@ -31,7 +31,7 @@ def load_tokenizer(run: FinishedRun):
                         "folder, which holds the same files") from None
 
 
-def load_base(run: FinishedRun, base: str | None = None, dtype: str | None = None, say=print):
+def load_base(run: FinishedRun, base: str | None = None, dtype: str | None = None):
     """The base model in full precision (float32 on a CPU, bfloat16 on a GPU unless told)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -39,17 +39,17 @@ def load_base(run: FinishedRun, base: str | None = None, dtype: str | None = Non
     device = inference_device()
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     model = AutoModelForCausalLM.from_pretrained(
-        locate_base(run, base, say), dtype=getattr(torch, dtype),
+        locate_base(run, base), dtype=getattr(torch, dtype),
         trust_remote_code=run.config.model.trust_remote_code,
     )
     return model.to(device).eval()
 
 
-def load_tuned(run: FinishedRun, base: str | None = None, say=print):
+def load_tuned(run: FinishedRun, base: str | None = None):
     """Base + adapter (PEFT), unmerged, ready to generate; ``disable_adapter()`` gives the base back."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_base(run, base, say=say), str(run.adapter_dir)).eval()
+    return PeftModel.from_pretrained(load_base(run, base), str(run.adapter_dir)).eval()
 
 
 def stop_token_ids(tokenizer, run: FinishedRun) -> list[int]:

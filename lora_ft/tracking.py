@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lora_ft.config import RunConfig
 from lora_ft.errors import UserError
+from lora_ft import console
 
 
 @dataclass
@@ -240,7 +241,7 @@ def _server_check(key: str | None, timeout: float | None = None, url: str | None
     return result[0]
 
 
-def preflight(cfg: RunConfig, say=print) -> str | None:
+def preflight(cfg: RunConfig) -> str | None:
     """Decide, in seconds and before anything heavy starts, how W&B will log; pass the answer to
     :func:`start_trackers` as ``wandb_mode``.
 
@@ -273,7 +274,7 @@ def preflight(cfg: RunConfig, say=print) -> str | None:
     if problem is None:
         return online
     if cfg.tracking.wandb_fallback == "offline":
-        say(f"warning: W&B: {problem}; this run logs offline under the run directory (upload later with "
+        console.say(f"warning: W&B: {problem}; this run logs offline under the run directory (upload later with "
             "`wandb sync`; tracking.wandb_fallback: error stops instead)")
         return "offline"
     raise UserError(f"W&B is not usable: {problem}", fix=f"{fix}; {_OFFLINE_FIX}")

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from lora_ft import artifacts, checkpoints, run_lock
+from lora_ft.rundir import artifacts
+from lora_ft.rundir import checkpoints
+from lora_ft.rundir import lock as run_lock
 from lora_ft.errors import Problem, UserError
+from lora_ft import console
 
 RESUME_MODES = ("auto", "never")
 # Keys that do not change what is trained: where files go, trackers, how often to log or save, checks.
@@ -93,7 +96,7 @@ def check_writable_run_dir(output_dir: str, mode: str) -> None:
         _start_from_named_checkpoint(run_dir, Path(mode), lambda *_: None)
 
 
-def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> StartPoint:
+def choose_start(output_dir: str, mode: str, tidy: bool = True) -> StartPoint:
     """Decide, before anything heavy is loaded, where this run starts; refuse what would overwrite a run.
 
     ``tidy``: clear unusable checkpoint folders out of the way (the main process does, holding the run's lock; the
@@ -104,16 +107,16 @@ def choose_start(output_dir: str, mode: str, say=print, tidy: bool = True) -> St
         artifacts.check_run_dir_free(output_dir)
         return StartPoint(run_dir)
     if mode != "auto":
-        return _start_from_named_checkpoint(run_dir, Path(mode), say)
+        return _start_from_named_checkpoint(run_dir, Path(mode))
     if run_lock.is_fresh(run_dir):
         return StartPoint(run_dir)
     _refuse_unless_an_unfinished_run(run_dir)
     previous = yaml.safe_load((run_dir / artifacts.CONFIG_FILE).read_text(encoding="utf-8"))
-    checkpoint = checkpoints.newest(run_dir / artifacts.CHECKPOINT_DIR, say, tidy=tidy)
+    checkpoint = checkpoints.newest(run_dir / artifacts.CHECKPOINT_DIR, tidy=tidy)
     if checkpoint is None:
-        say(f"note: {run_dir} holds an interrupted run with no complete checkpoint: it starts again from step 0")
+        console.say(f"note: {run_dir} holds an interrupted run with no complete checkpoint: it starts again from step 0")
         return StartPoint(run_dir, existing=True, previous_config=previous)
-    say(f"resuming the interrupted run in {run_dir} from {checkpoint.path.name} (step {checkpoint.step}); "
+    console.say(f"resuming the interrupted run in {run_dir} from {checkpoint.path.name} (step {checkpoint.step}); "
         "`--resume never` refuses instead")
     return StartPoint(run_dir, checkpoint, existing=True, previous_config=checkpoint.fingerprint.get("config"),
                       previous_data=checkpoint.fingerprint.get("data"))
@@ -150,7 +153,7 @@ def _refuse_unless_an_unfinished_run(run_dir: Path) -> None:
         )
 
 
-def _start_from_named_checkpoint(run_dir: Path, path: Path, say) -> StartPoint:
+def _start_from_named_checkpoint(run_dir: Path, path: Path) -> StartPoint:
     if not path.is_dir():
         raise UserError(f"--resume {path}: no such checkpoint folder",
                         fix="give a checkpoint folder such as runs/NAME/checkpoints/checkpoint-40, or --resume auto")
@@ -174,12 +177,12 @@ def _start_from_named_checkpoint(run_dir: Path, path: Path, say) -> StartPoint:
                 f"{path} is not the newest checkpoint of its run ({newest_folder.name} is newer); resuming from it "
                 "would write over the newer ones",
                 fix="train into a new directory, --set output_dir=..., to branch off from this checkpoint")
-    say(f"starting from {path} (step {checkpoint.step})")
+    console.say(f"starting from {path} (step {checkpoint.step})")
     return StartPoint(run_dir, checkpoint, existing=same_run, previous_config=checkpoint.fingerprint.get("config"),
                       previous_data=checkpoint.fingerprint.get("data"))
 
 
-def check_same_processes(start: StartPoint, processes: int, strategy: str, force: bool, say=print) -> None:
+def check_same_processes(start: StartPoint, processes: int, strategy: str, force: bool) -> None:
     """A checkpoint resumes on another number of processes where the libraries allow it.
 
     DDP checkpoints hold whole tensors and resume on any number of processes, but the effective batch changes with
@@ -205,7 +208,7 @@ def check_same_processes(start: StartPoint, processes: int, strategy: str, force
             fix=f"resume with --nproc {before}; or scale train.gradient_accumulation_steps to keep the effective "
             "batch and add --force-resume",
         )
-    say(f"warning: --force-resume: resuming with a change: {change}")
+    console.say(f"warning: --force-resume: resuming with a change: {change}")
     start.forced_changes.append(change)
 
 
@@ -235,7 +238,7 @@ def data_changes(previous: dict | None, current: dict) -> list[str]:
     return changes or ["the tokenized training data differs (tokenizer, chat template or data settings changed)"]
 
 
-def check_same_run(start: StartPoint, config: dict, data: dict | None, force: bool, say=print) -> None:
+def check_same_run(start: StartPoint, config: dict, data: dict | None, force: bool) -> None:
     """Refuse to resume with a different config or data unless forced; record what a forced resume changed."""
     if start.previous_config is None:
         return
@@ -253,7 +256,7 @@ def check_same_run(start: StartPoint, config: dict, data: dict | None, force: bo
             "or add --force-resume to go on with the changed settings",
         )
     for change in new:
-        say(f"warning: --force-resume: resuming with a change: {change}")
+        console.say(f"warning: --force-resume: resuming with a change: {change}")
     start.forced_changes.extend(new)
 
 

@@ -36,7 +36,7 @@ PACKAGES = ("lora-ft", "torch", "transformers", "peft", "trl", "datasets", "acce
 
 def check_run_dir_free(output_dir: str) -> None:
     """Refuse a directory that already holds anything, so nothing finished (or not ours) is ever overwritten."""
-    from lora_ft import run_lock
+    from lora_ft.rundir import lock as run_lock
 
     run_dir = Path(output_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -182,7 +182,7 @@ def publish_adapter(staging: Path, run_dir: Path) -> Path:
 
     An ``adapter/`` already there is from an attempt of this run that stopped before its manifest was written
     (only a run directory lora-ft made is touched)."""
-    from lora_ft import run_lock
+    from lora_ft.rundir import lock as run_lock
 
     adapter_dir = run_dir / ADAPTER_DIR
     for item in staging.iterdir():

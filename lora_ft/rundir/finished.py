@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from lora_ft import artifacts
-from lora_ft.config import EMBEDDED_MODEL, RunConfig, _looks_like_hub_id
+from lora_ft.rundir import artifacts
+from lora_ft.config import EMBEDDED_MODEL, RunConfig, looks_like_hub_id
 from lora_ft.errors import UserError
 
 
@@ -121,10 +121,10 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def locate_base(run: FinishedRun, override: str | None = None, say=print) -> str:
+def locate_base(run: FinishedRun, override: str | None = None) -> str:
     """The base model's directory (or hub id), re-fetching the embedded model if its cache was cleared."""
     if override:
-        if not Path(override).exists() and not _looks_like_hub_id(override):
+        if not Path(override).exists() and not looks_like_hub_id(override):
             raise UserError(f"--base {override} does not exist", fix="give the base model's directory")
         return override
     path = run.base_path
@@ -133,8 +133,8 @@ def locate_base(run: FinishedRun, override: str | None = None, say=print) -> str
     if run.config.model.base == EMBEDDED_MODEL:
         from lora_ft.embedded import ensure_embedded_model
 
-        return str(ensure_embedded_model(say))
-    if _looks_like_hub_id(path):
+        return str(ensure_embedded_model())
+    if looks_like_hub_id(path):
         return path
     raise UserError(
         f"the run's base model is missing: {path}",

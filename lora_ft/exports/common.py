@@ -17,7 +17,8 @@ from safetensors import safe_open
 
 from lora_ft.errors import Problem, UserError
 from lora_ft.files import staged_directory, write_text_atomic
-from lora_ft.finished_run import FinishedRun, locate_base
+from lora_ft.rundir.finished import FinishedRun, locate_base
+from lora_ft import console
 
 FORMATS = ("peft", "merged", "gguf")
 CHECK_FILE = "export_check.json"
@@ -102,29 +103,29 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0][inputs["i
 """
 
 
-def _write_check(directory: Path, check: dict, say) -> dict:
+def _write_check(directory: Path, check: dict) -> dict:
     write_text_atomic(directory / CHECK_FILE, json.dumps(check, indent=2) + "\n")
     status = {True: "passed", False: "FAILED",
               None: "NOT RUN in an engine (the file is readable; no answer was generated)"}[check["passed"]]
-    say(f"export check ({check['loader']}): {status}")
-    say(f"  prompt: {check['prompt']}")
+    console.say(f"export check ({check['loader']}): {status}")
+    console.say(f"  prompt: {check['prompt']}")
     if check.get("answer") is not None:
-        say(f"  answer: {check['answer'][:300]}")
+        console.say(f"  answer: {check['answer'][:300]}")
     if check.get("note"):
-        say(f"  note: {check['note']}")
+        console.say(f"  note: {check['note']}")
     return check
 
 
-def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None, say=print) -> dict:
+def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None) -> dict:
     from lora_ft import inference
 
     problems = vllm_problems(run.adapter_dir)
     if problems:
         raise UserError("this adapter would not load in vLLM", problems,
                         fix="retrain with the listed settings, or export --format merged")
-    base_path = locate_base(run, base, say)
+    base_path = locate_base(run, base)
     base_for_serving = run.upstream if run.upstream and not Path(base_path).is_dir() else base_path
-    with staged_directory(out_dir, say) as staging:
+    with staged_directory(out_dir) as staging:
         for item in run.adapter_dir.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
@@ -133,16 +134,16 @@ def export_peft(run: FinishedRun, out_dir: Path, base: str | None = None, say=pr
         adapter_config["base_model_name_or_path"] = base_for_serving
         write_text_atomic(config_file, json.dumps(adapter_config, indent=2) + "\n")
         write_text_atomic(staging / "README.md", _serving_readme(run, out_dir, base_for_serving))
-        say("loading the exported adapter with PEFT on its base model ...")
+        console.say("loading the exported adapter with PEFT on its base model ...")
         exported = FinishedRun(run_dir=run.run_dir, adapter_dir=staging, manifest=run.manifest, config=run.config)
-        model = inference.load_tuned(exported, base, say)
+        model = inference.load_tuned(exported, base)
         tokenizer = inference.load_tokenizer(exported)
         answer, stopped = inference.generate(model, tokenizer, run, [{"role": "user", "content": CHECK_PROMPT}],
                                              max_new_tokens=120)
         check = {"format": "peft", "loader": "transformers + PEFT (vLLM requirements checked)", "prompt": CHECK_PROMPT,
                  "answer": answer, "stopped_at_end_of_turn": stopped, "passed": True,
                  "vllm_max_lora_rank": vllm_rank_flag(run.lora_rank), "checked_at": time.time()}
-        _write_check(staging, check, say)
+        _write_check(staging, check)
     return check
 
 
@@ -177,11 +178,11 @@ def generate_without_peft(model_dir: Path, prompt: str, max_new_tokens: int = 40
 
 
 def export_merged(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into: str = "original",
-                  base: str | None = None, say=print) -> dict:
-    from lora_ft.merge import merge_run
+                  base: str | None = None) -> dict:
+    from lora_ft.exports.merging import merge_run
 
-    report = merge_run(run, out_dir, dtype=dtype, into=into, base=base, say=say)
-    say("loading the merged model with transformers alone (peft not importable) ...")
+    report = merge_run(run, out_dir, dtype=dtype, into=into, base=base)
+    console.say("loading the merged model with transformers alone (peft not importable) ...")
     reference = report.answers[0]["reference"]
     got = generate_without_peft(out_dir, report.answers[0]["prompt"])
     check = {"format": "merged", "loader": "transformers without peft", "prompt": report.answers[0]["prompt"],
@@ -193,22 +194,22 @@ def export_merged(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, 
              "checked_at": time.time()}
     if "error" in got:
         check["note"] = got["error"]
-    return _write_check(out_dir, check, say)
+    return _write_check(out_dir, check)
 
 
 def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f16", "q8_0"),
-                base: str | None = None, say=print) -> dict:
-    from lora_ft import gguf_export
-    from lora_ft.merge import merge_run
+                base: str | None = None) -> dict:
+    from lora_ft.exports import gguf_writer as gguf_export
+    from lora_ft.exports.merging import merge_run
 
     gguf_export.check_types(types)  # bad input is refused before the merge, not after it
-    base_config = Path(locate_base(run, base, say)) / "config.json"
+    base_config = Path(locate_base(run, base)) / "config.json"
     if base_config.is_file():
         gguf_export.architecture(json.loads(base_config.read_text(encoding="utf-8")), base_config.parent)
-    with staged_directory(out_dir, say) as staging:
+    with staged_directory(out_dir) as staging:
         merged_dir = staging / "merged-hf"
-        report = merge_run(run, merged_dir, dtype="float32", base=base, say=say)
-        files = gguf_export.export_gguf(merged_dir, staging, types=types, say=say)
+        report = merge_run(run, merged_dir, dtype="float32", base=base)
+        files = gguf_export.export_gguf(merged_dir, staging, types=types)
         tokenizer_template = (merged_dir / "chat_template.jinja")
         template = tokenizer_template.read_text() if tokenizer_template.is_file() else ""
         system = run.config.data.system_prompt
@@ -216,13 +217,13 @@ def export_gguf(run: FinishedRun, out_dir: Path, *, types: tuple[str, ...] = ("f
         gguf_export.write_modelfile(smallest, staging, template, [run.end_of_turn], system)
         write_text_atomic(staging / "parity.json", (merged_dir / "parity.json").read_text())
         shutil.rmtree(merged_dir)
-        check = check_gguf(smallest, run, report.answers[0]["prompt"], report.answers[0]["reference"], say)
+        check = check_gguf(smallest, run, report.answers[0]["prompt"], report.answers[0]["reference"])
         check["files"] = [p.name for p in files]
-        _write_check(staging, check, say)
+        _write_check(staging, check)
     return check
 
 
-def check_gguf(path: Path, run: FinishedRun, prompt: str, reference: str, say=print) -> dict:
+def check_gguf(path: Path, run: FinishedRun, prompt: str, reference: str) -> dict:
     """Load a GGUF file in llama.cpp (llama-cpp-python) and generate; without it, say how to get it."""
     try:
         import llama_cpp
@@ -237,7 +238,7 @@ def check_gguf(path: Path, run: FinishedRun, prompt: str, reference: str, say=pr
                 "note": "not loaded in llama.cpp: install the check with pip install 'lora-ft[gguf]' (builds "
                 "llama-cpp-python), then export again",
                 "checked_at": time.time()}
-    say(f"loading {path.name} in llama.cpp ...")
+    console.say(f"loading {path.name} in llama.cpp ...")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, seed=0)
     out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=40, temperature=0.0)
     answer = out["choices"][0]["message"]["content"].strip()

@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_ft import run_lock
+from lora_ft.rundir import lock as run_lock
 from lora_ft.files import file_sha256
+from lora_ft import console
 
 MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.json"  # the trainer's own record: step, planned steps, logs, best checkpoint
@@ -129,7 +130,7 @@ def scan(checkpoint_dir: Path) -> tuple[list[Checkpoint], list[Rejected]]:
     return complete, rejected
 
 
-def newest(checkpoint_dir: Path, say=print, tidy: bool = True) -> Checkpoint | None:
+def newest(checkpoint_dir: Path, tidy: bool = True) -> Checkpoint | None:
     """The newest complete checkpoint; folders skipped on the way are named with the reason.
 
     Skipped folders are cleared out of the way of the resumed run: one whose save never finished is deleted (it
@@ -141,7 +142,7 @@ def newest(checkpoint_dir: Path, say=print, tidy: bool = True) -> Checkpoint | N
     for bad in rejected if tidy else []:
         if bad.incomplete:
             shutil.rmtree(bad.path, ignore_errors=True)
-            say(f"note: {bad.path.name} is {bad.reason}: removed, it is not resumed from")
+            console.say(f"note: {bad.path.name} is {bad.reason}: removed, it is not resumed from")
         else:
             target = bad.path.with_name(f"{bad.path.name}.corrupt")
             n = 1
@@ -149,7 +150,7 @@ def newest(checkpoint_dir: Path, say=print, tidy: bool = True) -> Checkpoint | N
                 n += 1
                 target = bad.path.with_name(f"{bad.path.name}.corrupt{n}")
             bad.path.rename(target)
-            say(f"warning: {bad.path.name} is damaged: {bad.reason}; it is skipped and kept as {target.name} "
+            console.say(f"warning: {bad.path.name} is damaged: {bad.reason}; it is skipped and kept as {target.name} "
                 "(delete it when you have looked)")
     return complete[-1] if complete else None
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_ft import console
 from lora_ft.config import RunConfig
 from lora_ft.errors import UserError
 
@@ -297,37 +299,33 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
     return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes)
 
 
-def data_tokens(loaded, resolved_cfg: RunConfig, say=print) -> tuple[int, int, int, str]:
-    """(tokens per epoch, samples, longest sample, base model directory), tokenizing the data as `train` does."""
-    from lora_ft import data, model, tokenization
-
-    loaded_data = data.load_data(loaded)
-    chat = model.load_chat_tokenizer(loaded, resolved_cfg.model, say)
-    tokens = tokenization.tokenize_samples(loaded_data.train, chat.renderer, resolved_cfg.data.max_seq_length,
-                                           resolved_cfg.data.train_on, "truncate")
-    longest = max((len(ids) for ids in tokens.input_ids), default=0)
-    return tokens.tokens, len(tokens.input_ids), longest, chat.source.path
-
-
-def measure(loaded, steps: int = 4, say=print) -> tuple[float, float]:
-    """Run a few real training steps in a scratch directory: (peak memory bytes, seconds per optimizer step).
-
-    The first step is left out of the timing (warm-up).
-    """
+def measure(prepared, resolved, steps: int = 4) -> tuple[float, float]:
+    """Run a few real training steps on the prepared data in a scratch directory: (peak memory bytes, seconds per
+    optimizer step). The first step is left out of the timing (warm-up); nothing is evaluated or saved."""
     import tempfile
 
-    from lora_ft import pipeline
-    from lora_ft.config import load_config
+    from lora_ft import model as model_lib
+    from lora_ft import training
 
-    with tempfile.TemporaryDirectory(prefix="lora-ft-plan-") as scratch:
-        overrides = [*loaded.overrides, f"train.max_steps={steps}", "train.logging_steps=1",
-                     "train.eval_before_training=false", "data.eval=[]", "data.eval_fraction=0",
-                     "tracking.report_to=[none]", "train.save_steps=null", "train.early_stopping_patience=null",
-                     f"output_dir={scratch}/run"]
-        if loaded.config.train.lr_scheduler == "reduce_on_plateau":
-            overrides.append("train.lr_scheduler=constant")
-        probe = load_config(loaded.path, overrides)
-        result = pipeline.train(probe, say=lambda _: None)
-    times = [r["time"] for r in result.outcome.log if "loss" in r and "eval_loss" not in r]
-    per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else result.outcome.seconds / steps
-    return float(result.outcome.peak_memory_bytes), per_step
+    cfg = resolved.config.model_copy(deep=True)
+    cfg.train.max_steps, cfg.train.logging_steps, cfg.train.save_steps = steps, 1, None
+    cfg.train.eval_before_training, cfg.train.early_stopping_patience = False, None
+    if cfg.train.lr_scheduler == "reduce_on_plateau":
+        cfg.train.lr_scheduler = "constant"
+    with console.silenced(), tempfile.TemporaryDirectory(prefix="lora-ft-plan-") as scratch:
+        training.prepare_process(cfg)
+        model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
+        train_set, _ = prepared.datasets()
+        history = training.LogHistory()
+        trainer = training.build_trainer(model.model, prepared.chat.tokenizer, cfg, train_set, None, Path(scratch),
+                                         ["none"], [history])
+        if resolved.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    times = [r["time"] for r in history.records if "loss" in r and "eval_loss" not in r]
+    per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else seconds / steps
+    return float(training.peak_memory(resolved.device)[0]), per_step

@@ -8,6 +8,7 @@ from pathlib import Path
 from lora_ft.config import EMBEDDED_MODEL, LoadedConfig, LoraSection, ModelSection
 from lora_ft.distributed import current_world
 from lora_ft.errors import UserError
+from lora_ft import console
 
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
 
@@ -21,12 +22,12 @@ class BaseModelSource:
     is_embedded: bool = False
 
 
-def locate_base_model(loaded: LoadedConfig, say=print) -> BaseModelSource:
+def locate_base_model(loaded: LoadedConfig) -> BaseModelSource:
     base = loaded.config.model.base
     if base == EMBEDDED_MODEL:
         from lora_ft import embedded
 
-        directory = embedded.ensure_embedded_model(say)
+        directory = embedded.ensure_embedded_model()
         return BaseModelSource(str(directory), f"{embedded.MODEL_NAME} (embedded)", is_embedded=True)
     local = loaded.resolve_path(base)
     if local.exists():
@@ -45,12 +46,12 @@ class ChatTokenizer:
     renderer: object  # tokenization.ChatRenderer
 
 
-def load_chat_tokenizer(loaded: LoadedConfig, model_cfg: ModelSection, say=print) -> ChatTokenizer:
+def load_chat_tokenizer(loaded: LoadedConfig, model_cfg: ModelSection) -> ChatTokenizer:
     """Locate the base model, load its tokenizer, choose the pad token and the chat template (no weights loaded)."""
     from lora_ft.templates import choose_chat_template
     from lora_ft.tokenization import ChatRenderer
 
-    source = locate_base_model(loaded, say)
+    source = locate_base_model(loaded)
     tokenizer = load_tokenizer(source, model_cfg)
     pad_note = choose_pad_token(tokenizer)
     template, origin = choose_chat_template(model_cfg.chat_template, tokenizer.chat_template, loaded.resolve_path)
@@ -153,7 +154,7 @@ def quantization_config(model_cfg: ModelSection, keep_unquantized: list[str] | N
     return None
 
 
-def nf4_config_for(model_path: str, model_cfg: ModelSection, device: str, say=print):
+def nf4_config_for(model_path: str, model_cfg: ModelSection, device: str):
     """The 4-bit settings for this model on this device. On a CPU, layers too narrow for bitsandbytes' CPU
     kernels stay in full precision (said in one line) instead of failing inside the library mid-run."""
     if model_cfg.quantization != "nf4" or device != "cpu":
@@ -162,17 +163,17 @@ def nf4_config_for(model_path: str, model_cfg: ModelSection, device: str, say=pr
     if not unfit:
         return quantization_config(model_cfg)
     shown = ", ".join(unfit[:4]) + (f" and {len(unfit) - 4} more" if len(unfit) > 4 else "")
-    say(f"note: {len(unfit)} layer(s) stay in {model_cfg.dtype}, not 4-bit: bitsandbytes' CPU kernels need a "
+    console.say(f"note: {len(unfit)} layer(s) stay in {model_cfg.dtype}, not 4-bit: bitsandbytes' CPU kernels need a "
         f"4-bit layer's input width to be a multiple of {CPU_NF4_BLOCK} and its output width a multiple of "
         f"{CPU_NF4_ROW_BLOCK} ({shown})")
     return quantization_config(model_cfg, keep_unquantized=[*defaults, *(u.split(" ")[0] for u in unfit)])
 
 
-def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: str, say=print):
+def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: str):
     """Load the causal LM at its configured precision and quantization, ready for k-bit training."""
     from transformers import AutoModelForCausalLM
 
-    quant = nf4_config_for(source.path, model_cfg, device, say)
+    quant = nf4_config_for(source.path, model_cfg, device)
     kwargs = dict(
         dtype=torch_dtype(model_cfg.dtype),
         revision=model_cfg.revision,
@@ -285,49 +286,26 @@ def model_files_digest(path: str) -> str | None:
     return file_sha256(tok) if tok.is_file() else None
 
 
-PER_SAMPLE_ATTENTION = "lora_ft_per_sample_sdpa"
+@dataclass
+class TrainableModel:
+    model: object  # the PeftModel
+    trainable: int  # parameters the adapter trains
+    total: int
+    per_sample_attention: bool  # padding-free rows attend within their own sample (switched off after training)
 
 
-_BOUNDARIES: dict = {}  # the last forward pass's position ids and the sample starts read from them
+def load_for_training(source: BaseModelSource, cfg, device: str) -> TrainableModel:
+    """The base model loaded for this device (4-bit where asked), LoRA attached; say what was loaded."""
+    from lora_ft import distributed
+    from lora_ft.model.attention import use_per_sample_attention
 
-
-def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """Causal attention within each sample of a padding-free row, one SDPA call per sample.
-
-    A padding-free batch is one row of several samples whose position ids restart at 0 for each. Through SDPA the
-    library keeps them apart with a block-diagonal mask over the whole row, so every score between every pair of
-    tokens in the row is computed and most are thrown away, and the masked kernel is the slow one. Here each sample
-    is its own causal SDPA call: the same result (the tests compare the losses), only the scores that count.
-    FlashAttention-2 does this in one kernel where it is installed (resolved as ``attn_implementation``); this is
-    the exact path for everywhere else: CPUs, and GPUs without a flash-attn build (none exists for current
-    torch with CUDA 13). The sample boundaries are read once per forward pass (one host synchronisation, not one
-    per layer): every layer gets the same position-id tensor.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    position_ids = kwargs.get("position_ids")
-    if query.shape[0] != 1 or position_ids is None or key.shape[2] != query.shape[2] or attention_mask is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal)
-    length = query.shape[2]
-    if _BOUNDARIES.get("ids") is not position_ids:
-        starts = (position_ids[0] == 0).nonzero().flatten().tolist()
-        _BOUNDARIES.update(ids=position_ids, starts=starts if starts and starts[0] == 0 else [0, *starts])
-    starts = _BOUNDARIES["starts"]
-    outputs = [
-        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout=dropout,
-                               scaling=scaling, is_causal=True)[0]
-        for a, b in zip(starts, [*starts[1:], length])
-    ]
-    import torch
-
-    return torch.cat(outputs, dim=1), None
-
-
-def use_per_sample_attention(model, enabled: bool) -> None:
-    """Switch the model's attention to :func:`per_sample_sdpa` (``enabled``) or back to SDPA."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(PER_SAMPLE_ATTENTION, per_sample_sdpa)
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target.set_attn_implementation(PER_SAMPLE_ATTENTION if enabled else "sdpa")
+    console.say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {device} ...")
+    distributed.prepare_sharded_loading(cfg.distributed.strategy, current_world())
+    model = attach_lora(load_base_model(source, cfg.model, device), cfg.lora)
+    # exact per-sample attention for padding-free rows wherever FlashAttention-2 is not installed (CPU or GPU)
+    per_sample = cfg.model.attn_implementation == "sdpa" and (cfg.train.padding_free or cfg.train.packing)
+    if per_sample:
+        use_per_sample_attention(model, True)
+    trainable, total = count_parameters(model)
+    console.say(f"LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
+    return TrainableModel(model, trainable, total, per_sample)

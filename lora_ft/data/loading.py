@@ -18,42 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_ft.config import DatasetSource, LoadedConfig, _looks_like_hub_id
+from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
+from lora_ft.data.formats import detect_format, format_names, normalize_row
+from lora_ft.data.samples import RowFault, Sample
 from lora_ft.files import file_sha256
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-ROLE_ALIASES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-    "bot": "assistant",
-}
-FORMAT_COLUMNS = {
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "alpaca": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "text": ("text",),
-}
-
-
-class RowFault(Exception):
-    """A row that cannot be used; the message is the reason, the same for every row with this fault."""
-
-
-@dataclass
-class Sample:
-    """One training example: a conversation or raw text, and where it came from."""
-
-    location: str
-    messages: list[dict[str, str]] | None = None
-    text: str | None = None
-
-
 @dataclass
 class DatasetReport:
     """What happened to one dataset's rows."""
@@ -212,132 +183,9 @@ def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
             raise UserError(f"unsupported data file type '{path.suffix}' ({source.path})",
                             fix=f"use one of {', '.join(FILE_SUFFIXES)}")
         return [path]
-    if _looks_like_hub_id(source.path):
+    if looks_like_hub_id(source.path):
         return []
     raise UserError(f"data file not found: {source.path}", fix=f"looked for {path}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Formats
-
-
-def detect_format(row: dict) -> str | None:
-    if isinstance(row.get("messages"), list):
-        return "messages"
-    if isinstance(row.get("conversations"), list):
-        first = next((t for t in row["conversations"] if isinstance(t, dict)), {})
-        return "messages" if "role" in first else "sharegpt"
-    for name in ("alpaca", "prompt_completion", "text"):
-        if all(col in row for col in FORMAT_COLUMNS[name]):
-            return name
-    return None
-
-
-def _content(value: Any) -> str:
-    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": "..."}]
-        texts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
-        if texts and all(isinstance(t, str) for t in texts) and len(texts) == len(value):
-            return "".join(texts)
-        raise RowFault("a turn's content is a list with non-text parts")
-    if not isinstance(value, str):
-        raise RowFault(f"a turn's content is {type(value).__name__}, not text")
-    return value
-
-
-def _turns_from_messages(turns: Any, role_key: str, content_key: str, column: str) -> list[dict[str, str]]:
-    if not isinstance(turns, list) or not turns:
-        raise RowFault(f"'{column}' is empty or not a list")
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise RowFault(f"'{column}' item is not an object")
-        if role_key not in turn:
-            raise RowFault(f"'{column}' item has no '{role_key}' field")
-        if content_key not in turn:
-            raise RowFault(f"'{column}' item has no '{content_key}' field")
-        raw_role = str(turn[role_key]).strip().lower()
-        role = ROLE_ALIASES.get(raw_role)
-        if role is None:
-            raise RowFault(f"unknown role '{turn[role_key]}' (use system, user or assistant)")
-        messages.append({"role": role, "content": _content(turn[content_key])})
-    return messages
-
-
-def _check_conversation(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    for index, message in enumerate(messages):
-        if message["role"] == "system" and index != 0:
-            raise RowFault("system message after the first turn")
-    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    for prev, cur in zip(body, body[1:]):
-        if prev["role"] == cur["role"]:
-            raise RowFault(f"two {cur['role']} turns in a row")
-    while body and body[-1]["role"] != "assistant":  # a trailing question has no answer to learn
-        body = body[:-1]
-    if not body or all(m["role"] != "assistant" for m in body):
-        raise RowFault("no assistant answer")
-    if body[0]["role"] != "user":
-        raise RowFault("the conversation does not start with a user turn")
-    for message in body:
-        if message["role"] == "assistant" and not message["content"].strip():
-            raise RowFault("empty answer")
-        if message["role"] == "user" and not message["content"].strip():
-            raise RowFault("empty user turn")
-    return (messages[:1] if messages[0]["role"] == "system" else []) + body
-
-
-def _required_text(row: dict, column: str, what: str) -> str:
-    if column not in row or row[column] is None:
-        raise RowFault(f"missing field '{column}'")
-    value = row[column]
-    if not isinstance(value, str):
-        raise RowFault(f"'{column}' is {type(value).__name__}, not text")
-    if not value.strip():
-        raise RowFault(f"empty {what}")
-    return value
-
-
-def normalize_row(row: Any, fmt: str) -> Sample:
-    """Turn one row of a known format into a Sample (location filled in by the caller)."""
-    if not isinstance(row, dict):
-        raise RowFault("row is not an object")
-    if fmt == "messages":
-        column = "messages" if "messages" in row else "conversations"
-        if column not in row:
-            raise RowFault("missing field 'messages'")
-        return Sample("", messages=_check_conversation(_turns_from_messages(row[column], "role", "content", column)))
-    if fmt == "sharegpt":
-        if "conversations" not in row:
-            raise RowFault("missing field 'conversations'")
-        turns = _turns_from_messages(row["conversations"], "from", "value", "conversations")
-        return Sample("", messages=_check_conversation(turns))
-    if fmt == "alpaca":
-        instruction = _required_text(row, "instruction", "instruction")
-        extra = row.get("input") or ""
-        if not isinstance(extra, str):
-            raise RowFault(f"'input' is {type(extra).__name__}, not text")
-        output = _required_text(row, "output", "answer")
-        user = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction.strip()
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output.strip()}]
-        system = row.get("system")
-        if isinstance(system, str) and system.strip():
-            messages.insert(0, {"role": "system", "content": system.strip()})
-        return Sample("", messages=messages)
-    if fmt == "prompt_completion":
-        prompt, completion = row.get("prompt"), row.get("completion")
-        if prompt is None:
-            raise RowFault("missing field 'prompt'")
-        if completion is None:
-            raise RowFault("missing field 'completion'")
-        if isinstance(prompt, list) or isinstance(completion, list):  # conversational prompt/completion
-            turns = _turns_from_messages(prompt, "role", "content", "prompt") + _turns_from_messages(
-                completion, "role", "content", "completion")
-            return Sample("", messages=_check_conversation(turns))
-        prompt = _required_text(row, "prompt", "prompt")
-        completion = _required_text(row, "completion", "answer")
-        return Sample("", messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
-    if fmt == "text":
-        return Sample("", text=_required_text(row, "text", "text"))
-    raise ValueError(f"unknown format {fmt}")
 
 
 def _check_encodable(sample: Sample) -> None:
@@ -410,7 +258,7 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
                 raise UserError(
                     f"cannot tell the data format of {source.path} from its columns {sorted(row)}",
                     where=location,
-                    fix="set format (messages, sharegpt, alpaca, prompt_completion, text) and map columns, "
+                    fix=f"set format ({', '.join(format_names())}) and map columns, "
                     "for example columns: {instruction: question, output: answer}",
                 )
         try:
@@ -460,7 +308,7 @@ def check_drops(reports: list[DatasetReport], max_fraction: float) -> None:
                         "what remains")
 
 
-def load_data(loaded: LoadedConfig, say=print) -> LoadedData:
+def load_data(loaded: LoadedConfig) -> LoadedData:
     """Read every train and eval dataset, mix them, and hold out an eval split if asked."""
     cfg = loaded.config.data
     reports: list[DatasetReport] = []

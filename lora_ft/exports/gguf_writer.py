@@ -34,7 +34,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ import numpy as np
 
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
+from lora_ft import console
 
 SUPPORTED_TYPES = ("f16", "q8_0", "bf16", "f32")
 
@@ -67,15 +68,12 @@ _PRE_TOKENIZERS = {
     ("split:llama3", "bytelevel"): "llama-bpe",
 }
 
-Say = Callable[[str], None]
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 
 
-def export_gguf(model_dir: Path, out_dir: Path, types: Sequence[str] = ("f16", "q8_0"),
-                say: Say = print) -> list[Path]:
+def export_gguf(model_dir: Path, out_dir: Path, types: Sequence[str] = ("f16", "q8_0")) -> list[Path]:
     """Convert the merged model in ``model_dir`` to ``out_dir/model-<type>.gguf`` for each type; return the paths."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted = check_types(types)
@@ -90,11 +88,11 @@ def export_gguf(model_dir: Path, out_dir: Path, types: Sequence[str] = ("f16", "
     for type_name in wanted:
         path = out_dir / f"model-{type_name}.gguf"
         started = time.monotonic()
-        say(f"writing {path} ({type_name}, {len(plan)} tensors)")
+        console.say(f"writing {path} ({type_name}, {len(plan)} tensors)")
         with _atomic_path(path) as tmp:
             _write_gguf(tmp, arch, config, vocab, plan, _GGML_TYPES[type_name], model_dir.name)
         size_mb = path.stat().st_size / 1e6
-        say(f"wrote {path.name}: {size_mb:.1f} MB in {time.monotonic() - started:.1f} s")
+        console.say(f"wrote {path.name}: {size_mb:.1f} MB in {time.monotonic() - started:.1f} s")
         written.append(path)
     return written
 

@@ -12,8 +12,9 @@ from lora_ft import data as data_lib
 from lora_ft.config import DatasetSource, LoadedConfig
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
-from lora_ft.finished_run import FinishedRun
+from lora_ft.rundir.finished import FinishedRun
 from lora_ft.tokenization import IGNORE, ChatRenderer, tokenize_samples
+from lora_ft import console
 
 
 @dataclass
@@ -72,7 +73,7 @@ def check_report_free(out_dir: Path) -> None:
                         "the old report away")
 
 
-def eval_samples(run: FinishedRun, data_file: str | None, say=print) -> tuple[list[data_lib.Sample], str]:
+def eval_samples(run: FinishedRun, data_file: str | None) -> tuple[list[data_lib.Sample], str]:
     """The samples to evaluate on: a given file, or the run's own eval data (files or the same held-out split)."""
     config = run.config.model_copy(deep=True)
     if data_file:
@@ -85,7 +86,7 @@ def eval_samples(run: FinishedRun, data_file: str | None, say=print) -> tuple[li
         data_lib.check_drops([report], config.data.max_dropped_fraction)
         if report.dropped:
             for line in report.summary_lines():
-                say(line)
+                console.say(line)
         return samples, data_file
     loaded = LoadedConfig(config, None, [])
     loaded_data = data_lib.load_data(loaded)
@@ -118,25 +119,24 @@ def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_
 
 
 def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_show: int = 3,
-                 max_new_tokens: int = 160, out_dir: Path | None = None, base: str | None = None,
-                 say=print) -> EvalReport:
+                 max_new_tokens: int = 160, out_dir: Path | None = None, base: str | None = None) -> EvalReport:
     from lora_ft import inference
 
     out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
     check_report_free(out_dir)  # before the slow part
-    samples, source = eval_samples(run, data_file, say)
+    samples, source = eval_samples(run, data_file)
     tokenizer = inference.load_tokenizer(run)
     renderer = ChatRenderer(tokenizer, tokenizer.chat_template)
     tokens = tokenize_samples(samples, renderer, run.config.data.max_seq_length, "answers")
     if not tokens.input_ids:
         raise UserError("no eval sample has an answer to score", fix="check the eval data")
-    say(f"evaluating on {source}: {len(tokens.input_ids)} samples, {tokens.trained_tokens:,} answer tokens")
-    model = inference.load_tuned(run, base, say)
+    console.say(f"evaluating on {source}: {len(tokens.input_ids)} samples, {tokens.trained_tokens:,} answer tokens")
+    model = inference.load_tuned(run, base)
     started = time.time()
     with model.disable_adapter():
         base_loss = eval_loss(model, tokens.input_ids, tokens.labels)
     tuned_loss = eval_loss(model, tokens.input_ids, tokens.labels)
-    say(f"losses computed in {time.time() - started:.0f} s; generating {samples_to_show} answers ...")
+    console.say(f"losses computed in {time.time() - started:.0f} s; generating {samples_to_show} answers ...")
     answers = []
     for sample in [s for s in samples if s.messages][:samples_to_show]:
         prompt = sample.messages[:-1]
@@ -155,11 +155,11 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
                "tuned_perplexity": report.tuned_perplexity}
     write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
     write_text_atomic(out_dir / "report.md", report.markdown())
-    say(report.table())
+    console.say(report.table())
     for item in answers:
-        say(f"\nprompt:    {item['prompt'][:200]}")
-        say(f"reference: {item['reference'][:300]}")
-        say(f"base:      {item['base'][:300]}")
-        say(f"tuned:     {item['tuned'][:300]}")
-    say(f"\nreport: {out_dir / 'report.md'} and report.json")
+        console.say(f"\nprompt:    {item['prompt'][:200]}")
+        console.say(f"reference: {item['reference'][:300]}")
+        console.say(f"base:      {item['base'][:300]}")
+        console.say(f"tuned:     {item['tuned'][:300]}")
+    console.say(f"\nreport: {out_dir / 'report.md'} and report.json")
     return report

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lora_ft.errors import UserError
 from lora_ft.files import check_output_dir_free, staged_directory, write_text_atomic
-from lora_ft.finished_run import FinishedRun, locate_base
+from lora_ft.rundir.finished import FinishedRun, locate_base
+from lora_ft import console
 
 PARITY_PROMPTS = [
     "What is consideration in contract law?",
@@ -135,7 +136,7 @@ def merge_device(base_path: str) -> str:
 
 
 def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into: str = "original",
-              base: str | None = None, say=print) -> ParityReport:
+              base: str | None = None) -> ParityReport:
     """Merge the run's adapter into a full-precision base, save it to ``out_dir`` and return the parity report.
 
     Everything is written to a temporary folder beside ``out_dir`` and moved into place only when complete.
@@ -153,7 +154,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
                         fix="leave out --into")
     out_dir = Path(out_dir)
     check_output_dir_free(out_dir)  # before the slow part
-    base_path = locate_base(run, base, say)
+    base_path = locate_base(run, base)
     base_config = json.loads((Path(base_path) / "config.json").read_text()) if Path(base_path).is_dir() else {}
     dtype = dtype or base_config.get("dtype") or base_config.get("torch_dtype") or "bfloat16"
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -163,13 +164,13 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     trust = run.config.model.trust_remote_code
 
     device = merge_device(base_path)
-    say(f"loading the base model {run.base_name} in float32 on {device} ...")
+    console.say(f"loading the base model {run.base_name} in float32 on {device} ...")
     if run.trained_quantized:
         # The reference is the model as trained: NF4 base + adapter.
         from lora_ft.model import nf4_config_for
 
         nf4 = nf4_config_for(base_path, run.config.model.model_copy(update={"quantization": "nf4", "dtype": "float32"}),
-                             device, say)
+                             device)
 
         def load_nf4():
             return AutoModelForCausalLM.from_pretrained(base_path, quantization_config=nf4, dtype=torch.float32,
@@ -195,12 +196,12 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
         reference_name = "base + adapter (unmerged, float32)"
         merged_into = "float weights"
 
-    say(f"merging the adapter into {merged_into}, saving in {dtype} ...")
+    console.say(f"merging the adapter into {merged_into}, saving in {dtype} ...")
     merged = tuned.merge_and_unload().to(getattr(torch, dtype)).eval()
-    with staged_directory(out_dir, say) as staging:
+    with staged_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True, max_shard_size="2GB")
         save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging)
-        say("checking parity (logits and greedy answers) ...")
+        console.say("checking parity (logits and greedy answers) ...")
         # The saved weights (rounded to `dtype`) computed in float32, as the reference is: the check measures the
         # merge and the storage dtype, not the arithmetic precision of this machine.
         merged = merged.to(torch.float32)
@@ -219,5 +220,5 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
                               prompts=len(PARITY_PROMPTS), tolerance=tolerance, within_tolerance=within, **numbers)
         write_text_atomic(staging / PARITY_FILE, json.dumps(asdict(report), indent=2) + "\n")
     for line in report.lines():
-        say(line)
+        console.say(line)
     return report

@@ -11,7 +11,9 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft.config import LoadedConfig, RunConfig
+from lora_ft.config.checks import cpu_precision_problems
+from lora_ft.config.loading import LoadedConfig
+from lora_ft.config.schema import RunConfig
 from lora_ft.errors import UserError
 
 
@@ -57,8 +59,6 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         if device == "cpu":
             notes.append("no CUDA GPU: training on the CPU in float32 without quantization "
                          "(set model.quantization: nf4 for QLoRA on the CPU)")
-    if model.quantization == "int8" and device == "cpu":
-        raise UserError("int8 quantization needs a CUDA GPU", fix="use model.quantization: nf4 or none")
     if model.dtype == "auto":
         if device == "cuda":
             model.dtype = "bfloat16" if _cuda_supports_bf16() else "float16"
@@ -66,8 +66,9 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
             model.dtype = "float32"
     elif device == "cpu" and model.dtype == "bfloat16":
         notes.append("bfloat16 on a CPU is several times slower than float32 on most CPUs")
-    if device == "cpu" and model.dtype == "float16":
-        raise UserError("float16 training is not supported on a CPU", fix="use model.dtype: float32")
+    if device == "cpu" and (problems := cpu_precision_problems(model)):
+        _key, what, fix = problems[0]
+        raise UserError(what, fix=fix)
     if model.attn_implementation == "auto":
         # FlashAttention-2 runs padding-free batches as variable-length sequences, with no mask at all; SDPA
         # needs a block-diagonal mask for them.

@@ -1,0 +1,1 @@
+"""The commands: each reads as its order of steps over the components; no command imports another."""

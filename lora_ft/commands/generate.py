@@ -1,0 +1,55 @@
+"""``lora-ft generate RUN``: answers to one prompt or a file of prompts, for scripts."""
+
+from __future__ import annotations
+
+from lora_ft import console
+from lora_ft.errors import EXIT_OK, UserError
+
+
+def _read_prompts(path: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"prompts file not found: {path}", fix="give a text file with one prompt per line")
+    try:
+        lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        from lora_ft.data import _first_non_utf8
+
+        line, _ = _first_non_utf8(file)
+        raise UserError(f"the prompts file {path} is not UTF-8 text", where=f"{path}:{line}",
+                        fix="save it as UTF-8") from None
+    if file.suffix == ".jsonl":
+        prompts = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"line {number} is not a JSON object with a 'prompt' field", where=f"{path}:{number}",
+                                fix='write {"prompt": "..."} on each line') from exc
+        return prompts
+    return lines
+
+
+def run(args) -> int:
+    import json
+
+    from lora_ft import inference
+    from lora_ft.rundir.finished import open_run
+
+    run = open_run(args.run_dir)
+    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts)
+    console.quiet_libraries()
+    model = inference.load_tuned(run, args.base)
+    tokenizer = inference.load_tokenizer(run)
+    system = run.config.data.system_prompt
+    for prompt in prompts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        answer, stopped = inference.generate(model, tokenizer, run, messages, args.max_new_tokens, args.temperature)
+        if args.prompts:
+            console.say(json.dumps({"prompt": prompt, "answer": answer, "stopped_at_end_of_turn": stopped}))
+        else:
+            console.say(answer)
+    return EXIT_OK

@@ -1,0 +1,29 @@
+"""``lora-ft plan CONFIG``: will the run fit, and how long will it take; ``--measure`` runs a few real steps."""
+
+from __future__ import annotations
+
+from lora_ft import console
+from lora_ft.errors import EXIT_OK, EXIT_USAGE, UserError
+
+
+def run(args) -> int:
+    from lora_ft import planning
+    from lora_ft.config import load_config, resolve
+    from lora_ft.preparation import prepare
+
+    loaded = load_config(args.config, args.overrides)
+    if args.measure and args.gpu:
+        raise UserError("--measure runs on this machine and cannot measure a named GPU", fix="drop --gpu")
+    console.quiet_libraries()
+    resolved = resolve(loaded, has_cuda=True if args.gpu else None)
+    with console.silenced():
+        prepared = prepare(loaded, resolved.config)
+    tokens = prepared.train_tokens
+    longest = max((len(ids) for ids in tokens.input_ids), default=0)
+    result = planning.make_plan(resolved.config, planning.read_shape(prepared.chat.source.path), tokens.tokens,
+                                len(tokens.input_ids), resolved.device, args.gpu, longest)
+    if args.measure:
+        console.say("measuring a few real training steps ...")
+        result.measured_peak, result.measured_step_seconds = planning.measure(prepared, resolved)
+    console.say(result.render())
+    return EXIT_OK if result.fits else EXIT_USAGE

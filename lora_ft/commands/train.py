@@ -1,0 +1,106 @@
+"""``lora-ft train CONFIG``: the order of a training run's steps, and nothing else.
+
+config -> run directory -> data, tokenizer and tokens -> model and adapter -> trainer -> adapter and manifest.
+Each step is a component that can be used and tested alone; this file only calls them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_ft import console, distributed, tracking
+from lora_ft.config import LoadedConfig, dump_config, resolve
+from lora_ft.errors import EXIT_OK
+from lora_ft.rundir import resume as resume_lib
+from lora_ft.rundir.session import TrainingRunDir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    adapter_dir: Path
+    outcome: object  # training.TrainOutcome
+    manifest: dict
+    model: object  # the trained PeftModel, for callers that go on in the same process
+
+
+def run(args) -> int:
+    from lora_ft.config import load_config
+
+    loaded = load_config(args.config, args.overrides)
+    if args.nproc != 1:
+        return distributed.launch_training(args)
+    train(loaded, resume=args.resume, force_resume=args.force_resume)
+    return EXIT_OK
+
+
+def train(loaded: LoadedConfig, say=None, resume: str = "auto", force_resume: bool = False) -> RunResult:
+    """Run a whole fine-tuning job from a validated config; return where its results are.
+
+    ``resume``: ``auto`` continues an interrupted run in the output directory from its newest complete checkpoint,
+    ``never`` needs a fresh directory, a path starts from that checkpoint (see :mod:`lora_ft.rundir.resume`).
+    ``say``: where the run's story goes (default: the console); a process that is not the main one says nothing.
+    """
+    started = time.time()
+    resolved = resolve(loaded)
+    world = distributed.current_world()
+    distributed.check_supported(resolved.config, world)
+    voice = console.capture(say) if say and world.is_main else nullcontext() if world.is_main else console.silenced()
+    with voice, TrainingRunDir.held(resolved.config.output_dir, resume, world) as run_dir:
+        return _train(loaded, resolved, world, run_dir, started, resume, force_resume)
+
+
+def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, resume: str, force_resume: bool):
+    from lora_ft import model as model_lib
+    from lora_ft import preparation, training
+    from lora_ft.rundir import failures, final
+
+    cfg = resolved.config
+    compared = json.loads(cfg.model_dump_json())
+    start = run_dir.choose_start(resume, compared, force_resume)
+
+    console.section("resolved config")
+    console.say(dump_config(cfg).rstrip())
+    for note in resolved.notes:
+        console.note(note)
+    wandb_mode = tracking.preflight(cfg) if world.is_main else None  # in seconds, before the model loads
+    training.prepare_process(cfg)
+
+    prepared = preparation.prepare(loaded, cfg)
+    resume_lib.check_same_run(start, compared, prepared.fingerprint(), force_resume)
+
+    model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
+    train_set, eval_set = prepared.datasets()
+    run_dir.begin(start, cfg, model.trainable, prepared.chat.source.path)
+    trackers = (tracking.start_trackers(cfg, run_dir.path, compared, wandb_mode) if world.is_main
+                else tracking.Trackers(report_to=["none"]))
+    callbacks = run_dir.loop_callbacks(cfg, compared, prepared.fingerprint(), world, trackers.callbacks)
+    try:
+        trainer = training.build_trainer(model.model, prepared.chat.tokenizer, cfg, train_set, eval_set,
+                                         run_dir.checkpoint_dir, trackers.report_to, callbacks.for_trainer())
+        console.section("training")
+        console.say(training.plan_line(trainer, cfg, len(train_set), world))
+        for note in trackers.notes:
+            console.say(note)
+        with failures.translated(run_dir.checkpoint_dir, trainer, cfg):
+            outcome = training.run_training(trainer, callbacks, resolved.device, cfg.train.eval_before_training,
+                                            eval_set is not None, prepared.train_tokens.trained_tokens,
+                                            resume_from=start.checkpoint.path if start.checkpoint else None)
+    finally:
+        trackers.finish()
+        if model.per_sample_attention:
+            model_lib.use_per_sample_attention(model.model, False)  # the returned model attends as the library does
+    if outcome.interrupted_by is not None:
+        raise failures.interrupted(outcome, loaded, run_dir.path)
+
+    adapter_dir, manifest = final.write_finished_run(trainer, prepared, loaded, resolved, model, outcome, start,
+                                                     trackers, started, run_dir.path, world.is_main)
+    if world.is_main:
+        console.section("summary")
+        console.say(outcome.summary_table(run_dir.path, adapter_dir))
+    return RunResult(run_dir=run_dir.path, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest,
+                     model=trainer.model)

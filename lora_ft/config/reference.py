@@ -1,0 +1,44 @@
+"""The schema as a reference: its sections in order and a readable name for each field's type (docs/config.md)."""
+
+from __future__ import annotations
+
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from lora_ft.config.schema import (DataSection, DatasetSource, DistributedSection, LoraSection, ModelSection,
+                                   RunConfig, TrackingSection, TrainSection)
+
+def schema_sections() -> list[tuple[str, type[BaseModel]]]:
+    """The schema's sections in order, for the generated reference."""
+    return [
+        ("(top level)", RunConfig),
+        ("model", ModelSection),
+        ("lora", LoraSection),
+        ("data", DataSection),
+        ("data.train[] and data.eval[]", DatasetSource),
+        ("train", TrainSection),
+        ("tracking", TrackingSection),
+        ("distributed", DistributedSection),
+    ]
+
+
+def type_name(annotation: Any) -> str:
+    """A short human name for a field's type, for the reference."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return type_name(get_args(annotation)[0])
+    if origin is Literal:
+        return " | ".join(f"`{a}`" for a in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in get_args(annotation) if a is not type(None)) + (
+            " or null" if type(None) in get_args(annotation) else ""
+        )
+    if origin is list:
+        return f"list of {type_name(get_args(annotation)[0])}"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))

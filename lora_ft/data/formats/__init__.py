@@ -1,0 +1,58 @@
+"""The data formats, each one module in this folder that defines ``FORMAT`` (a :class:`DataFormat`).
+
+Adding a format is adding a file here: it is found by name, detected from a row's columns (in ``order``), offered
+in ``data.train[].format`` and in the error that lists the formats. Modules whose names start with ``_`` are not
+formats. Nothing here imports more than the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from lora_ft.data.samples import RowFault, Sample
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    name: str
+    columns: tuple[str, ...]  # the columns a row of this format has (what `columns:` renames to)
+    detects: Callable[[dict], bool]  # whether a row (columns renamed) is in this format
+    to_sample: Callable[[dict], Sample]  # the row as a Sample; raises RowFault for an unusable row
+    order: int = 50  # detection order: lower is tried first (a more specific format before a looser one)
+
+
+@cache
+def registry() -> dict[str, DataFormat]:
+    """Every format in this folder, by name, in detection order."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            fmt = importlib.import_module(f"{__name__}.{module.name}").FORMAT
+            found.append(fmt)
+    return {fmt.name: fmt for fmt in sorted(found, key=lambda f: (f.order, f.name))}
+
+
+def register(fmt: DataFormat) -> None:
+    """Add a format from outside this folder (a plugin, or a test)."""
+    registry()[fmt.name] = fmt
+
+
+def format_names() -> list[str]:
+    return list(registry())
+
+
+def detect_format(row: dict) -> str | None:
+    """The first format, in detection order, that recognises this row; None when none does."""
+    return next((fmt.name for fmt in registry().values() if fmt.detects(row)), None)
+
+
+def normalize_row(row: Any, fmt: str) -> Sample:
+    """Turn one row of a known format into a Sample (location filled in by the caller)."""
+    if not isinstance(row, dict):
+        raise RowFault("row is not an object")
+    return registry()[fmt].to_sample(row)

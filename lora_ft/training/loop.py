@@ -1,0 +1,223 @@
+"""One training session: TRL's trainer built from the resolved config, run from the start or a checkpoint, and the
+numbers it returns (:class:`TrainOutcome`)."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import EarlyStoppingCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from lora_ft import console, distributed
+from lora_ft.config import RunConfig
+from lora_ft.training.arguments import checkpoint_interval, optimizer_steps, sft_config, trainable_dtype
+from lora_ft.training.callbacks import LoopCallbacks, StopAtPlannedEnd, TrainingAlreadyComplete
+
+@dataclass
+class TrainOutcome:
+    steps: int = 0
+    seconds: float = 0.0
+    train_loss: float | None = None
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    best_checkpoint: str | None = None
+    skipped_steps: list[int] = field(default_factory=list)
+    tokens_seen: int = 0
+    trained_tokens_per_epoch: int = 0
+    peak_memory: str = ""
+    peak_memory_bytes: int = 0
+    stopped_early: bool = False
+    log: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    tokens_this_session: int = 0
+    interrupted_by: int | None = None  # the signal that stopped training early, if one did
+    checkpoint: Path | None = None  # the newest checkpoint this session committed
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_this_session / self.seconds if self.seconds else 0.0
+
+    def summary_table(self, run_dir: Path, adapter_dir: Path) -> str:
+        """The results as the run's last lines say them."""
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        change = ""
+        if self.eval_loss_before is not None and self.eval_loss_after is not None:
+            change = f"  ({self.eval_loss_after - self.eval_loss_before:+.4f})"
+        return console.table([
+            ("steps", f"{self.steps}" + ("  (stopped early)" if self.stopped_early else "")),
+            ("time", f"{self.seconds:.0f} s  ({self.tokens_per_second:.0f} non-pad tokens/s)"),
+            ("train loss", fmt(self.train_loss)),
+            ("eval loss before", fmt(self.eval_loss_before)),
+            ("eval loss after", fmt(self.eval_loss_after) + change),
+            ("tokens seen", f"{self.tokens_seen:,}"),
+            ("peak memory", self.peak_memory),
+            ("adapter", str(adapter_dir)),
+            ("run directory", str(run_dir)),
+        ])
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    if device == "cuda":
+        import torch
+
+        allocated = torch.cuda.max_memory_allocated()
+        reserved = torch.cuda.max_memory_reserved()
+        return allocated, f"{allocated / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved (GPU)"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return rss, f"{rss / 2**30:.2f} GiB RSS (CPU)"
+
+
+def prepare_process(cfg: RunConfig) -> None:
+    """This process, ready to train: the CPU allocator keeps freed memory, the libraries keep quiet, the seed set."""
+    import torch
+
+    from lora_ft.training.arguments import reuse_freed_memory
+
+    if cfg.train.device == "cpu":
+        reuse_freed_memory()
+    console.quiet_libraries()
+    torch.manual_seed(cfg.train.seed)
+
+
+def plan_line(trainer, cfg: RunConfig, samples: int, world) -> str:
+    """What is about to be trained, in one line: samples, effective batch, steps, checkpoints."""
+    steps = f"{trainer.args.max_steps} steps" if trainer.args.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
+    saves = (f"a checkpoint every {trainer.args.save_steps} steps" if trainer.args.save_strategy != "no"
+             else "no step checkpoints (train.save_steps: null)")
+    minutes = f" and every {cfg.train.save_every_minutes:g} min" if cfg.train.save_every_minutes else ""
+    processes = (f" ({cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation x "
+                 f"{world.size} processes, {cfg.distributed.strategy})" if world.distributed else "")
+    return (f"{samples} samples, effective batch "
+            f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world.size}{processes}, {steps}; "
+            f"{saves}{minutes}, newest {cfg.train.keep_last} kept")
+
+
+def selective_loss_trainer():
+    """SFTTrainer whose training loss projects only the trained positions through the LM head, in one piece.
+
+    For a CPU. TRL's own loss also projects only trained positions, in vocabulary tiles with running
+    log-sum-exp, entropy and accuracy, which on a GPU runs as Triton kernels; on a CPU it falls back to several
+    float32 passes over every tile, about a third of a small model's step. Here the model's forward is asked
+    (``logits_to_keep``) for the logits of the positions whose next token is trained, and PyTorch's fused cross
+    entropy takes it from there: the same loss, one pass. It applies to padding-free and packed batches (one row);
+    padded batches and evaluation go through TRL's loss unchanged.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    class SelectiveLossTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if return_outputs or labels is None or labels.shape[0] != 1 or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            targets = inputs.get("shift_labels")
+            targets = targets[0] if targets is not None else torch.cat(
+                [labels[0, 1:], labels.new_full((1,), -100)])
+            keep = (targets != -100).nonzero().squeeze(-1)
+            forward = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+            logits = model(**forward, use_cache=False, logits_to_keep=keep).logits[0]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else keep.numel()
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+    return SelectiveLossTrainer
+
+
+def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset, checkpoint_dir: Path,
+                  report_to: list[str], extra_callbacks: list):
+    from trl import SFTTrainer
+
+    has_eval = eval_dataset is not None
+    processes = distributed.current_world().size
+    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset), processes), has_eval)
+    args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
+    callbacks = [StopAtPlannedEnd(), *extra_callbacks]
+    if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
+                                               early_stopping_threshold=cfg.train.early_stopping_threshold))
+    trainer_class = selective_loss_trainer() if cfg.train.device == "cpu" else SFTTrainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    keep = trainable_dtype(cfg)
+    if keep is not None:
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != keep:
+                param.data = param.data.to(keep)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def finish_complete_run(trainer) -> None:
+    """What the trainer does after its last step, for a run resumed at that step: the best adapter when one is
+    kept, and the end-of-training callbacks (progress bar, trackers)."""
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+
+
+def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bool, has_eval: bool,
+                 trained_tokens_per_epoch: int, resume_from: Path | None = None) -> TrainOutcome:
+    """Evaluate the base, train (from ``resume_from`` when given), evaluate the result; return the numbers.
+
+    ``callbacks`` are the ones :func:`build_trainer` gave the trainer. When their ``stop`` received a signal,
+    training ends after a checkpoint and ``outcome.interrupted_by`` says which; the final evaluation is then left
+    out.
+    """
+    outcome = TrainOutcome(trained_tokens_per_epoch=trained_tokens_per_epoch)
+    history, stop = callbacks.history, callbacks.stop
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    if resume_from is not None:
+        before = [r["eval_loss"] for r in history.records if r.get("step") == 0 and "eval_loss" in r]
+        outcome.eval_loss_before = before[0] if before else None
+    elif has_eval and eval_before:
+        console.say("evaluating the base model (adapter off) on the eval data ...")
+        with trainer.model.disable_adapter():
+            outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+        console.say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
+    started = time.perf_counter()
+    training_loss = float("nan")
+    with stop:
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            training_loss = result.training_loss
+        except TrainingAlreadyComplete:
+            finish_complete_run(trainer)
+    outcome.seconds = time.perf_counter() - started
+    outcome.steps = trainer.state.global_step
+    outcome.resumed_from_step = callbacks.progress.step_at_start if resume_from else None
+    outcome.train_loss = training_loss if math.isfinite(training_loss) else None
+    if resume_from is not None:  # the trainer averages this session's steps only; the run's mean is over all
+        losses = [r["loss"] for r in history.records if "loss" in r and math.isfinite(r["loss"])]
+        outcome.train_loss = sum(losses) / len(losses) if losses else None
+    outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
+    outcome.tokens_this_session = outcome.tokens_seen - callbacks.progress.tokens_at_start
+    outcome.best_checkpoint = trainer.state.best_model_checkpoint
+    outcome.stopped_early = trainer.state.global_step < trainer.state.max_steps
+    outcome.interrupted_by = stop.signum
+    committed = callbacks.keeper.committed
+    outcome.checkpoint = committed[-1] if committed else None
+    if has_eval and outcome.interrupted_by is None:
+        outcome.eval_loss_after = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+    outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
+    outcome.log = history.records
+    outcome.skipped_steps = list(callbacks.guard.skipped)
+    return outcome
