@@ -91,21 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--measure", action="store_true",
                       help="also run a few real training steps here and compare the estimate with the measured peak")
 
+    from lora_ft.exports.targets.merged import add_merge_arguments
+
     merge = sub.add_parser("merge", help="merge a run's adapter into a full-precision copy of its base",
                            description="Merge the adapter into the base weights (never into 4-bit weights), save "
                            "safetensors, tokenizer and generation config, and check parity with base + adapter.")
     _add_run_args(merge)
     merge.add_argument("--out", help="output directory (default: RUN_DIR/merged)")
-    _add_merge_args(merge)
+    add_merge_arguments(merge)
 
-    export = sub.add_parser("export", help="export a run for serving: peft adapter, merged model or GGUF",
-                            description="Export for vLLM (peft), transformers/vLLM/TGI (merged) or llama.cpp and "
-                            "Ollama (gguf); each export ends with a load-and-generate check.")
+    from lora_ft.exports import targets  # light: the targets' modules import their libraries when they run
+
+    found = targets.registry()
+    export = sub.add_parser("export", help=f"export a run for serving: {', '.join(found)}",
+                            description="Export for serving; each export ends with a load-and-generate check. "
+                            "Formats: " + "; ".join(f"{t.name}: {t.help}" for t in found.values()) + ".")
     _add_run_args(export)
-    export.add_argument("--format", required=True, choices=["peft", "merged", "gguf"])
+    export.add_argument("--format", required=True, choices=list(found))
     export.add_argument("--out", help="output directory (default: RUN_DIR/export-FORMAT)")
-    _add_merge_args(export)
-    export.add_argument("--gguf-types", default="f16,q8_0", help="gguf: comma-separated types (default f16,q8_0)")
+    for target in found.values():
+        if target.add_arguments is not None:
+            target.add_arguments(export)
 
     chat = sub.add_parser("chat", help="chat with a run's model (streaming)",
                           description="Interactive chat with base + adapter and the saved chat template. Commands: "
@@ -130,14 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to generate and show (default 3)")
     evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     return parser
-
-
-def _add_merge_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                        help="dtype of the merged weights (default: the base model's)")
-    parser.add_argument("--into", choices=["original", "dequantized"], default="original",
-                        help="for QLoRA runs: merge into the original 16-bit base (default) or into the "
-                        "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
 
 
 def _number(kind, smallest, what: str):

@@ -13,7 +13,7 @@ from lora_ft.config import DatasetSource, LoadedConfig
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
 from lora_ft.rundir.finished import FinishedRun
-from lora_ft.tokenization import IGNORE, ChatRenderer, tokenize_samples
+from lora_ft.tokenization import IGNORE, ChatRenderer
 from lora_ft import console
 
 
@@ -73,26 +73,42 @@ def check_report_free(out_dir: Path) -> None:
                         "the old report away")
 
 
-def eval_samples(run: FinishedRun, data_file: str | None) -> tuple[list[data_lib.Sample], str]:
-    """The samples to evaluate on: a given file, or the run's own eval data (files or the same held-out split)."""
+def eval_data(run: FinishedRun, data_file: str | None) -> tuple[data_lib.LoadedData, str]:
+    """The data to evaluate on, as the eval split: a given file, or the run's own eval data (files or the same
+    held-out split); and what it is, in words."""
     config = run.config.model_copy(deep=True)
     if data_file:
         if not Path(data_file).exists():
             raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
-        config.data.train = [DatasetSource(path=str(Path(data_file).resolve()))]
-        config.data.eval = []
-        loaded = LoadedConfig(config, None, [])
-        samples, report = data_lib.read_dataset(config.data.train[0], loaded, config.data.system_prompt)
+        source = DatasetSource(path=str(Path(data_file).resolve()))
+        samples, report = data_lib.read_dataset(source, LoadedConfig(config, None, []), config.data.system_prompt)
         data_lib.check_drops([report], config.data.max_dropped_fraction)
         if report.dropped:
             for line in report.summary_lines():
                 console.say(line)
-        return samples, data_file
-    loaded = LoadedConfig(config, None, [])
-    loaded_data = data_lib.load_data(loaded)
+        return data_lib.LoadedData(train=[], eval=samples, reports=[report], eval_source=data_file), data_file
+    loaded_data = data_lib.load_data(LoadedConfig(config, None, []))
     if not loaded_data.eval:
         raise UserError("the run has no eval data", fix="pass --data FILE with held-out samples")
-    return loaded_data.eval, loaded_data.eval_source
+    return loaded_data, loaded_data.eval_source
+
+
+def prepared_eval(run: FinishedRun, data_file: str | None):
+    """The eval data tokenized as the run trained (its max_seq_length, train_on, overlength) with the tokenizer
+    and chat template saved with its adapter."""
+    from lora_ft import inference
+    from lora_ft.model import BaseModelSource, ChatTokenizer
+    from lora_ft.preparation import prepare
+
+    loaded_data, source = eval_data(run, data_file)
+    tokenizer = inference.load_tokenizer(run)
+    chat = ChatTokenizer(source=BaseModelSource(path=str(run.adapter_dir), display_name=run.base_name),
+                         tokenizer=tokenizer, pad_note=f"pad token: {tokenizer.pad_token!r}",
+                         template_origin="saved with the adapter",
+                         renderer=ChatRenderer(tokenizer, tokenizer.chat_template))
+    with console.silenced():
+        prepared = prepare(LoadedConfig(run.config, None, []), run.config, data=loaded_data, chat=chat, checks=False)
+    return prepared, source
 
 
 def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
@@ -124,10 +140,8 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
 
     out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
     check_report_free(out_dir)  # before the slow part
-    samples, source = eval_samples(run, data_file)
-    tokenizer = inference.load_tokenizer(run)
-    renderer = ChatRenderer(tokenizer, tokenizer.chat_template)
-    tokens = tokenize_samples(samples, renderer, run.config.data.max_seq_length, "answers")
+    prepared, source = prepared_eval(run, data_file)
+    samples, tokenizer, tokens = prepared.data.eval, prepared.chat.tokenizer, prepared.eval_tokens
     if not tokens.input_ids:
         raise UserError("no eval sample has an answer to score", fix="check the eval data")
     console.say(f"evaluating on {source}: {len(tokens.input_ids)} samples, {tokens.trained_tokens:,} answer tokens")

@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lora_ft import console
 from lora_ft.config import RunConfig
 from lora_ft.errors import UserError
+from lora_ft.model import families
+from lora_ft.model.families import ModelShape
 
 GiB = 2**30
 NF4_BYTES = 0.5 + 4 / 64 / 4 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64 values, fp32 per 256 absmax
@@ -41,56 +43,9 @@ CPU_GFLOPS_PER_CORE = 25.0  # float32, measured order of magnitude on current x8
 NAMED_GPUS = {"24": 24, "40": 40, "48": 48, "80": 80, "141": 141}
 
 
-@dataclass
-class ModelShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool
-    max_positions: int
-    linear: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: name -> (in, out)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def linear_params(self) -> int:
-        return self.layers * sum(i * o for i, o in self.linear.values())
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    @property
-    def total_params(self) -> int:
-        return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden + self.hidden
-
-
 def shape_from_config(config: dict) -> ModelShape:
-    """The dimensions and linear layers of a Llama-style or GPT-2-style model, from its config.json."""
-    if "n_embd" in config:  # GPT-2 family
-        h = config["n_embd"]
-        i = config.get("n_inner") or 4 * h
-        linear = {"c_attn": (h, 3 * h), "attn.c_proj": (h, h), "c_fc": (h, i), "mlp.c_proj": (i, h)}
-        return ModelShape(h, i, config["n_layer"], config["n_head"], config["n_head"], config["vocab_size"],
-                          config.get("tie_word_embeddings", True), config.get("n_positions", 1024), linear)
-    try:
-        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-        heads = config["num_attention_heads"]
-    except KeyError as exc:
-        raise UserError(f"the model's config.json has no {exc.args[0]}; lora-ft plan understands Llama-style and "
-                        "GPT-2-style models", fix="use --measure, or plan with a supported model") from exc
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
-    kv = kv_heads * head_dim
-    linear = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (heads * head_dim, h),
-              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-    return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", False),
-                      config.get("max_position_embeddings", 4096), linear)
+    """The dimensions and linear layers of a model, from its config.json, as its family reads them."""
+    return families.decoder_family(config).shape(config)
 
 
 @dataclass

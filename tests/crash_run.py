@@ -61,7 +61,7 @@ def arm(kill: str) -> None:
 
         torch.save = save
     elif kind == "commit":
-        from lora_ft import checkpoints
+        from lora_ft.rundir import checkpoints
 
         original_hash = checkpoints.file_sha256
 
@@ -72,7 +72,7 @@ def arm(kill: str) -> None:
 
         checkpoints.file_sha256 = file_sha256
     elif kind == "committed":
-        from lora_ft import checkpoints
+        from lora_ft.rundir import checkpoints
 
         original_commit = checkpoints.commit
 

@@ -183,9 +183,9 @@ def test_a_mistyped_data_path_is_missing_not_a_hub_dataset(tiny_llama, legal_dat
             load_config(config, [f"data.train.0.path={path}"])
         assert f"data file not found: {path}" in exc.value.render() and hint in exc.value.render()
     assert "did you mean" in _render_for(config, f"{legal_data.name}/trian.jsonl")
-    from lora_ft.config import _looks_like_hub_id
+    from lora_ft.config import looks_like_hub_id
 
-    assert _looks_like_hub_id("tatsu-lab/alpaca") and not _looks_like_hub_id("examples/train.jsonl")
+    assert looks_like_hub_id("tatsu-lab/alpaca") and not looks_like_hub_id("examples/train.jsonl")
 
 
 def _render_for(config: Path, path: str) -> str:
@@ -196,7 +196,7 @@ def _render_for(config: Path, path: str) -> str:
 
 @pytest.mark.parametrize("given, suggested", [("/", "runs/my-run"), ("runs/x/", "runs/x-2")])
 def test_suggested_new_directories_are_real_names(given, suggested):
-    from lora_ft.run_lock import suggest_new_dir
+    from lora_ft.rundir.lock import suggest_new_dir
 
     assert suggest_new_dir(given) == suggested
     here = suggest_new_dir(".")
@@ -215,7 +215,7 @@ def test_vllm_check_reads_full_module_names_by_their_last_part(tmp_path):
     from safetensors.torch import save_file
     import torch
 
-    from lora_ft.export import vllm_problems
+    from lora_ft.exports.targets.peft import vllm_problems
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "r": 8, "bias": "none",

@@ -124,7 +124,7 @@ def test_conflicts_are_caught(tmp_path):
 
 
 def test_nf4_without_usable_bitsandbytes_is_a_conflict(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "bitsandbytes_problem", lambda: "bitsandbytes is not installed")
+    monkeypatch.setattr(config.checks, "bitsandbytes_problem", lambda: "bitsandbytes is not installed")
     with pytest.raises(UserError) as exc:
         load_config(_write(tmp_path, MINIMAL.replace("base: embedded", "base: embedded\n  quantization: nf4")))
     assert "quantization 'nf4' needs bitsandbytes: bitsandbytes is not installed" in _problems(exc)
@@ -192,7 +192,7 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
 
 
 def test_settings_resolve_by_device(tmp_path):
-    from lora_ft.settings import resolve
+    from lora_ft.config.resolution import resolve
 
     loaded = load_config(_write(tmp_path, MINIMAL))
     cpu = resolve(loaded, has_cuda=False)
@@ -207,7 +207,7 @@ def test_settings_resolve_by_device(tmp_path):
 
 
 def test_settings_resolve_for_a_cuda_machine_without_one(tmp_path):
-    from lora_ft.settings import resolve
+    from lora_ft.config.resolution import resolve
 
     resolved = resolve(load_config(_write(tmp_path, MINIMAL)), has_cuda=True)
     cfg = resolved.config
@@ -220,7 +220,7 @@ def test_settings_resolve_for_a_cuda_machine_without_one(tmp_path):
 def test_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
     import importlib.util
 
-    from lora_ft.settings import resolve
+    from lora_ft.config.resolution import resolve
 
     loaded = load_config(_write(tmp_path, MINIMAL))
     assert resolve(loaded, has_cuda=False).config.train.fused_kernels is False
@@ -240,7 +240,7 @@ def test_fused_kernels_are_used_only_where_they_run(tmp_path, monkeypatch):
 def test_flash_attention_only_on_a_gpu_where_installed(tmp_path, monkeypatch):
     import importlib.util
 
-    from lora_ft.settings import resolve
+    from lora_ft.config.resolution import resolve
 
     loaded = load_config(_write(tmp_path, MINIMAL))
     real_find_spec = importlib.util.find_spec

@@ -11,7 +11,9 @@ import re
 
 import pytest
 
-from lora_ft import cli, data_report
+from lora_ft import cli
+from lora_ft.data import report as data_report
+from lora_ft.data import statistics
 from lora_ft.config import load_config
 from lora_ft.data import Sample, load_data
 from lora_ft.errors import UserError
@@ -50,7 +52,7 @@ def _config(tmp_path, model_dir, train_rows=None, eval_rows=None, *, train_bytes
 
 def _report(tmp_path, model_dir, *args, samples: int = 1, **kwargs) -> data_report.DataReport:
     path, overrides = _config(tmp_path, model_dir, *args, **kwargs)
-    return data_report.build_report(load_config(path, overrides), samples=samples, say=lambda _: None)
+    return data_report.build_report(load_config(path, overrides), samples=samples)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,8 +121,8 @@ def test_length_stats_histogram_and_truncation_on_known_data(tiny_llama, tmp_pat
     rows = [{"text": "<|endoftext|>" * (n - 1)} for n in (10, 20, 30, 40, 50)]
     report = _report(tmp_path, tiny_llama, rows, overrides=("data.max_seq_length=35",))
     train = report.split("train")
-    assert train.total == data_report.LengthStats(min=10, median=30, p90=46, p99=49.6, max=50, mean=30)
-    assert train.answer == train.total and train.prompt == data_report.LengthStats()
+    assert train.total == statistics.LengthStats(min=10, median=30, p90=46, p99=49.6, max=50, mean=30)
+    assert train.answer == train.total and train.prompt == statistics.LengthStats()
     assert sum(b.count for b in train.histogram) == 5 and len(train.histogram) <= 12
     assert train.over_length == 2 and train.trained_tokens_past_limit == (40 - 35) + (50 - 35)
     assert (train.kept, train.tokens, train.trained_tokens) == (5, 10 + 20 + 30 + 35 + 35, 130)
@@ -132,7 +134,7 @@ def test_length_stats_histogram_and_truncation_on_known_data(tiny_llama, tmp_pat
 
 def test_histogram_buckets_are_round_and_mark_the_limit():
     values = [10, 20, 30, 40, 50]
-    buckets = data_report.histogram(values)
+    buckets = statistics.histogram(values)
     assert len(buckets) <= 12 and sum(b.count for b in buckets) == len(values)
     assert all(a.last + 1 == b.first for a, b in itertools.pairwise(buckets))
     width = buckets[0].last - buckets[0].first + 1
@@ -140,15 +142,15 @@ def test_histogram_buckets_are_round_and_mark_the_limit():
     for value in values:
         assert sum(b.count for b in buckets if b.first <= value <= b.last) >= 1
     on_edge = next(b.last for b in buckets[1:-1])
-    lines = data_report.histogram_lines(buckets, on_edge)
+    lines = statistics.histogram_lines(buckets, on_edge)
     marker = next(i for i, line in enumerate(lines) if f"max_seq_length {on_edge}:" in line)
     assert lines[marker + 1].lstrip().startswith(f"{on_edge + 1}-")  # the limit sits between two buckets
-    assert "above the longest sample" in data_report.histogram_lines(buckets, 1000)[-1]
+    assert "above the longest sample" in statistics.histogram_lines(buckets, 1000)[-1]
 
 
 def test_length_stats_of_nothing_and_of_one_value():
-    assert data_report.LengthStats.of([]) == data_report.LengthStats()
-    assert data_report.LengthStats.of([7]) == data_report.LengthStats(7, 7, 7, 7, 7, 7)
+    assert statistics.LengthStats.of([]) == statistics.LengthStats()
+    assert statistics.LengthStats.of([7]) == statistics.LengthStats(7, 7, 7, 7, 7, 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_duplicates_and_train_eval_leakage_are_found(tiny_llama, tmp_path):
 def test_train_prints_the_compact_form(tiny_llama, tmp_path):
     train_rows = legal_rows(4) + [legal_rows(1)[0]]
     path, overrides = _config(tmp_path, tiny_llama, train_rows, legal_rows(2))
-    lines = data_report.compact_lines(load_data(load_config(path, overrides)))
+    lines = statistics.summary_lines(load_data(load_config(path, overrides)))
     assert "format alpaca;" in lines[0] and "5 rows read, 5 kept, 0 dropped" in lines[0]
     assert any(line.startswith("eval data: 2 rows from data.eval") for line in lines)
     assert any("1 row(s) repeat another row exactly" in line for line in lines)

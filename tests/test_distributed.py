@@ -90,7 +90,8 @@ def test_two_gloo_processes_match_one_process_and_write_the_adapter_once(tiny_ll
 
 
 def test_resume_on_another_number_of_processes(tiny_llama, legal_data, tmp_path, capsys):
-    from lora_ft import checkpoints, resume
+    from lora_ft.rundir import checkpoints
+    from lora_ft.rundir import resume
 
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     run_dir = tmp_path / "run"
@@ -101,7 +102,7 @@ def test_resume_on_another_number_of_processes(tiny_llama, legal_data, tmp_path,
     resume.check_same_processes(start, 1, "ddp", force=False)  # same number: nothing to say
     with pytest.raises(Exception, match="trained on 1 process"):
         resume.check_same_processes(start, 2, "ddp", force=False)
-    resume.check_same_processes(start, 2, "ddp", force=True, say=lambda _: None)
+    resume.check_same_processes(start, 2, "ddp", force=True)
     assert start.forced_changes == ["processes: 1 -> 2 (the effective batch changes by 2x)"]
     with pytest.raises(Exception, match="FSDP checkpoints are sharded per process"):
         resume.check_same_processes(resume.StartPoint(run_dir, checkpoint), 2, "fsdp", force=True)
@@ -120,14 +121,14 @@ def test_strategy_settings_for_the_trainer():
 
 
 def test_fsdp_is_refused_where_it_cannot_run(tiny_llama, legal_data, tmp_path, monkeypatch):
-    from lora_ft import pipeline, settings
+    from lora_ft.config import resolution as settings
     from lora_ft.errors import UserError
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["distributed.strategy=fsdp"])
     cfg = settings.resolve(loaded).config
-    pipeline.check_distributed(cfg, distributed.World())  # one process: the strategy does not apply
+    distributed.check_supported(cfg, distributed.World())  # one process: the strategy does not apply
     with pytest.raises(UserError, match="fsdp needs CUDA GPUs"):
-        pipeline.check_distributed(cfg, distributed.World(size=2))
+        distributed.check_supported(cfg, distributed.World(size=2))
     with pytest.raises(Exception):
         load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["distributed.strategy=zero9"])
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from lora_ft import cli, embedded
+from lora_ft import cli, console, embedded
 
 from .conftest import REPO
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.embedded
 
 
 def test_embedded_model_is_converted_once_and_cached():
-    first = embedded.ensure_embedded_model(say=lambda _: None)
+    first = embedded.ensure_embedded_model()
     marker = json.loads((first / embedded.MARKER).read_text())
     assert marker["source_sha256"] == embedded.GGUF_SHA256
     assert (first / "model.safetensors").is_file() and (first / "tokenizer.json").is_file()
@@ -25,7 +25,8 @@ def test_embedded_model_is_converted_once_and_cached():
     for key in ("num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings"):
         assert config[key] == embedded.EMBEDDED_MODEL_SHAPE[key], key
     messages = []
-    assert embedded.ensure_embedded_model(say=messages.append) == first
+    with console.capture(messages.append):
+        assert embedded.ensure_embedded_model() == first
     assert messages == [], "a cached model is not fetched or converted again"
     # the tokenizer splits digits one by one, as the GGUF's "smollm" pre-tokenizer and the upstream model do
     from transformers import AutoTokenizer

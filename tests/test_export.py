@@ -11,20 +11,20 @@ import pytest
 from lora_ft import cli
 from lora_ft.config import load_config
 from lora_ft.errors import UserError
-from lora_ft.finished_run import open_run
+from lora_ft.rundir.finished import open_run
 
 from .conftest import build_llama, build_tokenizer, legal_rows, write_config, write_jsonl
 
 
 def _train(tmp_path: Path, model_dir: Path, name: str, overrides: list[str], rows: list[dict] | None = None) -> Path:
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     data_dir = tmp_path / f"data-{name}"
     data_dir.mkdir()
     write_jsonl(data_dir / "train.jsonl", rows or legal_rows(12))
     write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
     config = write_config(tmp_path / f"{name}.yaml", model_dir, data_dir, output_dir=tmp_path / name)
-    pipeline.train(load_config(config, overrides), say=lambda _: None)
+    pipeline.train(load_config(config, overrides))
     return tmp_path / name
 
 
@@ -40,10 +40,10 @@ def qlora_run(tiny_llama, tmp_path_factory) -> Path:
 
 
 def test_float32_merge_matches_base_plus_adapter(lora_run, tmp_path):
-    from lora_ft.merge import merge_run
+    from lora_ft.exports.merging import merge_run
 
     out = tmp_path / "merged"
-    report = merge_run(open_run(lora_run), out, dtype="float32", say=lambda _: None)
+    report = merge_run(open_run(lora_run), out, dtype="float32")
     assert report.within_tolerance and report.max_abs_logit_diff <= 1e-3
     assert report.greedy_answers_match == report.prompts
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
@@ -58,19 +58,19 @@ def test_float32_merge_matches_base_plus_adapter(lora_run, tmp_path):
 
 
 def test_sixteen_bit_merge_reports_kl(lora_run, tmp_path):
-    from lora_ft.merge import merge_run
+    from lora_ft.exports.merging import merge_run
 
-    report = merge_run(open_run(lora_run), tmp_path / "bf16", dtype="bfloat16", say=lambda _: None)
+    report = merge_run(open_run(lora_run), tmp_path / "bf16", dtype="bfloat16")
     assert report.merged_dtype == "bfloat16" and report.mean_kl < 1e-2 and report.within_tolerance
     assert "mean KL" in report.tolerance
 
 
 def test_qlora_merge_into_original_and_dequantized_weights(qlora_run, tmp_path):
-    from lora_ft.merge import merge_run
+    from lora_ft.exports.merging import merge_run
 
     run = open_run(qlora_run)
-    original = merge_run(run, tmp_path / "original", dtype="float32", say=lambda _: None)
-    dequantized = merge_run(run, tmp_path / "dequantized", dtype="float32", into="dequantized", say=lambda _: None)
+    original = merge_run(run, tmp_path / "original", dtype="float32")
+    dequantized = merge_run(run, tmp_path / "dequantized", dtype="float32", into="dequantized")
     assert original.merged_into == "original 16-bit weights"
     assert dequantized.merged_into == "dequantized NF4 weights"
     assert "NF4 base + adapter" in original.reference
@@ -85,10 +85,10 @@ def test_qlora_merge_into_original_and_dequantized_weights(qlora_run, tmp_path):
 
 
 def test_merge_into_dequantized_is_refused_for_a_float_run(lora_run, tmp_path):
-    from lora_ft.merge import merge_run
+    from lora_ft.exports.merging import merge_run
 
     with pytest.raises(UserError, match="for QLoRA"):
-        merge_run(open_run(lora_run), tmp_path / "x", into="dequantized", say=lambda _: None)
+        merge_run(open_run(lora_run), tmp_path / "x", into="dequantized")
 
 
 def test_merged_export_loads_in_transformers_without_peft(lora_run, tmp_path, capsys):
@@ -102,7 +102,7 @@ def test_merged_export_loads_in_transformers_without_peft(lora_run, tmp_path, ca
 
 
 def test_peft_export_is_what_vllm_accepts(lora_run, tmp_path):
-    from lora_ft.export import vllm_problems
+    from lora_ft.exports.targets.peft import vllm_problems
 
     out = tmp_path / "peft"
     assert cli.main(["export", str(lora_run), "--format", "peft", "--out", str(out)]) == 0
@@ -118,7 +118,7 @@ def test_peft_export_is_what_vllm_accepts(lora_run, tmp_path):
 
 
 def test_vllm_check_names_unsupported_settings(lora_run, tmp_path):
-    from lora_ft.export import vllm_problems
+    from lora_ft.exports.targets.peft import vllm_problems
 
     adapter = tmp_path / "adapter"
     shutil.copytree(open_run(lora_run).adapter_dir, adapter)
@@ -142,7 +142,7 @@ def test_generation_stops_at_end_of_turn_after_a_short_overfit(tmp_path):
                                                       "train.lr_scheduler=constant", "lora.r=8", "lora.alpha=16"],
                      rows=rows)
     run = open_run(run_dir)
-    model = inference.load_tuned(run, say=lambda _: None)
+    model = inference.load_tuned(run)
     tokenizer = inference.load_tokenizer(run)
     text, stopped = inference.generate(model, tokenizer, run, [{"role": "user", "content": "What is consideration?"}],
                                        max_new_tokens=60)

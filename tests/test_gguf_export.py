@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lora_ft import gguf_export
+from lora_ft.exports import gguf_writer as gguf_export
 from lora_ft.errors import UserError
-from lora_ft.gguf_export import SUPPORTED_TYPES, export_gguf, ollama_template, unpermute_qk, write_modelfile
+from lora_ft.exports import gguf_vocab
+from lora_ft.exports.gguf_writer import SUPPORTED_TYPES, export_gguf, unpermute_qk
+from lora_ft.exports.ollama import ollama_template, write_modelfile
 
 from .conftest import CHATML
 
@@ -47,7 +49,7 @@ def quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def exported(tiny_llama, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("gguf")
-    paths = export_gguf(tiny_llama, out, types=("f16", "q8_0"), say=quiet)
+    paths = export_gguf(tiny_llama, out, types=("f16", "q8_0"))
     return {p.name.removeprefix("model-").removesuffix(".gguf"): p for p in paths}
 
 
@@ -136,7 +138,7 @@ def test_q8_0_tensors_round_trip_within_half_a_quantization_step(exported, tiny_
 def test_bf16_and_f32_exports(tiny_llama, tmp_path):
     """The two extra types: f32 is exact, bf16 keeps 8 significant bits (relative error at most 2**-8)."""
     config = json.loads((tiny_llama / "config.json").read_text())
-    paths = export_gguf(tiny_llama, tmp_path, types=["BF16", "f32", "bf16"], say=quiet)
+    paths = export_gguf(tiny_llama, tmp_path, types=["BF16", "f32", "bf16"])
     assert [p.name for p in paths] == ["model-bf16.gguf", "model-f32.gguf"]
     want = hf_tensors(tiny_llama)
     for path, rtol in zip(paths, (2.0**-8, 0.0), strict=True):
@@ -198,7 +200,7 @@ def test_gpt2_exports_with_transposed_conv1d_weights(tiny_gpt2, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",), say=quiet)
+    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",))
     meta = metadata(path)
     assert meta["general.architecture"] == "gpt2" and meta["gpt2.context_length"] == 512
     tensors = read_tensors(path)
@@ -266,14 +268,14 @@ def test_unsupported_architecture_is_a_user_error(tmp_path):
     MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=100).save_pretrained(tmp_path / "mistral")
     with pytest.raises(UserError) as info:
-        export_gguf(tmp_path / "mistral", tmp_path / "out", say=quiet)
+        export_gguf(tmp_path / "mistral", tmp_path / "out")
     assert "mistral" in info.value.title.lower()
     assert "LlamaForCausalLM" in info.value.fix and "convert_hf_to_gguf" in info.value.fix
 
 
 def test_unknown_type_is_a_user_error(tiny_llama, tmp_path):
     with pytest.raises(UserError) as info:
-        export_gguf(tiny_llama, tmp_path, types=("q4_k_m",), say=quiet)
+        export_gguf(tiny_llama, tmp_path, types=("q4_k_m",))
     assert "q4_k_m" in info.value.title
     assert all(kind in info.value.fix for kind in SUPPORTED_TYPES)
     assert not any(tmp_path.iterdir())
@@ -283,7 +285,7 @@ def test_unwritable_out_dir_is_a_user_error(tiny_llama, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(UserError) as info:
-        export_gguf(tiny_llama, blocker / "gguf", say=quiet)
+        export_gguf(tiny_llama, blocker / "gguf")
     assert "cannot write" in info.value.title
 
 
@@ -294,10 +296,10 @@ def test_missing_weights_and_foreign_tokenizers_are_user_errors(tiny_llama, tmp_
     spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": False}
     (model_dir / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="byte-level BPE"):
-        export_gguf(model_dir, tmp_path / "out", say=quiet)
+        export_gguf(model_dir, tmp_path / "out")
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(UserError, match="safetensors"):
-        export_gguf(model_dir, tmp_path / "out", say=quiet)
+        export_gguf(model_dir, tmp_path / "out")
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -308,7 +310,7 @@ def test_config_that_disagrees_with_the_weights_is_a_user_error(tiny_llama, tmp_
     config["num_key_value_heads"] = 1  # the weights have 2
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"k_proj.* num_key_value_heads=1"):
-        export_gguf(model_dir, tmp_path / "out", say=quiet)
+        export_gguf(model_dir, tmp_path / "out")
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -329,13 +331,13 @@ def test_a_failed_export_leaves_no_partial_file(tiny_llama, tmp_path, monkeypatc
     """A failure mid-file (a full disk, Ctrl-C) removes the temporary file; files finished before it stay."""
     monkeypatch.setattr(gguf_export, "_load", fail_after(4, OSError(28, "No space left on device")))
     with pytest.raises(OSError, match="No space left"):
-        export_gguf(tiny_llama, tmp_path, types=("f16",), say=quiet)
+        export_gguf(tiny_llama, tmp_path, types=("f16",))
     assert list(tmp_path.iterdir()) == []
 
     tensors_per_file = 29  # 3 blocks of 9, the embedding and the final norm
     monkeypatch.setattr(gguf_export, "_load", fail_after(tensors_per_file + 10, KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        export_gguf(tiny_llama, tmp_path, types=("f32", "q8_0"), say=quiet)
+        export_gguf(tiny_llama, tmp_path, types=("f32", "q8_0"))
     assert [p.name for p in tmp_path.iterdir()] == ["model-f32.gguf"]
     assert len(read_tensors(tmp_path / "model-f32.gguf")) == tensors_per_file
 
@@ -375,7 +377,7 @@ def test_llama_cpp_generates_from_the_q8_0_file(exported):
 
 
 def test_llama_cpp_runs_the_gpt2_export(tiny_gpt2, tmp_path):
-    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",), say=quiet)
+    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",))
     with load_llama_cpp(path, logits_all=True) as llm:
         llm.eval(TOKEN_IDS)
         got = np.asarray(llm.scores[: len(TOKEN_IDS)])
@@ -393,7 +395,7 @@ def with_pre_tokenizer(model_dir: Path, target: Path, style: str) -> Path:
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(gguf_export._LLAMA3_REGEX), behavior="isolated", invert=False),
+            [pre_tokenizers.Split(Regex(gguf_vocab._LLAMA3_REGEX), behavior="isolated", invert=False),
              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.save(str(target / "tokenizer.json"))
     return target
@@ -404,7 +406,7 @@ def test_llama_cpp_splits_text_like_each_supported_pre_tokenizer(tiny_llama, tmp
     from transformers import AutoTokenizer
 
     model_dir = with_pre_tokenizer(tiny_llama, tmp_path / "model", style)
-    (path,) = export_gguf(model_dir, tmp_path / "out", types=("f16",), say=quiet)
+    (path,) = export_gguf(model_dir, tmp_path / "out", types=("f16",))
     assert metadata(path)["tokenizer.ggml.pre"] == pre
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # Each of gpt-2, smollm and llama-bpe splits this text differently with this vocabulary (checked by hand).
@@ -422,8 +424,8 @@ def test_the_embedded_model_answers_in_llama_cpp(tmp_path):
 
     from lora_ft.embedded import ensure_embedded_model
 
-    model_dir = ensure_embedded_model(say=quiet)
-    (path,) = export_gguf(model_dir, tmp_path, types=("q8_0",), say=quiet)
+    model_dir = ensure_embedded_model()
+    (path,) = export_gguf(model_dir, tmp_path, types=("q8_0",))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     text = "Section 12(b): the tenant's 3,500 USD deposit — refundable within 30 days.\n\n  Indemnify?"
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is a contract?"}],

@@ -13,15 +13,15 @@ from .conftest import write_config
 
 
 def _cuda_config(tiny_llama, legal_data, tmp_path, *overrides):
-    from lora_ft import settings
+    from lora_ft.config import resolution as settings
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), list(overrides))
     return settings.resolve(loaded, has_cuda=True).config
 
 
 def test_a_gpu_run_trains_under_autocast_quantized_or_not(tiny_llama, legal_data, tmp_path, monkeypatch):
-    from lora_ft import settings
-    from lora_ft.train import mixed_precision, trainable_dtype
+    from lora_ft.config import resolution as settings
+    from lora_ft.training import mixed_precision, trainable_dtype
 
     cfg = _cuda_config(tiny_llama, legal_data, tmp_path)
     assert cfg.model.quantization == "nf4"
@@ -48,7 +48,7 @@ def test_nf4_with_bf16_compute_keeps_norms_embeddings_and_head_in_bf16(tiny_llam
 
     model_cfg = ModelSection(base=str(tiny_llama), quantization="nf4", dtype="bfloat16",
                              attn_implementation="sdpa", gradient_checkpointing=False)
-    model = load_base_model(BaseModelSource(str(tiny_llama), "tiny"), model_cfg, "cpu", say=lambda _: None)
+    model = load_base_model(BaseModelSource(str(tiny_llama), "tiny"), model_cfg, "cpu")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     dtypes = {name: p.dtype for name, p in model.named_parameters() if p.dtype != torch.uint8}
     assert dtypes["model.embed_tokens.weight"] == torch.bfloat16
@@ -71,10 +71,10 @@ def test_fsdp_arguments_are_ones_the_trainer_accepts():
 
 
 def test_the_sft_config_leaves_checkpointing_to_fsdp(tiny_llama, legal_data, tmp_path, monkeypatch):
-    from lora_ft.train import sft_config
+    from lora_ft.training import sft_config
 
     monkeypatch.setenv("WORLD_SIZE", "1")  # one launched process: the FSDP path
-    from lora_ft import settings
+    from lora_ft.config import resolution as settings
 
     cfg = settings.resolve(load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
                                        ["distributed.strategy=fsdp", "model.gradient_checkpointing=true"]),
@@ -85,14 +85,13 @@ def test_the_sft_config_leaves_checkpointing_to_fsdp(tiny_llama, legal_data, tmp
 
 
 def test_8bit_optimizers_are_refused_under_multi_process_fsdp(tiny_llama, legal_data, tmp_path):
-    from lora_ft import pipeline
     from lora_ft.errors import UserError
 
     cfg = _cuda_config(tiny_llama, legal_data, tmp_path, "distributed.strategy=fsdp")
-    pipeline.check_distributed(cfg, distributed.World(size=2))  # auto: adamw_torch_fused works on DTensors
+    distributed.check_supported(cfg, distributed.World(size=2))  # auto: adamw_torch_fused works on DTensors
     cfg.train.optimizer = "paged_adamw_8bit"
     with pytest.raises(UserError, match="sharded \\(DTensor\\) parameters"):
-        pipeline.check_distributed(cfg, distributed.World(size=2))
+        distributed.check_supported(cfg, distributed.World(size=2))
 
 
 def test_dora_magnitudes_stay_float32_and_train_under_bf16_qlora(tiny_llama, legal_data, tmp_path):
@@ -102,17 +101,16 @@ def test_dora_magnitudes_stay_float32_and_train_under_bf16_qlora(tiny_llama, leg
 
     from lora_ft.config import LoraSection, ModelSection
     from lora_ft.model import BaseModelSource, attach_lora, load_base_model
-    from lora_ft.train import build_trainer
+    from lora_ft.training import build_trainer
 
-    from lora_ft import settings
+    from lora_ft.config import resolution as settings
 
     cfg = settings.resolve(load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
                                        ["model.quantization=nf4", "model.dtype=bfloat16", "lora.use_dora=true",
                                         "train.max_steps=1", "lora.dropout=0", "train.learning_rate=1e-3"]),
                            has_cuda=False).config
     assert isinstance(cfg.model, ModelSection) and isinstance(cfg.lora, LoraSection)
-    model = attach_lora(load_base_model(BaseModelSource(str(tiny_llama), "tiny"), cfg.model, "cpu",
-                                        say=lambda _: None), cfg.lora)
+    model = attach_lora(load_base_model(BaseModelSource(str(tiny_llama), "tiny"), cfg.model, "cpu"), cfg.lora)
     rows = Dataset.from_dict({"input_ids": [[1, 5, 6, 7, 2]] * 4, "labels": [[-100, 5, 6, 7, 2]] * 4})
     trainer = build_trainer(model, None, cfg, rows, None, tmp_path / "ckpt", ["none"], [])
     magnitudes = {n: p for n, p in trainer.model.named_parameters() if "lora_magnitude_vector" in n}
@@ -125,7 +123,7 @@ def test_dora_magnitudes_stay_float32_and_train_under_bf16_qlora(tiny_llama, leg
 def test_the_nonfinite_guard_synchronises_once_per_step(monkeypatch):
     from types import SimpleNamespace
 
-    from lora_ft.train import NonFiniteGuard
+    from lora_ft.training import NonFiniteGuard
 
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(50)])
     for p in model.parameters():
@@ -167,7 +165,7 @@ def test_padding_free_rows_attend_per_sample_wherever_flash_attention_is_missing
 
 
 def test_merges_run_on_the_gpu_when_the_float32_base_fits(tiny_llama, monkeypatch):
-    from lora_ft import merge
+    from lora_ft.exports import merging as merge
 
     assert merge.merge_device(str(tiny_llama)) == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lora_ft import cli, plan
+from lora_ft import cli
+from lora_ft import planning as plan
 from lora_ft.config import load_config
-from lora_ft.settings import resolve
+from lora_ft.config.resolution import resolve
 
 from .conftest import write_config
 
@@ -89,7 +90,7 @@ def test_embedded_shape_matches_its_config():
 
 def test_a_gpu_measurement_is_compared_like_with_like():
     """max_memory_allocated counts tensors only: the CUDA context in the estimate is left out of the comparison."""
-    from lora_ft.plan import GiB, Estimate, Plan
+    from lora_ft.planning import GiB, Estimate, Plan
 
     est = Estimate(weights=4 * GiB, lora_states=1 * GiB, activations=2 * GiB, logits=1 * GiB, overhead=0.6 * GiB,
                    lora_params=1, tokens_per_micro_batch=1, flops_per_token=1.0)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lora_ft import checkpoints, cli
+from lora_ft import cli
+from lora_ft.rundir import checkpoints
 
 from .conftest import legal_rows, write_config, write_jsonl
 
@@ -165,7 +166,7 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(setup, tmp_path, mon
 def test_no_room_for_the_next_checkpoint_stops_before_the_save(tmp_path):
     from types import SimpleNamespace
 
-    from lora_ft.train import CheckpointKeeper, CheckpointNoSpace
+    from lora_ft.training import CheckpointKeeper, CheckpointNoSpace
 
     keeper = CheckpointKeeper(tmp_path / "checkpoints", {}, keep_last=2, expected_bytes=10 * 2**20,
                               disk_free=lambda _: 40 * 2**20)
@@ -212,7 +213,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
     script = (
         "import os, signal, sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
-        "from lora_ft.train import StopRequest\n"
+        "from lora_ft.training import StopRequest\n"
         "with StopRequest() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(0.2)\n"
@@ -290,7 +291,7 @@ def test_resume_modes_never_and_path(setup, tmp_path, capsys):
 
 
 def test_commit_verify_and_retention(tmp_path):
-    from lora_ft import run_lock
+    from lora_ft.rundir import lock as run_lock
     from lora_ft.errors import UserError
 
     run_lock.write_mark(tmp_path)
@@ -318,7 +319,7 @@ def test_commit_verify_and_retention(tmp_path):
     with pytest.raises(UserError, match="does not carry lora-ft's mark"):
         checkpoints.prune(foreign, keep_last=1)
     with pytest.raises(UserError, match="does not carry lora-ft's mark"):
-        checkpoints.newest(foreign, say=lambda _: None)
+        checkpoints.newest(foreign)
     assert sorted(p.name for p in foreign.iterdir()) == sorted(p.name for p in checkpoint_dir.iterdir())
 
     deleted = checkpoints.prune(checkpoint_dir, keep_last=1, best=str(checkpoint_dir / "checkpoint-5"))
@@ -330,7 +331,7 @@ def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_pa
     from types import SimpleNamespace
 
     from lora_ft.config import load_config
-    from lora_ft.train import CheckpointKeeper, checkpoint_interval
+    from lora_ft.training import CheckpointKeeper, checkpoint_interval
 
     def interval(total, *overrides, has_eval=True):
         cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), list(overrides)).config
@@ -357,8 +358,8 @@ def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_pa
 
 
 def test_a_cut_short_save_is_found_under_a_relative_output_dir(tmp_path, monkeypatch):
-    from lora_ft import run_lock
-    from lora_ft.pipeline import checkpoint_write_failed
+    from lora_ft.rundir import lock as run_lock
+    from lora_ft.rundir.failures import checkpoint_write_failed
 
     monkeypatch.chdir(tmp_path)  # output_dir defaults to runs/<name>, a relative path
     checkpoint_dir = Path("runs") / "legal" / "checkpoints"
@@ -441,7 +442,7 @@ def test_a_second_process_is_refused_at_once_and_a_killed_holder_leaves_no_lock(
     import os
     import socket
 
-    from lora_ft import run_lock
+    from lora_ft.rundir import lock as run_lock
 
     config, reference = setup
     run_dir = tmp_path / "run"
@@ -466,7 +467,7 @@ def test_a_second_process_is_refused_at_once_and_a_killed_holder_leaves_no_lock(
     # a holder that is killed leaves no stale lock behind
     holder = subprocess.Popen([sys.executable, "-c", (
         f"import sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
-        "from lora_ft.run_lock import RunLock\n"
+        "from lora_ft.rundir.lock import RunLock\n"
         f"RunLock({str(run_dir)!r}, 'holder').acquire(); print('held', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -479,7 +480,7 @@ def test_a_second_process_is_refused_at_once_and_a_killed_holder_leaves_no_lock(
 
 def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_a_rerun_finishes(setup, tmp_path,
                                                                                        monkeypatch, capsys):
-    from lora_ft import artifacts
+    from lora_ft.rundir import artifacts
 
     config, reference = setup
     run_dir = tmp_path / "run"
@@ -505,7 +506,7 @@ def test_a_full_disk_at_the_final_save_keeps_the_last_checkpoint_and_a_rerun_fin
 
 
 def test_the_free_space_check_counts_only_what_is_left_to_write(tiny_llama, legal_data, tmp_path):
-    from lora_ft import artifacts
+    from lora_ft.rundir import artifacts
     from lora_ft.config import load_config
 
     cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["train.save_steps=10"]).config

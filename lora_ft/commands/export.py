@@ -10,19 +10,13 @@ from lora_ft.rundir import lock as run_lock
 def run(args) -> int:
     from pathlib import Path
 
-    from lora_ft.exports import common as export
+    from lora_ft.exports import targets
     from lora_ft.rundir.finished import open_run
 
     run = open_run(args.run_dir)
     console.quiet_libraries()
     out = Path(args.out) if args.out else run.run_dir / f"export-{args.format}"
     with run_lock.RunLock(run.run_dir, run_lock.command_line()):
-        if args.format == "peft":
-            check = export.export_peft(run, out, base=args.base)
-        elif args.format == "merged":
-            check = export.export_merged(run, out, dtype=args.dtype, into=args.into, base=args.base)
-        else:
-            types = tuple(t.strip() for t in args.gguf_types.split(",") if t.strip())
-            check = export.export_gguf(run, out, types=types, base=args.base)
+        check = targets.export(args.format, run, out, args)
     console.say(f"exported: {out}")
     return EXIT_FAILURE if check["passed"] is False else EXIT_OK  # None: not run in an engine, said above

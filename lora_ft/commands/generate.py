@@ -16,9 +16,9 @@ def _read_prompts(path: str) -> list[str]:
     try:
         lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
-        from lora_ft.data import _first_non_utf8
+        from lora_ft.data.loading import first_non_utf8
 
-        line, _ = _first_non_utf8(file)
+        line, _ = first_non_utf8(file)
         raise UserError(f"the prompts file {path} is not UTF-8 text", where=f"{path}:{line}",
                         fix="save it as UTF-8") from None
     if file.suffix == ".jsonl":

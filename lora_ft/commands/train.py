@@ -71,14 +71,15 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     training.prepare_process(cfg)
 
     prepared = preparation.prepare(loaded, cfg)
-    resume_lib.check_same_run(start, compared, prepared.fingerprint(), force_resume)
+    fingerprint = prepared.fingerprint()
+    resume_lib.check_same_run(start, compared, fingerprint, force_resume)
 
     model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
     train_set, eval_set = prepared.datasets()
     run_dir.begin(start, cfg, model.trainable, prepared.chat.source.path)
     trackers = (tracking.start_trackers(cfg, run_dir.path, compared, wandb_mode) if world.is_main
                 else tracking.Trackers(report_to=["none"]))
-    callbacks = run_dir.loop_callbacks(cfg, compared, prepared.fingerprint(), world, trackers.callbacks)
+    callbacks = training.loop_callbacks(cfg, run_dir, compared, fingerprint, world.size, trackers.callbacks)
     try:
         trainer = training.build_trainer(model.model, prepared.chat.tokenizer, cfg, train_set, eval_set,
                                          run_dir.checkpoint_dir, trackers.report_to, callbacks.for_trainer())

@@ -143,11 +143,14 @@ def check_consistency(
     # Model shape limits, when the shape can be read without loading the model
     shape = _local_model_config(loaded)
     if shape:
-        layers = shape.get("num_hidden_layers") or shape.get("n_layer")
+        from lora_ft.model import families
+
+        family = families.decoder_family(shape)
+        layers = family.layers(shape)
         if cfg.lora.top_n_layers and layers and cfg.lora.top_n_layers > layers:
             add(("lora", "top_n_layers"), f"lora.top_n_layers = {cfg.lora.top_n_layers} but the model has "
                 f"{layers} layers", f"use a value from 1 to {layers}")
-        max_pos = shape.get("max_position_embeddings") or shape.get("n_positions")
+        max_pos = family.context_length(shape)
         if max_pos and cfg.data.max_seq_length > max_pos:
             add(("data", "max_seq_length"), f"data.max_seq_length = {cfg.data.max_seq_length} is longer than "
                 f"the model's context ({max_pos})", f"use {max_pos} or less")

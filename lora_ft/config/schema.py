@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 EMBEDDED_MODEL = "embedded"
+# Marks a key that does not change what is trained (where files go, how often to log or save, checks): a resumed
+# run may change it. A whole section is marked on its field in RunConfig.
+RESUME_MAY_CHANGE = {"resume_may_change": True}
 
 TRACKERS = (
     "none", "wandb", "tensorboard", "mlflow", "comet_ml", "clearml", "neptune", "aim", "dvclive",
@@ -179,7 +182,7 @@ class DataSection(_Section):
         0.2, ge=0, le=1, description="Stop when more than this fraction of rows is unusable."
     )
     template_checks: bool = Field(
-        True,
+        True, json_schema_extra=RESUME_MAY_CHANGE,
         description="Stop the run when a template check fails: an answer's end-of-turn token is not trained, "
         "collated batches mask it as padding, or the template saved with the adapter differs from the one "
         "trained. `false` reports the failures as warnings and trains anyway.",
@@ -223,20 +226,20 @@ class TrainSection(_Section):
         None, ge=1, description="Evaluate every N steps; `null` evaluates before and after training only."
     )
     save_steps: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        "auto",
+        "auto", json_schema_extra=RESUME_MAY_CHANGE,
         description="Save a resumable checkpoint every N optimizer steps. `auto` saves about ten times per run, "
         "on a multiple of `logging_steps` (of `eval_steps` when early stopping keeps the best adapter). `null` "
         "saves none: an interrupted run then starts again from step 0.",
     )
     save_every_minutes: float | None = Field(
-        30.0, gt=0, description="Also save a checkpoint when this many minutes have passed since the last one, "
+        30.0, json_schema_extra=RESUME_MAY_CHANGE, gt=0, description="Also save a checkpoint when this many minutes have passed since the last one, "
         "so a crash or preemption never costs more than this; `null` saves on `save_steps` only.",
     )
     keep_last: int = Field(
-        2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted. The newest complete "
+        2, json_schema_extra=RESUME_MAY_CHANGE, ge=1, description="Complete checkpoints kept on disk; older ones are deleted. The newest complete "
         "checkpoint and the best one (early stopping) are never deleted.",
     )
-    logging_steps: int = Field(5, ge=1, description="Log loss and throughput every N steps.")
+    logging_steps: int = Field(5, json_schema_extra=RESUME_MAY_CHANGE, ge=1, description="Log loss and throughput every N steps.")
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
@@ -246,7 +249,7 @@ class TrainSection(_Section):
     early_stopping_threshold: float = Field(
         0.0, ge=0, description="Minimum eval-loss improvement that counts as improvement."
     )
-    eval_before_training: bool = Field(True, description="Measure the base model's eval loss before training.")
+    eval_before_training: bool = Field(True, json_schema_extra=RESUME_MAY_CHANGE, description="Measure the base model's eval loss before training.")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="When a step's gradients are NaN or Inf: `stop` ends the run before the optimizer step (the "
@@ -293,15 +296,33 @@ class RunConfig(_Section):
     """A whole fine-tuning run."""
 
     output_dir: str | None = Field(
-        None,
+        None, json_schema_extra=RESUME_MAY_CHANGE,
         description="Run directory; relative to the current directory. `null` is `runs/<config file name>`.",
     )
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The LoRA adapter.")
     data: DataSection = Field(..., description="The data.")
     train: TrainSection = Field(default_factory=TrainSection, description="The training loop.")
-    tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment tracking.")
+    tracking: TrackingSection = Field(default_factory=TrackingSection, json_schema_extra=RESUME_MAY_CHANGE, description="Experiment tracking.")
     distributed: DistributedSection = Field(default_factory=DistributedSection,
                                             description="Training on several processes.")
 
 
+
+
+def keys_a_resume_may_change() -> tuple[str, ...]:
+    """Dotted keys (a section ends with '.') whose change a resumed run accepts, read from the marks above."""
+    keys = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            annotation = info.annotation
+            section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            if extra.get("resume_may_change"):
+                keys.append(f"{prefix}{name}." if section else f"{prefix}{name}")
+            elif section:
+                walk(section, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    return tuple(keys)

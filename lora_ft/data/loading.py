@@ -199,7 +199,7 @@ def _check_encodable(sample: Sample) -> None:
                 from None
 
 
-def _first_non_utf8(path: Path) -> tuple[int, int]:
+def first_non_utf8(path: Path) -> tuple[int, int]:
     """The line (1-based) and file offset of the first byte that is not valid UTF-8."""
     raw = path.read_bytes()
     try:
@@ -239,7 +239,7 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
             try:
                 yield from READERS[path.suffix.lower()](path, report)
             except UnicodeDecodeError as exc:
-                line, offset = _first_non_utf8(path)
+                line, offset = first_non_utf8(path)
                 raise UserError(f"{_display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
                                 f"line {line} (byte {offset} of the file) is not valid UTF-8",
                                 where=f"{_display(path)}:{line}",

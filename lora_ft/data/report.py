@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
-from lora_ft import data, tokenization
+from lora_ft import console, data, tokenization
 from lora_ft.data.statistics import (MAX_LISTED, Bucket, Duplicates, LengthStats,
                                      Leakage, duplicate_lines, find_duplicates, find_leakage, histogram, histogram_lines,
                                      stats_lines, _listed)
@@ -198,17 +198,17 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
     ``problems`` instead of raised, so the whole report is still seen. A dataset with no usable row at all, an
     unknown format or an unreadable file still raises :class:`UserError`, as in training.
     """
-    from lora_ft import model as model_lib
+    from lora_ft.preparation import prepare
 
     cfg = loaded.config
     problems: list[str] = []
-    loaded_data = data.load_data(_lenient(loaded))
+    with console.silenced():  # the report says it all, below
+        prepared = prepare(_lenient(loaded), cfg, checks=False)
+    loaded_data, chat = prepared.data, prepared.chat
     try:
         data.check_drops(loaded_data.reports, cfg.data.max_dropped_fraction)
     except UserError as exc:
         problems.append(_error_text(exc))
-
-    chat = model_lib.load_chat_tokenizer(loaded, cfg.model)
     source, pad_note, origin, renderer = chat.source, chat.pad_note, chat.template_origin, chat.renderer
     try:
         tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)

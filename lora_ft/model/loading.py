@@ -234,7 +234,10 @@ def lora_config(lora: LoraSection, model):
 
     layers = None
     if lora.top_n_layers is not None:
-        total = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+        from lora_ft.model import families
+
+        config = model.config.to_dict()
+        total = families.decoder_family(config).layers(config)
         if total is None:
             raise UserError("lora.top_n_layers needs the model's layer count, which its config does not give",
                             fix="remove lora.top_n_layers")

@@ -19,13 +19,14 @@ import yaml
 from lora_ft.rundir import artifacts
 from lora_ft.rundir import checkpoints
 from lora_ft.rundir import lock as run_lock
+from lora_ft.config.schema import keys_a_resume_may_change
 from lora_ft.errors import Problem, UserError
 from lora_ft import console
 
 RESUME_MODES = ("auto", "never")
-# Keys that do not change what is trained: where files go, trackers, how often to log or save, checks.
-UNCOMPARED = ("output_dir", "tracking.", "train.logging_steps", "train.save_steps", "train.save_every_minutes",
-              "train.keep_last", "train.eval_before_training", "data.template_checks")
+# Keys that do not change what is trained, as the schema marks them: where files go, trackers, how often to log
+# or save, checks.
+UNCOMPARED = keys_a_resume_may_change()
 
 
 @dataclass
@@ -93,7 +94,7 @@ def check_writable_run_dir(output_dir: str, mode: str) -> None:
         if not run_lock.is_fresh(run_dir):
             _refuse_unless_an_unfinished_run(run_dir)
     else:
-        _start_from_named_checkpoint(run_dir, Path(mode), lambda *_: None)
+        _start_from_named_checkpoint(run_dir, Path(mode))
 
 
 def choose_start(output_dir: str, mode: str, tidy: bool = True) -> StartPoint:

@@ -1,0 +1,44 @@
+"""The export targets, each one module in this folder that defines ``TARGET`` (an :class:`ExportTarget`).
+
+Adding a target (a serving engine or a file format) is adding a file here: ``lora-ft export --format NAME`` offers
+it, with the flags it adds, and runs it under the run's lock into a folder that appears whole or not at all. A
+target module stays light at import (heavy libraries inside its functions), so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    name: str
+    help: str  # what it is for, in a few words (``lora-ft export --help``)
+    export: Callable[..., dict]  # (finished run, out dir, parsed args) -> the export check, as written next to it
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # flags of its own
+
+
+@cache
+def registry() -> dict[str, ExportTarget]:
+    """Every target in this folder, by name."""
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            target = importlib.import_module(f"{__name__}.{module.name}").TARGET
+            found[target.name] = target
+    return dict(sorted(found.items()))
+
+
+def register(target: ExportTarget) -> None:
+    """Add a target from outside this folder (a plugin, or a test)."""
+    registry()[target.name] = target
+
+
+def export(name: str, run, out_dir: Path, args: argparse.Namespace) -> dict:
+    return registry()[name].export(run, Path(out_dir), args)
