@@ -299,7 +299,7 @@ def summarize(run: dict, warmup: int) -> dict:
 
 
 def environment(gpu: str | None = None) -> dict:
-    from lora_ft.artifacts import package_versions
+    from lora_ft.rundir.artifacts import package_versions
 
     info = {"machine": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "packages": package_versions()}
