@@ -117,11 +117,15 @@ def check_consistency(
         elif candidate.exists() and not (candidate / "config.json").is_file():
             add(("model", "base"), f"model.base '{base}' has no config.json", "point it at a transformers model "
                 "directory (one saved with save_pretrained)")
-    if cfg.model.quantization in ("nf4", "int8"):
-        why = bitsandbytes_problem()
+    # what needs bitsandbytes: 4- and 8-bit weights, 8-bit optimizers
+    for key, setting, wanted, fix in (
+            (("model", "quantization"), "quantization", cfg.model.quantization in ("nf4", "int8"),
+             "pip install 'bitsandbytes>=0.45', or set model.quantization: none"),
+            (("train", "optimizer"), "optimizer", cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"),
+             "use adamw_torch")):
+        why = bitsandbytes_problem() if wanted else None
         if why:
-            add(("model", "quantization"), f"quantization '{cfg.model.quantization}' needs bitsandbytes: {why}",
-                "pip install 'bitsandbytes>=0.45', or set model.quantization: none")
+            add(key, f"{setting} '{getattr(getattr(cfg, key[0]), key[1])}' needs bitsandbytes: {why}", fix)
     if cfg.train.device == "cpu":
         for key, what, fix in cpu_precision_problems(cfg.model):
             add(("model", key), what, fix)
@@ -174,30 +178,21 @@ def check_consistency(
         add(("data", "eval_fraction"), "both data.eval files and data.eval_fraction are set",
             "use one: remove eval_fraction to evaluate on the eval files")
 
-    # Training
-    if cfg.train.early_stopping_patience is not None:
-        if not has_eval:
-            add(("train", "early_stopping_patience"), "early stopping needs eval data",
-                "add data.eval files or set data.eval_fraction above 0")
-        if cfg.train.eval_steps is None:
-            add(("train", "early_stopping_patience"), "early stopping needs periodic evaluation",
-                "set train.eval_steps (for example 50)")
-        elif isinstance(cfg.train.save_steps, int) and cfg.train.save_steps % cfg.train.eval_steps:
-            add(("train", "save_steps"), f"train.save_steps ({cfg.train.save_steps}) must be a multiple of "
-                f"train.eval_steps ({cfg.train.eval_steps}) to keep the best adapter",
-                f"set save_steps to {cfg.train.eval_steps} or remove it")
-    if cfg.train.lr_scheduler == "reduce_on_plateau":
-        if not has_eval:
-            add(("train", "lr_scheduler"), "reduce_on_plateau follows the eval loss and needs eval data",
-                "add data.eval files, or use cosine")
-        if cfg.train.eval_steps is None:
-            add(("train", "lr_scheduler"), "reduce_on_plateau needs periodic evaluation",
-                "set train.eval_steps (for example 50)")
-    if cfg.train.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-        why = bitsandbytes_problem()
-        if why:
-            add(("train", "optimizer"), f"optimizer '{cfg.train.optimizer}' needs bitsandbytes: {why}",
-                "use adamw_torch")
+    # Training: what follows the eval loss needs eval data, evaluated periodically
+    for key, feature, wanted, without_eval, fix in (
+            (("train", "early_stopping_patience"), "early stopping", cfg.train.early_stopping_patience is not None,
+             "early stopping needs eval data", "add data.eval files or set data.eval_fraction above 0"),
+            (("train", "lr_scheduler"), "reduce_on_plateau", cfg.train.lr_scheduler == "reduce_on_plateau",
+             "reduce_on_plateau follows the eval loss and needs eval data", "add data.eval files, or use cosine")):
+        if wanted and not has_eval:
+            add(key, without_eval, fix)
+        if wanted and cfg.train.eval_steps is None:
+            add(key, f"{feature} needs periodic evaluation", "set train.eval_steps (for example 50)")
+    if (cfg.train.early_stopping_patience is not None and cfg.train.eval_steps is not None
+            and isinstance(cfg.train.save_steps, int) and cfg.train.save_steps % cfg.train.eval_steps):
+        add(("train", "save_steps"), f"train.save_steps ({cfg.train.save_steps}) must be a multiple of "
+            f"train.eval_steps ({cfg.train.eval_steps}) to keep the best adapter",
+            f"set save_steps to {cfg.train.eval_steps} or remove it")
 
     # Tracking
     for index, name in enumerate(cfg.tracking.report_to):

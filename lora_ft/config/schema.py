@@ -232,14 +232,18 @@ class TrainSection(_Section):
         "saves none: an interrupted run then starts again from step 0.",
     )
     save_every_minutes: float | None = Field(
-        30.0, json_schema_extra=RESUME_MAY_CHANGE, gt=0, description="Also save a checkpoint when this many minutes have passed since the last one, "
+        30.0, json_schema_extra=RESUME_MAY_CHANGE,
+        gt=0, description="Also save a checkpoint when this many minutes have passed since the last one, "
         "so a crash or preemption never costs more than this; `null` saves on `save_steps` only.",
     )
     keep_last: int = Field(
-        2, json_schema_extra=RESUME_MAY_CHANGE, ge=1, description="Complete checkpoints kept on disk; older ones are deleted. The newest complete "
+        2, json_schema_extra=RESUME_MAY_CHANGE,
+        ge=1, description="Complete checkpoints kept on disk; older ones are deleted. The newest complete "
         "checkpoint and the best one (early stopping) are never deleted.",
     )
-    logging_steps: int = Field(5, json_schema_extra=RESUME_MAY_CHANGE, ge=1, description="Log loss and throughput every N steps.")
+    logging_steps: int = Field(
+        5, json_schema_extra=RESUME_MAY_CHANGE,
+        ge=1, description="Log loss and throughput every N steps.")
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
@@ -249,7 +253,9 @@ class TrainSection(_Section):
     early_stopping_threshold: float = Field(
         0.0, ge=0, description="Minimum eval-loss improvement that counts as improvement."
     )
-    eval_before_training: bool = Field(True, json_schema_extra=RESUME_MAY_CHANGE, description="Measure the base model's eval loss before training.")
+    eval_before_training: bool = Field(
+        True, json_schema_extra=RESUME_MAY_CHANGE,
+        description="Measure the base model's eval loss before training.")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="When a step's gradients are NaN or Inf: `stop` ends the run before the optimizer step (the "
@@ -303,7 +309,9 @@ class RunConfig(_Section):
     lora: LoraSection = Field(default_factory=LoraSection, description="The LoRA adapter.")
     data: DataSection = Field(..., description="The data.")
     train: TrainSection = Field(default_factory=TrainSection, description="The training loop.")
-    tracking: TrackingSection = Field(default_factory=TrackingSection, json_schema_extra=RESUME_MAY_CHANGE, description="Experiment tracking.")
+    tracking: TrackingSection = Field(
+        default_factory=TrackingSection, json_schema_extra=RESUME_MAY_CHANGE,
+        description="Experiment tracking.")
     distributed: DistributedSection = Field(default_factory=DistributedSection,
                                             description="Training on several processes.")
 

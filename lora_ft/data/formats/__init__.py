@@ -7,14 +7,13 @@ formats. Nothing here imports more than the standard library.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from lora_ft.data.samples import RowFault, Sample
+from lora_ft.plugins import discover
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,7 @@ class DataFormat:
 @cache
 def registry() -> dict[str, DataFormat]:
     """Every format in this folder, by name, in detection order."""
-    found = []
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            fmt = importlib.import_module(f"{__name__}.{module.name}").FORMAT
-            found.append(fmt)
+    found = discover(__name__, __path__, "FORMAT")
     return {fmt.name: fmt for fmt in sorted(found, key=lambda f: (f.order, f.name))}
 
 

@@ -8,12 +8,12 @@ target module stays light at import (heavy libraries inside its functions), so `
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from lora_ft.plugins import discover
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,7 @@ class ExportTarget:
 @cache
 def registry() -> dict[str, ExportTarget]:
     """Every target in this folder, by name."""
-    found = {}
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            target = importlib.import_module(f"{__name__}.{module.name}").TARGET
-            found[target.name] = target
-    return dict(sorted(found.items()))
+    return {target.name: target for target in sorted(discover(__name__, __path__, "TARGET"), key=lambda t: t.name)}
 
 
 def register(target: ExportTarget) -> None:

@@ -9,11 +9,11 @@ import), so the config checks can use them.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+
+from lora_ft.plugins import discover
 
 
 @dataclass
@@ -72,12 +72,7 @@ class ModelFamily:
 
 @cache
 def registry() -> dict[str, ModelFamily]:
-    found = {}
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            family = importlib.import_module(f"{__name__}.{module.name}").FAMILY
-            found[family.name] = family
-    return found
+    return {family.name: family for family in discover(__name__, __path__, "FAMILY")}
 
 
 def register(family: ModelFamily) -> None:
