@@ -89,6 +89,17 @@ def remove_abandoned_staging(out_dir: Path) -> list[Path]:
     return removed
 
 
+def give_umask_permissions(folder: Path) -> None:
+    """Every file and folder under ``folder`` gets the permissions the user's umask gives new files: some writers
+    (safetensors, temporary files renamed into place) create them private (0600), which keeps a serving engine
+    running as another user out."""
+    mask = _umask()
+    for path in [folder, *Path(folder).rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def staged_directory(out_dir: Path) -> Iterator[Path]:
     """A temporary folder beside ``out_dir`` that becomes ``out_dir`` when the block completes.
@@ -115,6 +126,7 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
     try:
         yield staging
         (staging / PARTIAL_LOCK).unlink()
+        give_umask_permissions(staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty: checked above
         staging.rename(out_dir)

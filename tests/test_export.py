@@ -273,3 +273,58 @@ def test_an_export_killed_mid_write_is_cleaned_by_the_next_one(lora_run, tmp_pat
     assert (run / "export-peft" / "adapter_model.safetensors").is_file()
     assert (run / "export-peft").stat().st_mode & 0o777 == 0o755
     assert not (run / "export-peft" / ".lora-ft-partial.lock").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _private(folder: Path) -> list[str]:
+    """Files and folders under ``folder`` whose permissions are not what the umask gives."""
+    mask = _umask()
+    return [str(p.relative_to(folder)) for p in [folder, *folder.rglob("*")]
+            if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~mask]
+
+
+def _end_of_turn_id(folder: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<|im_end|>")
+
+
+def _eos_ids(folder: Path) -> list[int]:
+    ids = json.loads((folder / "generation_config.json").read_text())["eos_token_id"]
+    return ids if isinstance(ids, list) else [ids]
+
+
+def test_every_artifact_names_the_end_of_turn_token_as_where_answers_stop(lora_run, tmp_path):
+    from gguf import GGUFReader
+
+    adapter = lora_run / "adapter"
+    end_of_turn = _end_of_turn_id(adapter)
+    assert _eos_ids(adapter)[0] == end_of_turn  # the adapter folder
+    card = (adapter / "README.md").read_text()
+    assert "answers end with `<|im_end|>`" in card and "generation_config.json" in card
+    merged = tmp_path / "merged"
+    assert cli.main(["merge", str(lora_run), "--out", str(merged)]) == 0
+    assert _eos_ids(merged)[0] == end_of_turn  # the merged model
+    parity = json.loads((merged / "parity.json").read_text())
+    assert parity["merged_dtype"] == "float32"  # the default: answers like base + adapter
+    assert parity["stops_match"] == parity["prompts"] and all("merged_stopped" in a for a in parity["answers"])
+    gguf_dir = tmp_path / "gguf"
+    assert cli.main(["export", str(lora_run), "--format", "gguf", "--gguf-types", "f16", "--out", str(gguf_dir)]) == 0
+    fields = GGUFReader(str(gguf_dir / "model-f16.gguf")).fields
+    assert int(fields["tokenizer.ggml.eot_token_id"].parts[-1][0]) == end_of_turn  # the GGUF file
+    assert 'PARAMETER stop "<|im_end|>"' in (gguf_dir / "Modelfile").read_text()  # the Modelfile
+
+
+def test_exports_merges_and_adapters_get_the_permissions_of_the_users_umask(lora_run, tmp_path):
+    assert not _private(lora_run / "adapter")  # safetensors alone would write adapter_model.safetensors as 0600
+    for target in ("peft", "merged"):
+        out = tmp_path / target
+        assert cli.main(["export", str(lora_run), "--format", target, "--out", str(out)]) == 0
+        assert not _private(out), (target, _private(out))

@@ -40,6 +40,7 @@ class _Vocab:
     add_bos: bool
     add_eos: bool
     chat_template: str | None
+    end_of_turn: int | None = None  # the token answers end with (generation_config.json's first EOS id)
 
 
 def _read_vocab(model_dir: Path, config: dict[str, Any]) -> _Vocab:
@@ -100,7 +101,20 @@ def _read_vocab(model_dir: Path, config: dict[str, Any]) -> _Vocab:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
-    return _Vocab(tokens, token_types, merges, pre, special_ids, add_bos, add_eos, template or None)
+    return _Vocab(tokens, token_types, merges, pre, special_ids, add_bos, add_eos, template or None,
+                  _end_of_turn(model_dir, vocab_size))
+
+
+def _end_of_turn(model_dir: Path, vocab_size: int) -> int | None:
+    """The end-of-turn id lora-ft wrote first among generation_config.json's EOS ids (the tokenizer's own EOS may
+    be another token: end of text rather than end of turn); None without that file."""
+    path = Path(model_dir) / "generation_config.json"
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    first = ids[0] if isinstance(ids, list) and ids else ids
+    return first if isinstance(first, int) and 0 <= first < vocab_size else None
 
 
 def _pre_tokenizer_steps(pre: dict[str, Any] | None) -> tuple[str, ...]:
@@ -142,6 +156,10 @@ def _add_vocab(writer: gguf.GGUFWriter, vocab: _Vocab) -> None:
               "pad": writer.add_pad_token_id}
     for kind, token_id in vocab.special_ids.items():
         adders[kind](token_id)
+    if vocab.end_of_turn is not None:  # llama.cpp stops at EOT as at EOS (its end-of-generation set)
+        writer.add_eot_token_id(vocab.end_of_turn)
+        if "eos" not in vocab.special_ids:
+            writer.add_eos_token_id(vocab.end_of_turn)
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
     if vocab.chat_template:

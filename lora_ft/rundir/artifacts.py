@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lora_ft.errors import UserError
-from lora_ft.files import write_text_atomic
+from lora_ft.files import give_umask_permissions, write_text_atomic
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
@@ -156,7 +156,8 @@ def write_metrics(run_dir: Path, records: list[dict]) -> None:
 STAGED_ADAPTER = ".adapter.partial"
 
 
-def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main: bool = True) -> Path:
+def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main: bool = True,
+                 stop_ids: list[int] | None = None) -> Path:
     """Save the adapter weights (safetensors) and the tokenizer with the chat template used in training into a
     staging folder of the run directory (``publish_adapter`` moves it into place once complete); return it.
 
@@ -174,7 +175,21 @@ def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main:
     if is_main:
         tokenizer.chat_template = chat_template
         tokenizer.save_pretrained(str(staging))
+        if stop_ids:
+            write_generation_config(staging, tokenizer, stop_ids)
     return staging
+
+
+def write_generation_config(directory: Path, tokenizer, stop_ids: list[int], model_config=None) -> None:
+    """generation_config.json whose EOS is the end-of-turn token (then the tokenizer's EOS), so that transformers,
+    vLLM and TGI stop where the tuned model was trained to stop."""
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig.from_model_config(model_config) if model_config is not None else GenerationConfig()
+    generation.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.save_pretrained(directory)
 
 
 def publish_adapter(staging: Path, run_dir: Path) -> Path:
@@ -192,6 +207,7 @@ def publish_adapter(staging: Path, run_dir: Path) -> Path:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+    give_umask_permissions(staging)  # safetensors writes its files private
     if adapter_dir.exists():
         run_lock.require_mark(run_dir, f"replace {adapter_dir}")
         shutil.rmtree(adapter_dir)
@@ -309,7 +325,9 @@ Base model: {base_name}, loaded from `{base_path}`.{hub_line}
 
 ## Use
 
-The tokenizer files here carry the chat template used in training; answers end with `{end_of_turn}`.
+The tokenizer files here carry the chat template used in training; answers end with `{end_of_turn}`, and
+`generation_config.json` lists it as the end-of-sequence token: stop generation there (transformers, vLLM and TGI
+read it; llama.cpp and Ollama get it in the GGUF metadata and the Modelfile's `stop` lines).
 
 ```python
 from peft import AutoPeftModelForCausalLM

@@ -68,7 +68,8 @@ def export_merged(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a merge (``lora-ft merge`` and this target)."""
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                        help="dtype of the merged weights (default: the base model's)")
+                        help="dtype of the merged weights (default float32, which answers like base + adapter; "
+                        "bfloat16 halves the size, see docs/serving.md)")
     parser.add_argument("--into", choices=["original", "dequantized"], default="original",
                         help="for QLoRA runs: merge into the original 16-bit base (default) or into the "
                         "dequantized NF4 weights the adapter was trained against (see docs/serving.md)")
