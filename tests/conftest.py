@@ -154,12 +154,18 @@ def legal_data(tmp_path) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: skip them, saying why, on machines without it (CI has none)."""
+    """Tests marked `gpu` need CUDA: skip them, saying why, on machines without it (CI has none). Tests marked
+    `engines` run the serving engines in their own environments: only in the engine tier
+    (`bash scripts/engine_check.sh`, which sets LORA_FT_ENGINES=1)."""
+    import os
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    engines = os.environ.get("LORA_FT_ENGINES") == "1"
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_engines = pytest.mark.skip(reason="engine tier: run bash scripts/engine_check.sh")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "engines" in item.keywords and not engines:
+            item.add_marker(skip_engines)

@@ -1,0 +1,70 @@
+"""llama.cpp (llama-cpp-python, in its own environment) loads both GGUF exports with the chat template stored in
+them: the f16 file answers like transformers on the merged model and stops at the end-of-turn token; the q8_0
+file stays close (the measure is printed and recorded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.engines.conftest import MAX_TOKENS, PROMPTS, engine_python, record
+
+pytestmark = pytest.mark.engines
+F16_TOKENS = 16  # the first tokens of every f16 answer must equal the float32 reference's
+Q8_MIN_MEAN_PREFIX = 4  # q8_0: mean common prefix with the reference, in tokens, at least this
+
+
+def llama_answers(gguf: Path, work: Path) -> dict:
+    prompts = work / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    script = Path(__file__).with_name("llama_answers.py")
+    result = subprocess.run([str(engine_python("llama")), str(script), str(gguf), str(prompts), str(MAX_TOKENS)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _measure(gguf: Path, references: dict, work: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent.parent / "merged")
+    run = llama_answers(gguf, work)
+    rows = []
+    for answer, reference in zip(run["answers"], references["merged"]):
+        # both texts tokenized the same way: a model may generate a word in other pieces than the tokenizer's own
+        ids, expected = (tokenizer(text, add_special_tokens=False)["input_ids"]
+                         for text in (answer["text"], reference["text"]))
+        rows.append({"prompt": reference["prompt"], "reference": reference["text"], "llama_cpp": answer["text"],
+                     "finish_reason": answer["finish_reason"], "reference_stopped": reference["stopped"],
+                     "common_prefix_tokens": _prefix(ids, expected), "reference_tokens": len(expected)})
+    return {"file": gguf.name, "llama_cpp_python": run["version"], "answers": rows,
+            "mean_common_prefix_tokens": sum(r["common_prefix_tokens"] for r in rows) / len(rows),
+            "stops_where_reference_stops": sum((r["finish_reason"] == "stop") == r["reference_stopped"]
+                                               for r in rows)}
+
+
+def test_llama_cpp_answers_the_f16_export_like_transformers(exports, references, work):
+    figures = _measure(exports["gguf"] / "model-f16.gguf", references, work)
+    record("llama-f16", figures)
+    for row in figures["answers"]:
+        assert row["common_prefix_tokens"] >= min(F16_TOKENS, row["reference_tokens"]), row
+        if row["common_prefix_tokens"] == row["reference_tokens"]:  # the same answer ends the same way
+            assert (row["finish_reason"] == "stop") == row["reference_stopped"], row
+
+
+def test_llama_cpp_answers_the_q8_0_export_closely_and_stops(exports, references, work):
+    figures = _measure(exports["gguf"] / "model-q8_0.gguf", references, work)
+    record("llama-q8_0", figures)
+    assert all(row["llama_cpp"].strip() for row in figures["answers"]), figures
+    assert figures["mean_common_prefix_tokens"] >= Q8_MIN_MEAN_PREFIX, figures
+    assert any(row["finish_reason"] == "stop" for row in figures["answers"]), figures  # it ends at end of turn

@@ -1,0 +1,59 @@
+"""The Modelfile's TEMPLATE renders a conversation as the tokenizer's chat template does, and stops at end of turn."""
+
+import re
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from lora_ft.exports.ollama import ollama_template, write_modelfile
+from tests.gotemplate import render
+
+CHATML_WITH_DEFAULT_SYSTEM = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "You answer as a contracts lawyer."},
+     {"role": "user", "content": "What is consideration?"},
+     {"role": "assistant", "content": "Something of value exchanged by each party."},
+     {"role": "user", "content": "And a warranty?"}],
+    [{"role": "user", "content": "What is consideration?"},
+     {"role": "assistant", "content": "Something of value."},
+     {"role": "user", "content": "Give an example."}],
+]
+
+
+def _ollama_render(template: str, messages: list[dict]) -> str:
+    """What Ollama passes a chat template: the system message as .System, every message in .Messages."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    return render(template, {"System": system, "Messages": [{"Role": m["role"], "Content": m["content"]}
+                                                            for m in messages]})
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["with-system", "default-system"])
+def test_the_modelfile_template_renders_the_prompt_the_chat_template_renders(tiny_llama, tmp_path, messages):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = CHATML_WITH_DEFAULT_SYSTEM
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    gguf = tmp_path / "model-q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    modelfile = write_modelfile(gguf, tmp_path, CHATML_WITH_DEFAULT_SYSTEM, ["<|im_end|>"]).read_text()
+    template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
+    assert template == ollama_template(CHATML_WITH_DEFAULT_SYSTEM)
+    assert _ollama_render(template, messages) == expected
+    assert re.findall(r"^PARAMETER stop (.*)$", modelfile, re.M) == ['"<|im_end|>"']
+
+
+def test_the_go_template_renderer_follows_go_semantics():
+    template = '{{- if .System }}S:{{ .System }}\n{{ else }}none\n{{ end }}\n{{- range .Messages }}\n' \
+               '{{- if ne .Role "system" }}[{{ .Role }}]{{ end }}\n{{- end }}!'
+    assert render(template, {"System": "x", "Messages": [{"Role": "user"}, {"Role": "system"}]}) == "S:x\n[user]!"
+    assert render(template, {"System": "", "Messages": []}) == "none\n!"
+
+
+def test_an_embedded_model_export_writes_the_same_template(tmp_path):
+    template = Path(__file__).resolve().parent.parent / "data_templates" / "chat" / "chatml.jinja"
+    assert ollama_template(template.read_text()) is not None
