@@ -75,8 +75,11 @@ Answers end with `{run.end_of_turn}`: stop generation there (the tokenizer and c
 
 ```bash
 vllm serve {base_for_serving} --enable-lora --max-lora-rank {rank} \\
-  --lora-modules {run.run_dir.name}={adapter_dir.resolve()}
+  --lora-modules {run.run_dir.name}={adapter_dir.resolve()} \\
+  --chat-template {adapter_dir.resolve()}/chat_template.jinja
 ```
+
+Answers in float32 (`--dtype float32`) match the tuned model exactly; in bfloat16 they drift after some tokens.
 
 Request the model `{run.run_dir.name}` from the OpenAI-compatible API (`/v1/chat/completions`).
 
