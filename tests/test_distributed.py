@@ -38,7 +38,8 @@ def _losses(run_dir: Path) -> list[float]:
 def test_two_gloo_processes_match_one_process_and_write_the_adapter_once(tiny_llama, legal_data, tmp_path):
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     single = tmp_path / "single"
-    assert cli.main(["train", str(config), *STEPS, "--set", f"output_dir={single}", "--set", "train.batch_size=12"]) == 0
+    assert cli.main(["train", str(config), *STEPS, "--set", f"output_dir={single}",
+                     "--set", "train.batch_size=12"]) == 0
 
     double = tmp_path / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

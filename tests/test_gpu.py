@@ -64,7 +64,8 @@ def test_qlora_runs_its_residual_stream_and_head_in_bf16_on_cuda(tiny_llama):
 
     model_cfg = ModelSection(base=str(tiny_llama), quantization="nf4", dtype="bfloat16",
                              attn_implementation="sdpa", gradient_checkpointing=False)
-    model = attach_lora(load_base_model(BaseModelSource(str(tiny_llama), "tiny"), model_cfg, "cuda"), LoraSection(r=4, alpha=8, dropout=0.0))
+    model = attach_lora(load_base_model(BaseModelSource(str(tiny_llama), "tiny"), model_cfg, "cuda"),
+                        LoraSection(r=4, alpha=8, dropout=0.0))
     ids = torch.tensor([[1, 5, 6, 7, 8, 2]], device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(input_ids=ids, output_hidden_states=True)

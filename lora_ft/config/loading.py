@@ -178,7 +178,8 @@ def _fix_for(err: dict) -> str:
     return "see docs/config.md"
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, text: str | None = None) -> LoadedConfig:
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                text: str | None = None) -> LoadedConfig:
     """Read, override and validate a config; raise :class:`UserError` listing every fault."""
     overrides = list(overrides or [])
     source = str(path) if path is not None else "<config>"

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from lora_ft import console, data, tokenization
 from lora_ft.data.statistics import (MAX_LISTED, Bucket, Duplicates, LengthStats,
-                                     Leakage, duplicate_lines, find_duplicates, find_leakage, histogram, histogram_lines,
+                                     Leakage, duplicate_lines, find_duplicates, find_leakage, histogram,
+                                     histogram_lines,
                                      stats_lines, _listed)
 from lora_ft.config import DataSection, LoadedConfig
 from lora_ft.data import DatasetReport, Sample

@@ -63,7 +63,8 @@ def open_run(path: str | Path) -> FinishedRun:
     if not manifest_file.is_file():
         unfinished = (run_dir / artifacts.CONFIG_FILE).is_file()
         raise UserError(
-            f"{run_dir} is not a finished lora-ft run: {'the run did not finish' if unfinished else 'no manifest.json'}",
+            f"{run_dir} is not a finished lora-ft run: "
+            f"{'the run did not finish' if unfinished else 'no manifest.json'}",
             fix=fix,
         )
     try:

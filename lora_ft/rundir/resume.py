@@ -115,7 +115,7 @@ def choose_start(output_dir: str, mode: str, tidy: bool = True) -> StartPoint:
     previous = yaml.safe_load((run_dir / artifacts.CONFIG_FILE).read_text(encoding="utf-8"))
     checkpoint = checkpoints.newest(run_dir / artifacts.CHECKPOINT_DIR, tidy=tidy)
     if checkpoint is None:
-        console.say(f"note: {run_dir} holds an interrupted run with no complete checkpoint: it starts again from step 0")
+        console.note(f"{run_dir} holds an interrupted run with no complete checkpoint: it starts again from step 0")
         return StartPoint(run_dir, existing=True, previous_config=previous)
     console.say(f"resuming the interrupted run in {run_dir} from {checkpoint.path.name} (step {checkpoint.step}); "
         "`--resume never` refuses instead")

@@ -9,6 +9,7 @@ from lora_ft.training.loop import (TrainOutcome, build_trainer, peak_memory, pla
                                    run_training)
 
 __all__ = ["CheckpointKeeper", "CheckpointNoSpace", "LogHistory", "LoopCallbacks", "NonFiniteGradients",
-           "NonFiniteGuard", "ProgressBar", "StopAtPlannedEnd", "StopRequest", "TrainOutcome", "TrainingAlreadyComplete",
-           "build_trainer", "loop_callbacks", "plan_line", "prepare_process", "checkpoint_interval", "fsdp_active", "keeps_best", "mixed_precision", "optimizer_steps",
-           "peak_memory", "reuse_freed_memory", "run_training", "sft_config", "trainable_dtype"]
+           "NonFiniteGuard", "ProgressBar", "StopAtPlannedEnd", "StopRequest", "TrainOutcome",
+           "TrainingAlreadyComplete", "build_trainer", "checkpoint_interval", "fsdp_active", "keeps_best",
+           "loop_callbacks", "mixed_precision", "optimizer_steps", "peak_memory", "plan_line", "prepare_process",
+           "reuse_freed_memory", "run_training", "sft_config", "trainable_dtype"]
