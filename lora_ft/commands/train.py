@@ -90,7 +90,8 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
         with failures.translated(run_dir.checkpoint_dir, trainer, cfg):
             outcome = training.run_training(trainer, callbacks, resolved.device, cfg.train.eval_before_training,
                                             eval_set is not None, prepared.train_tokens.trained_tokens,
-                                            resume_from=start.checkpoint.path if start.checkpoint else None)
+                                            resume_from=start.checkpoint.path if start.checkpoint else None,
+                                            start_adapter=cfg.model.adapter)
     finally:
         trackers.finish()
         if model.per_sample_attention:

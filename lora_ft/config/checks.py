@@ -129,6 +129,10 @@ def check_consistency(
     if cfg.train.device == "cpu":
         for key, what, fix in cpu_precision_problems(cfg.model):
             add(("model", key), what, fix)
+    if cfg.model.adapter is not None and not loaded.resolve_path(cfg.model.adapter).is_dir():
+        add(("model", "adapter"), f"model.adapter '{cfg.model.adapter}' is not a folder",
+            "give the run directory of a finished `lora-ft train` (" + _missing_path_fix(
+                loaded.resolve_path(cfg.model.adapter), cfg.model.adapter) + ")")
     template = cfg.model.chat_template
     if template not in ("auto", "tokenizer"):
         from lora_ft.templates import available_chat_templates

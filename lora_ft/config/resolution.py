@@ -103,4 +103,38 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         model.base = str(loaded.resolve_path(model.base).resolve())
     if model.chat_template.endswith(".jinja") and loaded.resolve_path(model.chat_template).is_file():
         model.chat_template = str(loaded.resolve_path(model.chat_template).resolve())
+    if model.adapter is not None:
+        start_from_adapter(cfg, loaded, notes)
     return Resolved(config=cfg, device=device, notes=notes)
+
+
+def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:
+    """``model.adapter``: check the run it names (finished, same base) and take its LoRA settings."""
+    import yaml
+
+    run_dir = loaded.resolve_path(cfg.model.adapter).resolve()
+    cfg.model.adapter = str(run_dir)
+    fix = "point model.adapter at a run directory `lora-ft train` finished (it holds adapter/ and manifest.json)"
+    missing = [name for name in ("config.yaml", "manifest.json", "adapter/adapter_config.json",
+                                 "adapter/adapter_model.safetensors") if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"model.adapter {run_dir} is not a finished lora-ft run ({', '.join(missing)} missing)",
+                        fix=fix)
+    try:
+        source = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+    except Exception as exc:  # noqa: BLE001 - a config another lora-ft version wrote, or a damaged file
+        raise UserError(f"cannot read the config of the run model.adapter names ({run_dir / 'config.yaml'}: "
+                        f"{str(exc).splitlines()[0]})", fix=fix) from None
+    if source.model.base != cfg.model.base:
+        raise UserError(f"model.adapter was trained on {source.model.base}, but this config's model.base is "
+                        f"{cfg.model.base}", fix=f"set model.base: {source.model.base}, or start a new adapter")
+    chosen = loaded.config.lora.model_fields_set
+    differ = [f"lora.{key} ({getattr(cfg.lora, key)!r} here, {getattr(source.lora, key)!r} in the adapter)"
+              for key in sorted(chosen) if getattr(cfg.lora, key) != getattr(source.lora, key)]
+    if differ:
+        raise UserError(f"the adapter model.adapter starts from has other LoRA settings: {'; '.join(differ)}",
+                        fix="remove these keys from the lora section (the adapter's are used), or start a new "
+                        "adapter")
+    cfg.lora = source.lora.model_copy(deep=True)
+    notes.append(f"starting from the adapter of {run_dir} (trained further; its LoRA settings: r {cfg.lora.r}, "
+                 f"alpha {cfg.lora.alpha:g})")

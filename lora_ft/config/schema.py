@@ -56,6 +56,13 @@ class ModelSection(_Section):
         "`meta-llama/Llama-3.2-1B-Instruct` (needs a reachable hub).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
+    adapter: str | None = Field(
+        None,
+        description="A finished lora-ft run directory whose adapter this run starts from and trains further (for "
+        "example an SFT run before preference tuning, or more SFT on new data). Its base model must be this "
+        "config's `base`; its LoRA settings are used (the `lora` section may be left out; keys set there must "
+        "agree). `null` starts a new adapter.",
+    )
     trust_remote_code: bool = Field(
         False, description="Run model code shipped with the checkpoint. Off unless you trust its author."
     )

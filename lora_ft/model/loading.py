@@ -304,7 +304,13 @@ def load_for_training(source: BaseModelSource, cfg, device: str) -> TrainableMod
 
     console.say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {device} ...")
     distributed.prepare_sharded_loading(cfg.distributed.strategy, current_world())
-    model = attach_lora(load_base_model(source, cfg.model, device), cfg.lora)
+    base = load_base_model(source, cfg.model, device)
+    if cfg.model.adapter is not None:  # a finished run's adapter, trained further (checked when resolved)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, str(Path(cfg.model.adapter) / "adapter"), is_trainable=True)
+    else:
+        model = attach_lora(base, cfg.lora)
     # exact per-sample attention for padding-free rows wherever FlashAttention-2 is not installed (CPU or GPU)
     per_sample = cfg.model.attn_implementation == "sdpa" and (cfg.train.padding_free or cfg.train.packing)
     if per_sample:

@@ -286,6 +286,9 @@ def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, dat
               "rsLoRA" if lora.use_rslora else ""]
     lora_line = (f"r={lora.r}, alpha={lora.alpha:g}, dropout={lora.dropout:g}, targets: {targets}"
                  + "".join(f", {e}" for e in extras if e))
+    start_line = (f"\nStarted from the adapter of the finished run `{cfg.model.adapter}` and trained it further."
+                  if cfg.model.adapter else "")
+    before = "the adapter it started from" if cfg.model.adapter else "base model"
     return f"""---
 library_name: peft
 base_model: {upstream or base_name}
@@ -296,13 +299,13 @@ tags: [lora, lora-ft, {'qlora, ' if cfg.model.quantization == 'nf4' else ''}sft]
 
 Trained with lora-ft from `{run_dir / CONFIG_FILE}` (the resolved config; `manifest.json` beside it records
 versions, data hashes and hardware).
-Base model: {base_name}, loaded from `{base_path}`.{hub_line}
+Base model: {base_name}, loaded from `{base_path}`.{hub_line}{start_line}
 
 ## Results
 
 | | value |
 | --- | --- |
-| eval loss, base model | {_fmt(outcome.eval_loss_before)} |
+| eval loss, {before} | {_fmt(outcome.eval_loss_before)} |
 | eval loss, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |
 | final train loss | {_fmt(outcome.train_loss)} |
 | optimizer steps | {outcome.steps} |

@@ -172,9 +172,11 @@ def finish_complete_run(trainer) -> None:
 
 
 def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bool, has_eval: bool,
-                 trained_tokens_per_epoch: int, resume_from: Path | None = None) -> TrainOutcome:
+                 trained_tokens_per_epoch: int, resume_from: Path | None = None,
+                 start_adapter: str | None = None) -> TrainOutcome:
     """Evaluate the base, train (from ``resume_from`` when given), evaluate the result; return the numbers.
 
+    ``start_adapter``: the run whose adapter training started from; "before" is then that model, not the base.
     ``callbacks`` are the ones :func:`build_trainer` gave the trainer. When their ``stop`` received a signal,
     training ends after a checkpoint and ``outcome.interrupted_by`` says which; the final evaluation is then left
     out.
@@ -188,6 +190,10 @@ def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bo
     if resume_from is not None:
         before = [r["eval_loss"] for r in history.records if r.get("step") == 0 and "eval_loss" in r]
         outcome.eval_loss_before = before[0] if before else None
+    elif has_eval and eval_before and start_adapter is not None:
+        console.say(f"evaluating the starting model (the adapter of {start_adapter}) on the eval data ...")
+        outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+        console.say(f"starting model eval loss: {outcome.eval_loss_before:.4f}")
     elif has_eval and eval_before:
         console.say("evaluating the base model (adapter off) on the eval data ...")
         with trainer.model.disable_adapter():
