@@ -83,7 +83,6 @@ def table(rows: Sequence[tuple[str, str]]) -> str:
 
 def quiet_libraries() -> None:
     """Keep the libraries' deprecation chatter and per-file progress bars out of the output."""
-    import logging
     import warnings
 
     import datasets
@@ -91,9 +90,6 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # bitsandbytes logs at import, on CPUs with AVX-512, that an optional kernel cannot be fetched from the hub
-    # (it falls back to its own)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -106,8 +106,8 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
 
     If the block fails (or is interrupted), the temporary folder is removed: nothing half-written is left. A
     process killed outright (``kill -9``) cannot clean up; its folder is removed by the next write of ``out_dir``.
-    The result gets the permissions of any folder the user creates (``mkdtemp``'s private 0700 would keep a serving
-    engine running as another user out).
+    The result, folder and files, gets the permissions the user's umask gives (``mkdtemp``'s private 0700, or
+    safetensors' 0600 files, would keep a serving engine running as another user out).
     """
     import fcntl
 
@@ -117,7 +117,6 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_staging(out_dir)
         staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-        os.chmod(staging, 0o777 & ~_umask())
         lock_fd = os.open(staging / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise UserError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}",

@@ -54,8 +54,9 @@ def load_tuned(run: FinishedRun, base: str | None = None):
 
 def stop_token_ids(tokenizer, run: FinishedRun) -> list[int]:
     """Token ids that end an answer: the template's end-of-turn token and the tokenizer's EOS."""
-    ids = [run.end_of_turn_id, tokenizer.eos_token_id]
-    return [i for i in dict.fromkeys(ids) if i is not None]
+    from lora_ft.tokenization import answer_stop_ids
+
+    return answer_stop_ids(run.end_of_turn_id, tokenizer.eos_token_id)
 
 
 def prompt_ids(tokenizer, messages: list[dict[str, str]], device: str):

@@ -240,3 +240,8 @@ def check_saved_template(directory, template: str) -> None:
     if saved != template:
         raise UserError(f"the chat template saved in {directory} differs from the one used in training",
                         fix="report this as a bug; meanwhile copy the training template into chat_template.jinja")
+
+
+def answer_stop_ids(end_of_turn_id: int | None, eos_token_id: int | None) -> list[int]:
+    """The token ids that end an answer: the template's end-of-turn token first, then the tokenizer's EOS."""
+    return [i for i in dict.fromkeys([end_of_turn_id, eos_token_id]) if i is not None]

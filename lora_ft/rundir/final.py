@@ -27,8 +27,7 @@ def write_finished_run(trainer, prepared, loaded, resolved, model, outcome, star
     cfg, chat = resolved.config, prepared.chat
     template = chat.renderer.template
     try:
-        stop_ids = [i for i in dict.fromkeys([chat.renderer.end_of_turn_token_id(), chat.tokenizer.eos_token_id])
-                    if i is not None]
+        stop_ids = tokenization.answer_stop_ids(chat.renderer.end_of_turn_token_id(), chat.tokenizer.eos_token_id)
         staged = artifacts.save_adapter(trainer, chat.tokenizer, template, run_dir, is_main, stop_ids)
         if not is_main:
             return run_dir / artifacts.ADAPTER_DIR, {}
