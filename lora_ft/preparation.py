@@ -34,8 +34,17 @@ class Prepared:
     def eval_tokens(self) -> tokenization.TokenizedSet:
         return self._tokenize(self.data.eval)
 
-    def _tokenize(self, samples) -> tokenization.TokenizedSet:
+    @property
+    def is_preference(self) -> bool:
+        return self.config.method != "sft"
+
+    def _tokenize(self, samples):
         data = self.config.data
+        if self.is_preference:
+            from lora_ft.preference_tokens import tokenize_preferences
+
+            return tokenize_preferences(samples, self.chat.renderer, data.max_seq_length, data.overlength,
+                                        self.config.method_settings.max_prompt_length)
         return tokenization.tokenize_samples(samples, self.chat.renderer, data.max_seq_length, data.train_on,
                                              data.overlength)
 
@@ -51,6 +60,8 @@ class Prepared:
         from datasets import Dataset
 
         def dataset(tokens):
+            if self.is_preference:
+                return Dataset.from_dict(tokens.columns(self.config.method))
             return Dataset.from_dict({"input_ids": tokens.input_ids, "labels": tokens.labels})
 
         return dataset(self.train_tokens), dataset(self.eval_tokens) if self.eval_tokens.input_ids else None
@@ -87,6 +98,9 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     for name, tokens in (("train", train_tokens), ("eval", eval_tokens)):
         if not tokens.input_ids and name == "eval" and not data.eval:
             continue
+        if prepared.is_preference:
+            console.say(preference_line(name, tokens, cfg))
+            continue
         dropped_long = f"{len(tokens.over_length)} dropped as longer than {max_length} tokens; " \
             if cfg.data.overlength == "drop" else ""
         console.say(f"{name}: {len(tokens.input_ids)} samples, {tokens.tokens:,} tokens, {tokens.trained_tokens:,} "
@@ -96,9 +110,10 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     for line in tokenized_stats_lines(train_tokens):
         console.say(line)
     if not train_tokens.input_ids:
-        raise UserError("no training sample has a trained token left",
+        raise UserError("no training sample has a trained token left" if not prepared.is_preference else
+                        "no training pair is left after the length limits",
                         fix="raise data.max_seq_length, or check that the samples have answers")
-    if renderer.end_of_turn_token_id() is not None:
+    if renderer.end_of_turn_token_id() is not None and not prepared.is_preference:
         template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, train_tokens,
                        renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
                        cfg.train.padding_free or cfg.train.packing)
@@ -114,3 +129,19 @@ def template_check(blocking: bool, check, *args) -> None:
             exc.fix = f"{exc.fix}; to train anyway, set data.template_checks: false" if exc.fix else exc.fix
             raise
         console.say(f"warning (data.template_checks is off): {exc.title}")
+
+
+def preference_line(name: str, tokens, cfg: RunConfig) -> str:
+    """What tokenization did to a preference set, in one line."""
+    max_length = cfg.data.max_seq_length
+    kind = "answers" if cfg.method == "kto" else "pairs"
+    dropped = [f"{len(tokens.over_length)} dropped as longer than {max_length} tokens"] \
+        if cfg.data.overlength == "drop" else []
+    dropped += [f"{len(tokens.cut_before_difference)} dropped as cut before their answers differ"] \
+        if tokens.cut_before_difference else []
+    dropped += [f"{len(tokens.prompt_fills_length)} dropped as their prompt fills {max_length} tokens"] \
+        if tokens.prompt_fills_length else []
+    cut = f"; {tokens.prompts_cut} prompts cut to their last tokens" if tokens.prompts_cut else ""
+    return (f"{name}: {len(tokens)} {kind}, {tokens.tokens:,} tokens, {tokens.trained_tokens:,} in answers; "
+            f"{tokens.truncated} truncated at {max_length} tokens (losing {tokens.truncated_trained_tokens} answer "
+            f"tokens){cut}" + ("; " + "; ".join(dropped) if dropped else ""))

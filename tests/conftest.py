@@ -116,6 +116,16 @@ def legal_rows(n: int, offset: int = 0) -> list[dict]:
     ]
 
 
+def preference_rows(n: int, offset: int = 0) -> list[dict]:
+    """Pairs whose chosen answer is the corpus's sentence and whose rejected answer is a wrong one."""
+    return [
+        {"prompt": f"What is consideration in contract {i}?",
+         "chosen": f"Consideration is something of value exchanged by each party {i}.",
+         "rejected": f"The tenant shall pay rent on the first day {i}."}
+        for i in range(offset, offset + n)
+    ]
+
+
 def write_config(path: Path, model_dir: Path, data_dir: Path, *, extra: str = "", output_dir: Path | None = None,
                  train_file: str = "train.jsonl", eval_file: str | None = "eval.jsonl") -> Path:
     eval_block = f"  eval:\n    - path: {data_dir / eval_file}\n" if eval_file else ""
@@ -150,6 +160,15 @@ def legal_data(tmp_path) -> Path:
     data_dir.mkdir()
     write_jsonl(data_dir / "train.jsonl", legal_rows(12))
     write_jsonl(data_dir / "eval.jsonl", legal_rows(4, offset=100))
+    return data_dir
+
+
+@pytest.fixture
+def preference_data(tmp_path) -> Path:
+    data_dir = tmp_path / "pairs"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", preference_rows(12))
+    write_jsonl(data_dir / "eval.jsonl", preference_rows(4, offset=100))
     return data_dir
 
 

@@ -198,6 +198,14 @@ def check_consistency(
             f"train.eval_steps ({cfg.train.eval_steps}) to keep the best adapter",
             f"set save_steps to {cfg.train.eval_steps} or remove it")
 
+    # Preference methods
+    if cfg.method != "sft" and cfg.train.packing:
+        add(("train", "packing"), f"method {cfg.method} trains on whole prompt-answer sequences; packing is for "
+            "SFT only", "remove train.packing")
+    if cfg.method == "kto" and cfg.kto.loss_type == "kto" and cfg.train.batch_size < 2:
+        add(("train", "batch_size"), "KTO estimates its KL term from mismatched answers within a batch, which "
+            "needs train.batch_size of 2 or more", "set train.batch_size: 2 or more (4 to 8 is usual)")
+
     # Tracking
     for index, name in enumerate(cfg.tracking.report_to):
         if name not in TRACKERS:

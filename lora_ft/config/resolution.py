@@ -105,6 +105,8 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         model.chat_template = str(loaded.resolve_path(model.chat_template).resolve())
     if model.adapter is not None:
         start_from_adapter(cfg, loaded, notes)
+    if cfg.method != "sft":
+        preference_defaults(cfg, loaded, notes)
     return Resolved(config=cfg, device=device, notes=notes)
 
 
@@ -138,3 +140,21 @@ def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -
     cfg.lora = source.lora.model_copy(deep=True)
     notes.append(f"starting from the adapter of {run_dir} (trained further; its LoRA settings: r {cfg.lora.r}, "
                  f"alpha {cfg.lora.alpha:g})")
+
+
+def preference_defaults(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:
+    """Preference tuning's own defaults: a lower learning rate unless one is set, and padded batches."""
+    from lora_ft.config.methods import PREFERENCE_LEARNING_RATE
+
+    if "learning_rate" not in loaded.config.train.model_fields_set:
+        cfg.train.learning_rate = PREFERENCE_LEARNING_RATE
+        notes.append(f"{cfg.method}: learning rate {PREFERENCE_LEARNING_RATE:g} (the usual rate for preference "
+                     "tuning with LoRA; set train.learning_rate to change it)")
+    settings = cfg.method_settings
+    if cfg.method == "orpo":
+        notes.append("orpo: no reference model (ORPO needs none)")
+    elif cfg.model.adapter is not None and settings.reference == "start":
+        notes.append(f"{cfg.method}: the reference is the starting adapter (a frozen copy; the base weights shared)")
+    else:
+        notes.append(f"{cfg.method}: the reference is the base model (the adapter switched off; no second copy)")
+    cfg.train.padding_free = False  # pairs are padded; TRL's preference trainers have no padding-free path

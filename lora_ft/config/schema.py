@@ -7,10 +7,13 @@ The field descriptions are the configuration reference: ``docs/config.md`` is ge
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
+
+from lora_ft.config.methods import SECTIONS, DpoSection, KtoSection, Method, OrpoSection
+from lora_ft.config.sections import Section
 
 EMBEDDED_MODEL = "embedded"
 # Marks a key that does not change what is trained (where files go, how often to log or save, checks): a resumed
@@ -24,29 +27,7 @@ TRACKERS = (
 TRACKER_PACKAGES = {"comet_ml": "comet_ml", "azure_ml": "azureml", "dagshub": "dagshub", "flyte": "flytekit"}
 
 
-def _accepts(annotation: Any, kinds: tuple[type, ...]) -> bool:
-    """Whether a field's type admits any of ``kinds`` (looking through unions, Annotated and Optional)."""
-    if annotation in kinds:
-        return True
-    return any(_accepts(arg, kinds) for arg in get_args(annotation) if not isinstance(arg, (str, int, float)))
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # YAML's true/false would otherwise pass as 1/0 (max_steps: true trained one step)
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            annotation = cls.model_fields[info.field_name].annotation
-            if _accepts(annotation, (int, float)) and not _accepts(annotation, (bool,)):
-                raise PydanticCustomError("number_not_bool", "a number is expected, not {value}",
-                                          {"value": str(value).lower()})
-        return value
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     """The base model and how it is loaded."""
 
     base: str = Field(
@@ -93,7 +74,7 @@ class ModelSection(_Section):
     )
 
 
-class LoraSection(_Section):
+class LoraSection(Section):
     """The LoRA adapter (PEFT). Only these weights train; the base model stays frozen."""
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
@@ -119,7 +100,7 @@ class LoraSection(_Section):
     )
 
 
-class DatasetSource(_Section):
+class DatasetSource(Section):
     """One dataset: a file, a directory of files, or a dataset hub name."""
 
     path: str = Field(
@@ -155,7 +136,7 @@ class DatasetSource(_Section):
     max_samples: int | None = Field(None, ge=1, description="Use at most this many rows of this dataset.")
 
 
-class DataSection(_Section):
+class DataSection(Section):
     """Training and evaluation data, and how samples become tokens."""
 
     train: list[DatasetSource] = Field(..., min_length=1, description="Training datasets; several are mixed.")
@@ -196,7 +177,7 @@ class DataSection(_Section):
     )
 
 
-class TrainSection(_Section):
+class TrainSection(Section):
     """The optimisation loop (TRL SFTTrainer)."""
 
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="`auto` uses a CUDA GPU when present.")
@@ -272,7 +253,7 @@ class TrainSection(_Section):
     max_skipped_steps: int = Field(10, ge=0, description="With `nonfinite: skip`, stop after this many skipped steps.")
 
 
-class TrackingSection(_Section):
+class TrackingSection(Section):
     """Experiment tracking. Secrets (WANDB_API_KEY, HF_TOKEN) come from the environment, never from this file."""
 
     report_to: list[str] = Field(
@@ -294,7 +275,7 @@ class TrackingSection(_Section):
     )
 
 
-class DistributedSection(_Section):
+class DistributedSection(Section):
     """Several GPUs or machines: `lora-ft train CONFIG --nproc N`, or the command under torchrun / accelerate launch."""
 
     strategy: Literal["ddp", "fsdp"] = Field(
@@ -305,12 +286,18 @@ class DistributedSection(_Section):
     )
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """A whole fine-tuning run."""
 
     output_dir: str | None = Field(
         None, json_schema_extra=RESUME_MAY_CHANGE,
         description="Run directory; relative to the current directory. `null` is `runs/<config file name>`.",
+    )
+    method: Method = Field(
+        "sft", description="`sft`: learn to write the answers (supervised fine-tuning). Preference tuning, usually "
+        "after SFT (`model.adapter`): `dpo` (pairs of a chosen and a rejected answer), `orpo` (pairs; SFT and "
+        "preference in one stage, no reference model), `kto` (single answers labelled desirable or not). Each "
+        "has its own section of settings (`dpo:`, `orpo:`, `kto:`), allowed under that method only.",
     )
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The LoRA adapter.")
@@ -321,8 +308,27 @@ class RunConfig(_Section):
         description="Experiment tracking.")
     distributed: DistributedSection = Field(default_factory=DistributedSection,
                                             description="Training on several processes.")
+    dpo: DpoSection | None = Field(None, description="DPO settings (`method: dpo`); defaults when left out.")
+    orpo: OrpoSection | None = Field(None, description="ORPO settings (`method: orpo`); defaults when left out.")
+    kto: KtoSection | None = Field(None, description="KTO settings (`method: kto`); defaults when left out.")
 
+    @field_validator("dpo", "orpo", "kto")
+    @classmethod
+    def _section_of_the_method(cls, value: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method", "sft")
+        if info.field_name == method:
+            return value if value is not None else SECTIONS[method]()
+        if value is not None:
+            raise PydanticCustomError(
+                "section_of_another_method", "{name} settings apply to method: {name}, and this run's method is "
+                "{method}; set method: {name}, or remove the {name} section", {"name": info.field_name,
+                                                                              "method": method})
+        return value
 
+    @property
+    def method_settings(self) -> DpoSection | OrpoSection | KtoSection | None:
+        """The settings section of this run's method (None for SFT)."""
+        return getattr(self, self.method, None) if self.method != "sft" else None
 
 
 def keys_a_resume_may_change() -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
-from lora_ft.data.formats import detect_format, format_names, normalize_row
+from lora_ft.data.formats import METHOD_KINDS, detect_format, format_names, normalize_row, registry
 from lora_ft.data.samples import RowFault, Sample
 from lora_ft.files import file_sha256
 
@@ -190,7 +190,8 @@ def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
 
 def _check_encodable(sample: Sample) -> None:
     """JSON can spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can encode."""
-    texts = [sample.text] if sample.text is not None else [m["content"] for m in sample.messages or []]
+    turns = [*(sample.messages or []), *(sample.chosen or []), *(sample.rejected or [])]
+    texts = [sample.text] if sample.text is not None else [m["content"] for m in turns]
     for text in texts:
         try:
             text.encode("utf-8")
@@ -246,20 +247,27 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
                                 fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)") from exc
 
     samples: list[Sample] = []
+    method = loaded.config.method
+    kinds = METHOD_KINDS[method]
     fmt = None if source.format == "auto" else source.format
+    if fmt is not None:
+        check_format_kind(fmt, method, source.path, None)
     for location, raw in rows():
         row = _rename(raw, source.columns)
         if fmt is None:
             if not isinstance(row, dict):
                 report.drop("row is not an object", location)
                 continue
-            fmt = detect_format(row)
+            fmt = detect_format(row, kinds)
+            check_format_kind(detect_format(row), method, source.path, location, fmt)
             if fmt is None:
+                example = ("for example columns: {prompt: question, chosen: good, rejected: bad}" if method != "sft"
+                           else "for example columns: {instruction: question, output: answer}")
                 raise UserError(
-                    f"cannot tell the data format of {source.path} from its columns {sorted(row)}",
+                    f"cannot tell the data format of {source.path} from its columns {sorted(row)} (method "
+                    f"{method} reads {', '.join(format_names(kinds))})",
                     where=location,
-                    fix=f"set format ({', '.join(format_names())}) and map columns, "
-                    "for example columns: {instruction: question, output: answer}",
+                    fix=f"set format ({', '.join(format_names(kinds))}) and map columns, {example} (docs/data.md)",
                 )
         try:
             sample = normalize_row(row, fmt)
@@ -270,12 +278,34 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
         sample.location = location
         if system_prompt and sample.messages is not None and sample.messages[0]["role"] != "system":
             sample.messages.insert(0, {"role": "system", "content": system_prompt})
-        samples.append(sample)
+        if method == "kto" and sample.chosen is not None and sample.rejected is not None:
+            samples += [Sample(location, messages=sample.messages, chosen=sample.chosen),
+                        Sample(location, messages=list(sample.messages), rejected=sample.rejected)]
+        else:
+            samples.append(sample)
         if source.max_samples and len(samples) >= source.max_samples:
             break
     report.format = fmt or source.format
     report.kept = len(samples)
     return samples, report
+
+
+def check_format_kind(fmt: str | None, method: str, path: str, location: str | None,
+                      detected_for_method: str | None = None) -> None:
+    """Refuse data of the wrong kind for the method: pairs under SFT would train on the rejected answers too, and
+    SFT examples have nothing to prefer."""
+    if fmt is None or fmt == detected_for_method:
+        return
+    kind = registry()[fmt].kind
+    if kind in METHOD_KINDS[method]:
+        return
+    wanted = ", ".join(format_names(METHOD_KINDS[method]))
+    what = {"sft": "SFT examples", "pairs": "preference pairs", "unpaired": "labelled answers (KTO)"}[kind]
+    methods = [m for m, kinds in METHOD_KINDS.items() if kind in kinds]
+    raise UserError(f"{path} holds {what} (format {fmt}), but this run's method is {method}, which reads "
+                    f"{wanted}", where=location or path,
+                    fix=f"set method: {' or '.join(methods)} for this data, or point the method at data of its kind "
+                    "(docs/data.md)")
 
 
 @dataclass

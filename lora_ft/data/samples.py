@@ -22,11 +22,21 @@ class RowFault(Exception):
 
 @dataclass
 class Sample:
-    """One training example: a conversation or raw text, and where it came from."""
+    """One training example, and where it came from.
+
+    SFT: a conversation (``messages``) or raw ``text``. Preference data: ``messages`` is the prompt (it ends with
+    a user turn) and ``chosen``/``rejected`` the answers' turns; an unpaired (KTO) row has only one of the two.
+    """
 
     location: str
     messages: list[dict[str, str]] | None = None
     text: str | None = None
+    chosen: list[dict[str, str]] | None = None
+    rejected: list[dict[str, str]] | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        return self.chosen is not None or self.rejected is not None
 
 
 def content_text(value: Any) -> str:

@@ -90,8 +90,9 @@ def _key(sample: Sample) -> str:
     def norm(text: str) -> str:
         return " ".join(unicodedata.normalize("NFKC", text).split())
 
-    if sample.messages is not None:
-        content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}" for m in sample.messages)
+    if sample.messages is not None:  # a preference sample: its prompt and both answers
+        turns = [*sample.messages, *(sample.chosen or []), {"role": "/", "content": ""}, *(sample.rejected or [])]
+        content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}" for m in turns)
     else:
         content = "text\x1f" + norm(sample.text or "")
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()

@@ -1,4 +1,5 @@
-"""The trainer's arguments from the resolved config: steps, checkpoint interval, precision, TRL's SFTConfig."""
+"""The trainer's arguments from the resolved config: steps, checkpoint interval, precision, TRL's SFTConfig (the
+preference methods' configs are in :mod:`lora_ft.training.preference`)."""
 
 from __future__ import annotations
 
@@ -71,15 +72,13 @@ def optimizer_steps(cfg: RunConfig, train_samples: int, processes: int = 1) -> i
     return max(1, math.ceil(cfg.train.epochs * math.ceil(batches / cfg.train.gradient_accumulation_steps)))
 
 
-def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str],
-               save_steps: int | None = None):
-    """TRL's SFTConfig for the resolved run config; ``save_steps`` from :func:`checkpoint_interval`."""
-    from trl import SFTConfig
-
+def common_arguments(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str],
+                     save_steps: int | None = None) -> dict:
+    """The trainer arguments every method shares (TRL's configs are all TrainingArguments)."""
     train = cfg.train
     periodic_eval = has_eval and train.eval_steps is not None
     keep_best = keeps_best(cfg, has_eval)
-    return SFTConfig(
+    return dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
@@ -109,22 +108,33 @@ def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: 
         use_cpu=cfg.train.device == "cpu",
         # under FSDP its own activation checkpointing does this (distributed.trainer_settings)
         gradient_checkpointing=bool(cfg.model.gradient_checkpointing) and not fsdp_active(cfg),
-        use_liger_kernel=cfg.train.fused_kernels is True,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
         run_name=cfg.tracking.run_name,
-        # Samples arrive tokenized and truncated to data.max_seq_length; TRL needs max_length only to pack.
-        max_length=cfg.data.max_seq_length if train.packing or not train.padding_free else None,
-        packing=train.packing,
-        padding_free=train.padding_free,
         dataloader_num_workers=0,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
-        dataset_num_proc=None,
         push_to_hub=False,
         hub_token=None,
         **distributed.trainer_settings(cfg.distributed.strategy, cfg.train.device, distributed.current_world(),
                                        bool(cfg.model.gradient_checkpointing)),
+    )
+
+
+def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str],
+               save_steps: int | None = None):
+    """TRL's SFTConfig for the resolved run config; ``save_steps`` from :func:`checkpoint_interval`."""
+    from trl import SFTConfig
+
+    train = cfg.train
+    return SFTConfig(
+        **common_arguments(cfg, checkpoint_dir, has_eval, report_to, save_steps),
+        use_liger_kernel=cfg.train.fused_kernels is True,
+        # Samples arrive tokenized and truncated to data.max_seq_length; TRL needs max_length only to pack.
+        max_length=cfg.data.max_seq_length if train.packing or not train.padding_free else None,
+        packing=train.packing,
+        padding_free=train.padding_free,
+        dataset_num_proc=None,
     )
 
 

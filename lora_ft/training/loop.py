@@ -14,7 +14,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lora_ft import console, distributed
 from lora_ft.config import RunConfig
-from lora_ft.training.arguments import checkpoint_interval, optimizer_steps, sft_config, trainable_dtype
+from lora_ft.training.arguments import (checkpoint_interval, common_arguments, optimizer_steps, sft_config,
+                                        trainable_dtype)
+from lora_ft.training.preference import build_preference_trainer, preference_arguments
 from lora_ft.training.callbacks import LoopCallbacks, StopAtPlannedEnd, TrainingAlreadyComplete
 
 @dataclass
@@ -139,20 +141,20 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     has_eval = eval_dataset is not None
     processes = distributed.current_world().size
     save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset), processes), has_eval)
-    args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
+    if cfg.method == "sft":
+        args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
+    else:
+        args = preference_arguments(cfg, common_arguments(cfg, checkpoint_dir, has_eval, report_to, save_steps))
     callbacks = [StopAtPlannedEnd(), *extra_callbacks]
     if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
                                                early_stopping_threshold=cfg.train.early_stopping_threshold))
-    trainer_class = selective_loss_trainer() if cfg.train.device == "cpu" else SFTTrainer
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    if cfg.method == "sft":
+        trainer_class = selective_loss_trainer() if cfg.train.device == "cpu" else SFTTrainer
+        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                processing_class=tokenizer, callbacks=callbacks)
+    else:
+        trainer = build_preference_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, args, callbacks)
     keep = trainable_dtype(cfg)
     if keep is not None:
         for param in trainer.model.parameters():

@@ -23,6 +23,7 @@ class DataFormat:
     detects: Callable[[dict], bool]  # whether a row (columns renamed) is in this format
     to_sample: Callable[[dict], Sample]  # the row as a Sample; raises RowFault for an unusable row
     order: int = 50  # detection order: lower is tried first (a more specific format before a looser one)
+    kind: str = "sft"  # what the rows are: "sft" (examples), "pairs" (chosen and rejected), "unpaired" (labelled)
 
 
 @cache
@@ -37,13 +38,18 @@ def register(fmt: DataFormat) -> None:
     registry()[fmt.name] = fmt
 
 
-def format_names() -> list[str]:
-    return list(registry())
+# The kinds of rows each training method reads (KTO takes pairs as one desirable and one undesirable answer).
+METHOD_KINDS = {"sft": ("sft",), "dpo": ("pairs",), "orpo": ("pairs",), "kto": ("unpaired", "pairs")}
 
 
-def detect_format(row: dict) -> str | None:
-    """The first format, in detection order, that recognises this row; None when none does."""
-    return next((fmt.name for fmt in registry().values() if fmt.detects(row)), None)
+def format_names(kinds: tuple[str, ...] | None = None) -> list[str]:
+    return [name for name, fmt in registry().items() if kinds is None or fmt.kind in kinds]
+
+
+def detect_format(row: dict, kinds: tuple[str, ...] | None = None) -> str | None:
+    """The first format of these kinds, in detection order, that recognises this row; None when none does."""
+    return next((fmt.name for fmt in registry().values() if (kinds is None or fmt.kind in kinds)
+                 and fmt.detects(row)), None)
 
 
 def normalize_row(row: Any, fmt: str) -> Sample:

@@ -1,0 +1,23 @@
+"""Single answers labelled desirable or not (KTO): ``{"prompt": "...", "completion": "...", "label": true}``;
+prompt and completion text or chat messages, the label true/false (also 1/0 or "true"/"false" in CSV)."""
+
+from lora_ft.data.formats import DataFormat
+from lora_ft.data.formats._preference import answer_turns, checked_answers, label_value, prompt_turns
+from lora_ft.data.samples import Sample
+
+COLUMNS = ("prompt", "completion", "label")
+
+
+def detects(row: dict) -> bool:
+    return all(column in row for column in COLUMNS)
+
+
+def to_sample(row: dict) -> Sample:
+    prompt = prompt_turns(row.get("prompt"))
+    completion = answer_turns(row.get("completion"), "completion")
+    desirable = label_value(row.get("label"))
+    side = {"chosen": completion} if desirable else {"rejected": completion}
+    return Sample("", messages=checked_answers(prompt, **side), **side)
+
+
+FORMAT = DataFormat("unpaired_preference", COLUMNS, detects, to_sample, order=35, kind="unpaired")

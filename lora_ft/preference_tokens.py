@@ -1,0 +1,150 @@
+"""Preference samples to tokens: the prompt, and each answer through its end-of-turn token.
+
+A pair is rendered with the run's chat template exactly as an SFT conversation is (:mod:`lora_ft.tokenization`):
+the prompt is everything up to the assistant's generation prompt, an answer runs from there through its
+end-of-turn token (the token that makes generation stop), so the policy is scored on the text it would write.
+Tokenizing here, not in TRL, means one tokenization for training, ``lora-ft data``, ``plan`` and the resume check.
+
+Lengths: ``max_prompt_length`` keeps a long prompt's last tokens; a pair longer than ``data.max_seq_length`` is
+truncated (the answers' ends cut), dropped or refused, as ``data.overlength`` says. A pair whose two answers are
+cut before they differ carries no preference and is dropped, and named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from lora_ft.data import Sample
+from lora_ft.tokenization import IGNORE, ChatRenderer, Overlength, encode_conversation, overlength_error
+
+
+@dataclass
+class PreferenceTokens:
+    """Tokenized preference samples. A pair has both answers; an unpaired (KTO) row has one, the other None."""
+
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    chosen_ids: list[list[int] | None] = field(default_factory=list)
+    rejected_ids: list[list[int] | None] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    truncated: int = 0  # pairs whose answers were cut at max_length
+    truncated_trained_tokens: int = 0
+    prompts_cut: int = 0  # prompts cut to max_prompt_length
+    over_length: list[str] = field(default_factory=list)
+    cut_before_difference: list[str] = field(default_factory=list)  # dropped: both answers cut before they differ
+    prompt_fills_length: list[str] = field(default_factory=list)  # dropped: the prompt alone fills max_length
+    dropped_no_label: list[str] = field(default_factory=list)  # kept for the interface of TokenizedSet
+
+    def sequences(self) -> Iterable[tuple[list[int], list[int]]]:
+        """Every answer with its prompt as ``(input_ids, labels)``, the prompt unlabelled: what the model reads."""
+        for prompt, *answers in zip(self.prompt_ids, self.chosen_ids, self.rejected_ids):
+            for answer in answers:
+                if answer is not None:
+                    yield prompt + answer, [IGNORE] * len(prompt) + answer
+
+    @property
+    def input_ids(self) -> list[list[int]]:
+        return [ids for ids, _ in self.sequences()]
+
+    @property
+    def labels(self) -> list[list[int]]:
+        return [labels for _, labels in self.sequences()]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.sequences())
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(len(a) for side in (self.chosen_ids, self.rejected_ids) for a in side if a is not None)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def columns(self, method: str) -> dict[str, list]:
+        """The tokens as the method's TRL trainer reads them."""
+        if method == "kto":
+            return {"prompt_ids": self.prompt_ids,
+                    "completion_ids": [c if c is not None else r for c, r in zip(self.chosen_ids, self.rejected_ids)],
+                    "label": [c is not None for c in self.chosen_ids]}
+        if method == "orpo":
+            out: dict[str, list] = {"prompt_input_ids": self.prompt_ids,
+                                    "prompt_attention_mask": [[1] * len(p) for p in self.prompt_ids]}
+            for side, answers in (("chosen", self.chosen_ids), ("rejected", self.rejected_ids)):
+                out[f"{side}_input_ids"] = [p + a for p, a in zip(self.prompt_ids, answers)]
+                out[f"{side}_attention_mask"] = [[1] * (len(p) + len(a)) for p, a in zip(self.prompt_ids, answers)]
+                out[f"{side}_labels"] = [[IGNORE] * len(p) + a for p, a in zip(self.prompt_ids, answers)]
+            return out
+        return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_answer(prompt: list[dict[str, str]], answer: list[dict[str, str]],
+                  renderer: ChatRenderer) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, answer_ids)``: the answer from the assistant's generation prompt through its end-of-turn."""
+    _, ids, labels, offsets = encode_conversation(prompt + answer, renderer, "answers")
+    before = len(renderer.render(prompt, add_generation_prompt=True))
+    start = sum(1 for begin, _ in offsets if begin < before)
+    last = max(i for i, label in enumerate(labels) if label != IGNORE)
+    return ids[:start], ids[start:last + 1]
+
+
+def encode_preference(sample: Sample, renderer: ChatRenderer):
+    """A sample's ``(prompt_ids, chosen_ids or None, rejected_ids or None)``, untruncated."""
+    sides = [None if turns is None else encode_answer(sample.messages, turns, renderer)
+             for turns in (sample.chosen, sample.rejected)]
+    prompts = [side[0] for side in sides if side is not None]
+    keep = common_prefix(prompts[0], prompts[-1])  # the same unless tokens merged across the prompt's end
+    answers = [None if side is None else side[0][keep:] + side[1] for side in sides]
+    return prompts[0][:keep], answers[0], answers[1]
+
+
+def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, list[int] | None]], max_length: int,
+                    overlength: Overlength = "truncate", max_prompt_length: int | None = None) -> PreferenceTokens:
+    """Apply the prompt limit and the over-length policy to ``(location, prompt, chosen, rejected)``."""
+    out = PreferenceTokens()
+    longest = 0
+    for location, prompt, chosen, rejected in encoded:
+        if max_prompt_length is not None and len(prompt) > max_prompt_length:
+            prompt = prompt[-max_prompt_length:]
+            out.prompts_cut += 1
+        answers = [a for a in (chosen, rejected) if a is not None]
+        length = len(prompt) + max(len(a) for a in answers)
+        if length > max_length:
+            out.over_length.append(location)
+            longest = max(longest, length)
+            if overlength == "drop":
+                continue
+            room = max_length - len(prompt)
+            if room <= 0:
+                out.prompt_fills_length.append(location)
+                continue
+            if chosen is not None and rejected is not None and chosen[:room] == rejected[:room]:
+                out.cut_before_difference.append(location)
+                continue
+            out.truncated += 1
+            out.truncated_trained_tokens += sum(max(0, len(a) - room) for a in answers)
+            chosen = chosen[:room] if chosen is not None else None
+            rejected = rejected[:room] if rejected is not None else None
+        out.prompt_ids.append(prompt)
+        out.chosen_ids.append(chosen)
+        out.rejected_ids.append(rejected)
+        out.locations.append(location)
+    if overlength == "error" and out.over_length:
+        raise overlength_error(out.over_length, max_length, longest)
+    return out
+
+
+def tokenize_preferences(samples: list[Sample], renderer: ChatRenderer, max_length: int,
+                         overlength: Overlength = "truncate",
+                         max_prompt_length: int | None = None) -> PreferenceTokens:
+    encoded = ((s.location, *encode_preference(s, renderer)) for s in samples)
+    return fit_preferences(encoded, max_length, overlength, max_prompt_length)
