@@ -26,6 +26,8 @@ class EvalReport:
     base_loss: float
     tuned_loss: float
     answers: list[dict] = field(default_factory=list)
+    preference: dict | None = None  # preference runs: how base and tuned rank the held-out pairs
+    before: str = "base"  # what the tuned model is compared with
 
     @property
     def base_perplexity(self) -> float:
@@ -36,11 +38,18 @@ class EvalReport:
         return math.exp(self.tuned_loss)
 
     def table(self) -> str:
-        rows = [("model", "eval loss", "perplexity"),
-                ("base", f"{self.base_loss:.4f}", f"{self.base_perplexity:.2f}"),
+        loss = "eval loss" if self.preference is None else "chosen-answer loss"
+        rows = [("model", loss, "perplexity"),
+                (self.before, f"{self.base_loss:.4f}", f"{self.base_perplexity:.2f}"),
                 ("tuned", f"{self.tuned_loss:.4f}", f"{self.tuned_perplexity:.2f}"),
                 ("change", f"{self.tuned_loss - self.base_loss:+.4f}",
                  f"{100 * (self.tuned_perplexity / self.base_perplexity - 1):+.1f}%")]
+        if self.preference is not None:
+            p = self.preference
+            rows += [("", "", ""), ("pairs", "prefers chosen", "reward acc. / margin"),
+                     (self.before, f"{p['prefers_chosen_start']:.1%}", "-"),
+                     ("tuned", f"{p['prefers_chosen_tuned']:.1%}",
+                      f"{p['reward_accuracy']:.1%} / {p['reward_margin']:+.3f}")]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -50,8 +59,17 @@ class EvalReport:
         parts = [f"# Evaluation of {self.run_dir}", "",
                  f"Data: {self.data} ({self.samples} samples, {self.trained_tokens:,} answer tokens scored).", "",
                  "| model | eval loss | perplexity |", "| --- | --- | --- |",
-                 f"| base | {self.base_loss:.4f} | {self.base_perplexity:.2f} |",
+                 f"| {self.before} | {self.base_loss:.4f} | {self.base_perplexity:.2f} |",
                  f"| tuned | {self.tuned_loss:.4f} | {self.tuned_perplexity:.2f} |", ""]
+        if self.preference is not None:
+            p = self.preference
+            parts += [f"Held-out pairs ({p['pairs']}): the share whose chosen answer the model finds more likely "
+                      "per token, and DPO's implicit reward of the tuned model against the starting one "
+                      f"(beta {p['beta']:g}).", "",
+                      "| model | prefers chosen | reward accuracy | reward margin |", "| --- | --- | --- | --- |",
+                      f"| {self.before} | {p['prefers_chosen_start']:.1%} | | |",
+                      f"| tuned | {p['prefers_chosen_tuned']:.1%} | {p['reward_accuracy']:.1%} | "
+                      f"{p['reward_margin']:+.3f} |", ""]
         for index, item in enumerate(self.answers, start=1):
             parts += [f"## Sample {index}", "", f"**Prompt:** {item['prompt']}", "",
                       f"**Reference:** {item['reference']}", "", f"**Base:** {item['base']}", "",
@@ -140,29 +158,42 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
 
     out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
     check_report_free(out_dir)  # before the slow part
+    from lora_ft import preference_eval
+
     prepared, source = prepared_eval(run, data_file)
     samples, tokenizer, tokens = prepared.data.eval, prepared.chat.tokenizer, prepared.eval_tokens
-    if not tokens.input_ids:
+    input_ids, labels = tokens.input_ids, tokens.labels
+    if prepared.is_preference:  # the loss of the chosen answers: are the preferred answers still likely?
+        kept = [(p + c, [IGNORE] * len(p) + c) for p, c in zip(tokens.prompt_ids, tokens.chosen_ids) if c]
+        input_ids, labels = [k[0] for k in kept], [k[1] for k in kept]
+    if not input_ids:
         raise UserError("no eval sample has an answer to score", fix="check the eval data")
-    console.say(f"evaluating on {source}: {len(tokens.input_ids)} samples, {tokens.trained_tokens:,} answer tokens")
+    scored = sum(1 for row in labels for t in row if t != IGNORE)
+    console.say(f"evaluating on {source}: {len(input_ids)} samples, {scored:,} answer tokens")
     model = inference.load_tuned(run, base)
     started = time.time()
-    with model.disable_adapter():
-        base_loss = eval_loss(model, tokens.input_ids, tokens.labels)
-    tuned_loss = eval_loss(model, tokens.input_ids, tokens.labels)
+    preference = None
+    with preference_eval.starting_model(model, run) as before:
+        base_loss = eval_loss(model, input_ids, labels)
+        start_scores = preference_eval.pair_scores(model, tokens) if prepared.is_preference else None
+    tuned_loss = eval_loss(model, input_ids, labels)
+    if start_scores is not None and start_scores.chosen:
+        beta = getattr(run.config.method_settings, "beta", 0.1)
+        preference = preference_eval.reward_summary(start_scores, preference_eval.pair_scores(model, tokens), beta)
     console.say(f"losses computed in {time.time() - started:.0f} s; generating {samples_to_show} answers ...")
     answers = []
     for sample in [s for s in samples if s.messages][:samples_to_show]:
-        prompt = sample.messages[:-1]
-        with model.disable_adapter():
+        prompt = sample.messages if sample.is_preference else sample.messages[:-1]
+        reference = (sample.chosen or sample.rejected if sample.is_preference else sample.messages)[-1]["content"]
+        with preference_eval.starting_model(model, run):
             base_answer, _ = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
         tuned_answer, stopped = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
         answers.append({"location": sample.location, "prompt": prompt[-1]["content"],
-                        "reference": sample.messages[-1]["content"], "base": base_answer, "tuned": tuned_answer,
+                        "reference": reference, "base": base_answer, "tuned": tuned_answer,
                         "tuned_stopped_at_end_of_turn": stopped})
-    report = EvalReport(run_dir=str(run.run_dir), data=source, samples=len(tokens.input_ids),
-                        trained_tokens=tokens.trained_tokens, base_loss=base_loss, tuned_loss=tuned_loss,
-                        answers=answers)
+    report = EvalReport(run_dir=str(run.run_dir), data=source, samples=len(input_ids), trained_tokens=scored,
+                        base_loss=base_loss, tuned_loss=tuned_loss, answers=answers, preference=preference,
+                        before="base" if run.config.model.adapter is None else "start")
     out_dir.mkdir(parents=True, exist_ok=True)
     check_report_free(out_dir)  # still free: nothing is written over
     payload = {**asdict(report), "base_perplexity": report.base_perplexity,

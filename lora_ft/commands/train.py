@@ -91,13 +91,14 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
             outcome = training.run_training(trainer, callbacks, resolved.device, cfg.train.eval_before_training,
                                             eval_set is not None, prepared.train_tokens.trained_tokens,
                                             resume_from=start.checkpoint.path if start.checkpoint else None,
-                                            start_adapter=cfg.model.adapter)
+                                            start_adapter=cfg.model.adapter, method=cfg.method)
     finally:
         trackers.finish()
         if model.per_sample_attention:
             model_lib.use_per_sample_attention(model.model, False)  # the returned model attends as the library does
     if outcome.interrupted_by is not None:
         raise failures.interrupted(outcome, loaded, run_dir.path)
+    training.drop_reference(trainer.model)  # the adapter saved is the trained one alone
 
     adapter_dir, manifest = final.write_finished_run(trainer, prepared, loaded, resolved, model, outcome, start,
                                                      trackers, started, run_dir.path, world.is_main)

@@ -244,6 +244,11 @@ def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_or
             "train_loss": outcome.train_loss,
             "eval_loss_before": outcome.eval_loss_before,
             "eval_loss_after": outcome.eval_loss_after,
+            "method": outcome.method,
+            "reward_accuracy_before": outcome.rewards_before.get("accuracy"),
+            "reward_accuracy_after": outcome.rewards_after.get("accuracy"),
+            "reward_margin_before": outcome.rewards_before.get("margin"),
+            "reward_margin_after": outcome.rewards_after.get("margin"),
             "tokens_seen": outcome.tokens_seen,
             "tokens_per_second": round(outcome.tokens_per_second, 2),
             "trained_tokens_per_epoch": outcome.trained_tokens_per_epoch,
@@ -289,10 +294,25 @@ def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, dat
     start_line = (f"\nStarted from the adapter of the finished run `{cfg.model.adapter}` and trained it further."
                   if cfg.model.adapter else "")
     before = "the adapter it started from" if cfg.model.adapter else "base model"
+    loss = "eval loss" if cfg.method == "sft" else f"eval {cfg.method} loss"
+    method_line = {
+        "sft": "supervised fine-tuning (SFT) on instruction data",
+        "dpo": "Direct Preference Optimization (DPO) on preference pairs (a chosen and a rejected answer per prompt)",
+        "orpo": "ORPO (SFT on the chosen answers with an odds-ratio penalty on the rejected ones) on preference pairs",
+        "kto": "Kahneman-Tversky Optimization (KTO) on answers labelled desirable or undesirable",
+    }[cfg.method]
+    settings = cfg.method_settings
+    if settings is not None:
+        method_line += " (" + ", ".join(f"{k} {v}" for k, v in settings.model_dump().items() if v is not None) + ")"
+    reward_rows = "".join(
+        f"| {name}, {before} / with this adapter | {_fmt(outcome.rewards_before.get(key))} / "
+        f"{_fmt(outcome.rewards_after.get(key))} |\n"
+        for key, name in (("accuracy", "eval reward accuracy"), ("margin", "eval reward margin"))
+        if key in outcome.rewards_after)
     return f"""---
 library_name: peft
 base_model: {upstream or base_name}
-tags: [lora, lora-ft, {'qlora, ' if cfg.model.quantization == 'nf4' else ''}sft]
+tags: [lora, lora-ft, {'qlora, ' if cfg.model.quantization == 'nf4' else ''}{cfg.method}]
 ---
 
 # LoRA adapter for {base_name}
@@ -305,22 +325,24 @@ Base model: {base_name}, loaded from `{base_path}`.{hub_line}{start_line}
 
 | | value |
 | --- | --- |
-| eval loss, {before} | {_fmt(outcome.eval_loss_before)} |
-| eval loss, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |
-| final train loss | {_fmt(outcome.train_loss)} |
+| {loss}, {before} | {_fmt(outcome.eval_loss_before)} |
+| {loss}, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |
+{reward_rows}| final train loss | {_fmt(outcome.train_loss)} |
 | optimizer steps | {outcome.steps} |
 | tokens seen | {outcome.tokens_seen:,} |
 | training time | {outcome.seconds / 60:.1f} min on {cfg.train.device} |
 
 ## Training
 
+- Method: {method_line}.
 - LoRA: {lora_line}; {trainable:,} trainable of {total:,} parameters
   ({100 * trainable / max(total, 1):.2f}%).
 - Quantization during training: {cfg.model.quantization}; compute dtype {cfg.model.dtype}.
 - Learning rate {cfg.train.learning_rate:g} ({cfg.train.lr_scheduler}, warmup {cfg.train.warmup_ratio:g}), batch
   {cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation, max length {cfg.data.max_seq_length},
   seed {cfg.train.seed}.
-- Loss on: {'assistant answers and their end-of-turn token' if cfg.data.train_on == 'answers' else 'all tokens'}.
+- Loss on: {'assistant answers and their end-of-turn token' if cfg.data.train_on == 'answers' or
+              cfg.method != 'sft' else 'all tokens'}.
 
 | dataset | format | rows used | rows dropped | sha256 |
 | --- | --- | --- | --- | --- |

@@ -38,6 +38,9 @@ class TrainOutcome:
     tokens_this_session: int = 0
     interrupted_by: int | None = None  # the signal that stopped training early, if one did
     checkpoint: Path | None = None  # the newest checkpoint this session committed
+    method: str = "sft"
+    rewards_before: dict = field(default_factory=dict)  # preference methods: reward accuracy and margin on eval
+    rewards_after: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -51,12 +54,19 @@ class TrainOutcome:
         change = ""
         if self.eval_loss_before is not None and self.eval_loss_after is not None:
             change = f"  ({self.eval_loss_after - self.eval_loss_before:+.4f})"
+        loss = "loss" if self.method == "sft" else f"{self.method} loss"
+        rewards = []
+        for key, name in (("accuracy", "reward accuracy"), ("margin", "reward margin")):
+            if key in self.rewards_before or key in self.rewards_after:
+                rewards.append((f"{name} before / after", f"{fmt(self.rewards_before.get(key))} / "
+                                                           f"{fmt(self.rewards_after.get(key))}"))
         return console.table([
             ("steps", f"{self.steps}" + ("  (stopped early)" if self.stopped_early else "")),
             ("time", f"{self.seconds:.0f} s  ({self.tokens_per_second:.0f} non-pad tokens/s)"),
-            ("train loss", fmt(self.train_loss)),
-            ("eval loss before", fmt(self.eval_loss_before)),
-            ("eval loss after", fmt(self.eval_loss_after) + change),
+            (f"train {loss}", fmt(self.train_loss)),
+            (f"eval {loss} before", fmt(self.eval_loss_before)),
+            (f"eval {loss} after", fmt(self.eval_loss_after) + change),
+            *rewards,
             ("tokens seen", f"{self.tokens_seen:,}"),
             ("peak memory", self.peak_memory),
             ("adapter", str(adapter_dir)),
@@ -165,6 +175,13 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
     return trainer
 
 
+def rewards_of(metrics: dict) -> dict:
+    """A preference evaluation's reward accuracy (share of pairs whose chosen answer gets the higher implicit
+    reward) and mean reward margin, as TRL logs them; empty for SFT (and KTO, which has no pairs to compare)."""
+    found = {"accuracy": metrics.get("eval_rewards/accuracies"), "margin": metrics.get("eval_rewards/margins")}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def finish_complete_run(trainer) -> None:
     """What the trainer does after its last step, for a run resumed at that step: the best adapter when one is
     kept, and the end-of-training callbacks (progress bar, trackers)."""
@@ -175,7 +192,7 @@ def finish_complete_run(trainer) -> None:
 
 def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bool, has_eval: bool,
                  trained_tokens_per_epoch: int, resume_from: Path | None = None,
-                 start_adapter: str | None = None) -> TrainOutcome:
+                 start_adapter: str | None = None, method: str = "sft") -> TrainOutcome:
     """Evaluate the base, train (from ``resume_from`` when given), evaluate the result; return the numbers.
 
     ``start_adapter``: the run whose adapter training started from; "before" is then that model, not the base.
@@ -183,23 +200,26 @@ def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bo
     training ends after a checkpoint and ``outcome.interrupted_by`` says which; the final evaluation is then left
     out.
     """
-    outcome = TrainOutcome(trained_tokens_per_epoch=trained_tokens_per_epoch)
+    outcome = TrainOutcome(trained_tokens_per_epoch=trained_tokens_per_epoch, method=method)
     history, stop = callbacks.history, callbacks.stop
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
     if resume_from is not None:
-        before = [r["eval_loss"] for r in history.records if r.get("step") == 0 and "eval_loss" in r]
-        outcome.eval_loss_before = before[0] if before else None
+        before = [r for r in history.records if r.get("step") == 0 and "eval_loss" in r]
+        outcome.eval_loss_before = before[0]["eval_loss"] if before else None
+        outcome.rewards_before = rewards_of(before[0]) if before else {}
     elif has_eval and eval_before and start_adapter is not None:
         console.say(f"evaluating the starting model (the adapter of {start_adapter}) on the eval data ...")
-        outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        outcome.eval_loss_before, outcome.rewards_before = metrics["eval_loss"], rewards_of(metrics)
         console.say(f"starting model eval loss: {outcome.eval_loss_before:.4f}")
     elif has_eval and eval_before:
         console.say("evaluating the base model (adapter off) on the eval data ...")
         with trainer.model.disable_adapter():
-            outcome.eval_loss_before = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+            metrics = trainer.evaluate(metric_key_prefix="eval")
+        outcome.eval_loss_before, outcome.rewards_before = metrics["eval_loss"], rewards_of(metrics)
         console.say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
     started = time.perf_counter()
     training_loss = float("nan")
@@ -224,7 +244,8 @@ def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bo
     committed = callbacks.keeper.committed
     outcome.checkpoint = committed[-1] if committed else None
     if has_eval and outcome.interrupted_by is None:
-        outcome.eval_loss_after = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        outcome.eval_loss_after, outcome.rewards_after = metrics["eval_loss"], rewards_of(metrics)
     outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
     outcome.log = history.records
     outcome.skipped_steps = list(callbacks.guard.skipped)

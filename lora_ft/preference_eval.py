@@ -1,0 +1,94 @@
+"""How a preference-tuned model ranks held-out pairs, against the model it started from.
+
+For each pair: the sum of log-probabilities of the chosen and of the rejected answer (given the prompt), from the
+starting model and from the tuned one. From those:
+
+- *prefers chosen*: the share of pairs whose chosen answer the model finds more likely, per answer token (so a
+  long rejected answer does not lose by its length alone); for the starting and the tuned model;
+- *reward accuracy* and *reward margin*: DPO's implicit reward, beta x (log p_tuned - log p_start), chosen minus
+  rejected: the share of pairs where it is positive, and its mean. The same quantities TRL logs during training.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from lora_ft.tokenization import IGNORE
+
+
+@dataclass
+class PairScores:
+    chosen: list[float]  # summed log-probabilities of each chosen answer
+    rejected: list[float]
+    chosen_tokens: list[int]
+    rejected_tokens: list[int]
+
+    def prefers_chosen(self) -> float:
+        pairs = zip(self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)
+        wins = [c / max(nc, 1) > r / max(nr, 1) for c, r, nc, nr in pairs]
+        return sum(wins) / max(len(wins), 1)
+
+
+def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
+    """The summed log-probability of each sequence's labelled tokens."""
+    import torch
+
+    sums: list[float] = []
+    for start in range(0, len(input_ids), batch_size):
+        ids_batch, lab_batch = input_ids[start:start + batch_size], labels[start:start + batch_size]
+        width = max(len(x) for x in ids_batch)
+        ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
+        lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros(len(ids_batch), width, dtype=torch.long)
+        for row, (x, y) in enumerate(zip(ids_batch, lab_batch)):
+            ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        targets = lab[:, 1:].to(logits.device)
+        logps = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums += (picked * (targets != IGNORE)).sum(dim=1).tolist()
+    return sums
+
+
+def pair_scores(model, tokens) -> PairScores:
+    """Scores of the pairs (rows with both answers) of a :class:`~lora_ft.preference_tokens.PreferenceTokens`."""
+    rows = [(p, c, r) for p, c, r in zip(tokens.prompt_ids, tokens.chosen_ids, tokens.rejected_ids)
+            if c is not None and r is not None]
+    sides = {}
+    for index, name in ((1, "chosen"), (2, "rejected")):
+        ids = [row[0] + row[index] for row in rows]
+        labels = [[IGNORE] * len(row[0]) + row[index] for row in rows]
+        sides[name] = sequence_logps(model, ids, labels)
+    return PairScores(sides["chosen"], sides["rejected"], [len(r[1]) for r in rows], [len(r[2]) for r in rows])
+
+
+def reward_summary(start: PairScores, tuned: PairScores, beta: float) -> dict:
+    """Reward accuracy and mean margin of the tuned model against the starting one, and each one's preference."""
+    margins = [beta * ((tc - sc) - (tr - sr))
+               for tc, sc, tr, sr in zip(tuned.chosen, start.chosen, tuned.rejected, start.rejected)]
+    count = max(len(margins), 1)
+    return {"pairs": len(margins), "beta": beta,
+            "prefers_chosen_start": start.prefers_chosen(), "prefers_chosen_tuned": tuned.prefers_chosen(),
+            "reward_accuracy": sum(m > 0 for m in margins) / count, "reward_margin": sum(margins) / count}
+
+
+@contextmanager
+def starting_model(model, run):
+    """The model the run started from, active inside the block: the base with the adapter off, or the adapter of
+    the run it started from (``model.adapter``), loaded beside the tuned one."""
+    start = run.config.model.adapter
+    if start is None:
+        with model.disable_adapter():
+            yield "base model"
+        return
+    from pathlib import Path
+
+    if "start" not in model.peft_config:
+        model.load_adapter(str(Path(start) / "adapter"), adapter_name="start")
+    model.set_adapter("start")
+    try:
+        yield f"starting adapter ({start})"
+    finally:
+        model.set_adapter("default")
