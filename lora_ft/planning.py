@@ -93,7 +93,7 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     # Worst case: a micro-batch of the longest samples (packing fills every row to max_seq_length)
     length = cfg.data.max_seq_length if cfg.train.packing or not longest_sample else \
         min(cfg.data.max_seq_length, longest_sample)
-    tokens = cfg.train.batch_size * length
+    tokens = cfg.train.batch_size * length * sequences_per_sample(cfg)
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_heads * shape.head_dim
     act = compute if cfg.model.dtype != "float32" else 4
     full_layer = act * (10 * h + 4 * kv + 5 * i) + 4 * 2 * h  # kept tensors per token; norms in fp32
@@ -107,6 +107,7 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     flops = 4 * body + 6 * lora + 4 * shape.layers * length / 2 * h * 3  # fwd + bwd, plus attention
     if cfg.model.gradient_checkpointing:
         flops += 2 * body
+    flops += 2 * body * reference_forwards(cfg)
     overhead = CUDA_OVERHEAD if device_name != "cpu" else CPU_OVERHEAD
     result = Estimate(weights=weights, lora_states=lora_states, activations=activations, logits=logits,
                       overhead=overhead, lora_params=lora, tokens_per_micro_batch=tokens, flops_per_token=flops)
@@ -169,6 +170,7 @@ class Plan:
     fixes: list[str]
     measured_peak: float | None = None
     measured_step_seconds: float | None = None
+    method_note: str = ""
 
     def compared_estimate(self) -> tuple[float, str]:
         """The part of the estimate that the measured peak counts too, and what that measurement is. A GPU's peak
@@ -188,6 +190,7 @@ class Plan:
         rows = [("weights", e.weights), ("LoRA weights, gradients, optimizer", e.lora_states),
                 ("activations", e.activations), ("logits", e.logits), ("runtime overhead", e.overhead)]
         lines = [f"peak memory estimate ({self.device}; micro-batch {e.tokens_per_micro_batch:,} tokens at most):"]
+        lines = ([self.method_note] if self.method_note else []) + lines
         lines += [f"  {name:<36} {value / GiB:7.2f} GiB" for name, value in rows]
         lines.append(f"  {'total':<36} {e.total / GiB:7.2f} GiB   of {self.budget_label}")
         lines.append(f"LoRA parameters: {e.lora_params:,}")
@@ -240,6 +243,23 @@ def read_shape(model_dir: str) -> ModelShape:
     return shape_from_config(json.loads(path.read_text()))
 
 
+def sequences_per_sample(cfg: RunConfig) -> int:
+    """Sequences one training sample puts in a micro-batch: a pair's chosen and rejected answer go together."""
+    return 2 if cfg.method in ("dpo", "orpo") else 1
+
+
+def reference_forwards(cfg: RunConfig) -> int:
+    """Forward passes without gradient per trained token, beside the policy's: DPO's and KTO's reference (unless
+    precomputed), and KTO's KL estimate (the policy and the reference on mismatched answers)."""
+    if cfg.method not in ("dpo", "kto"):
+        return 0
+    settings = cfg.method_settings
+    forwards = 0 if settings.precompute_reference else 1
+    if cfg.method == "kto" and settings.loss_type == "kto":
+        forwards += 1 + (0 if settings.precompute_reference else 1)
+    return forwards
+
+
 def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
               gpu: str | None = None, longest_sample: int | None = None) -> Plan:
     budget, label, name = device_budget(device, gpu)
@@ -251,7 +271,15 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
     steps = max(1, -(-samples // effective))
     fixes = [] if est.total <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
                                                        longest_sample)
-    return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes)
+    note = ""
+    if resolved_cfg.method != "sft":
+        forwards = reference_forwards(resolved_cfg)
+        note = (f"method {resolved_cfg.method}: {samples:,} " + ("pairs" if sequences_per_sample(resolved_cfg) == 2
+                                                                 else "answers")
+                + (", chosen and rejected side by side in each micro-batch" if sequences_per_sample(resolved_cfg) == 2
+                   else "") + (f"; {forwards} forward pass(es) without gradient per sequence (reference"
+                               f"{', KL estimate' if forwards > 1 else ''})" if forwards else "; no reference"))
+    return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes, method_note=note)
 
 
 def measure(prepared, resolved, steps: int = 4) -> tuple[float, float]:

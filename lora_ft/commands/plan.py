@@ -20,8 +20,9 @@ def run(args) -> int:
         prepared = prepare(loaded, resolved.config)
     tokens = prepared.train_tokens
     longest = max((len(ids) for ids in tokens.input_ids), default=0)
+    samples = len(tokens) if prepared.is_preference else len(tokens.input_ids)  # pairs, for a preference method
     result = planning.make_plan(resolved.config, planning.read_shape(prepared.chat.source.path), tokens.tokens,
-                                len(tokens.input_ids), resolved.device, args.gpu, longest)
+                                samples, resolved.device, args.gpu, longest)
     if args.measure:
         console.say("measuring a few real training steps ...")
         result.measured_peak, result.measured_step_seconds = planning.measure(prepared, resolved)

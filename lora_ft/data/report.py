@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from lora_ft import console, data, tokenization
 from lora_ft.data.statistics import (MAX_LISTED, Bucket, Duplicates, LengthStats,
                                      Leakage, duplicate_lines, find_duplicates, find_leakage, histogram,
-                                     histogram_lines,
+                                     histogram_lines, length_table,
                                      stats_lines, _listed)
 from lora_ft.config import DataSection, LoadedConfig
 from lora_ft.data import DatasetReport, Sample
@@ -53,6 +53,10 @@ class SplitReport:
     trained_tokens: int  # their trained tokens
     prompt_lengths: list[int] = field(default_factory=list, repr=False)  # per sample; for the plot, not the JSON
     answer_lengths: list[int] = field(default_factory=list, repr=False)
+    # preference data: ``answer`` is the chosen answers, these the rejected ones; pairs cut before they differ
+    rejected: LengthStats | None = None
+    cut_before_difference: int = 0
+    cut_before_difference_locations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +115,36 @@ class DataReport:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building it
+
+
+def analyse_pairs(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection,
+                  max_prompt_length: int | None) -> SplitReport:
+    """The same for preference data: prompt, chosen and rejected lengths; what the length limit cuts, and which
+    pairs it cuts before their answers differ (those carry no preference and are left out)."""
+    from lora_ft.preference_tokens import encode_preference, fit_preferences
+
+    limit = cfg.max_seq_length
+    encoded = [(s.location, *encode_preference(s, renderer)) for s in samples]
+    prompts = [len(p) for _, p, _, _ in encoded]
+    chosen = [len(c) for _, _, c, _ in encoded if c is not None]
+    rejected = [len(r) for _, _, _, r in encoded if r is not None]
+    totals = [len(p) + max(len(a) for a in (c, r) if a is not None) for _, p, c, r in encoded]
+    fitted = fit_preferences(encoded, limit, "truncate" if cfg.overlength == "error" else cfg.overlength,
+                             max_prompt_length)
+    over = set(fitted.over_length)
+    past = sum(max(0, len(a) - max(0, limit - len(p))) for loc, p, c, r in encoded if loc in over
+               for a in (c, r) if a is not None)
+    in_over = sum(len(a) for loc, _, c, r in encoded if loc in over for a in (c, r) if a is not None)
+    return SplitReport(
+        name=name, samples=len(samples), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
+        total=LengthStats.of(totals), histogram=histogram(totals), over_length=len(fitted.over_length),
+        over_length_locations=fitted.over_length[:MAX_LISTED], trained_tokens_past_limit=past,
+        trained_tokens_in_over_length=in_over, no_trained_token=len(fitted.prompt_fills_length),
+        no_trained_token_locations=fitted.prompt_fills_length[:MAX_LISTED], kept=len(fitted),
+        tokens=fitted.tokens, trained_tokens=fitted.trained_tokens, prompt_lengths=prompts, answer_lengths=chosen,
+        rejected=LengthStats.of(rejected) if rejected else None,
+        cut_before_difference=len(fitted.cut_before_difference),
+        cut_before_difference_locations=fitted.cut_before_difference[:MAX_LISTED])
 
 
 def analyse_split(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection) -> SplitReport:
@@ -180,6 +214,20 @@ def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> R
                           trained_tokens=sum(1 for t in labels if t != IGNORE), cut_at=cut_at, note=note)
 
 
+def rendered_sides(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> list[RenderedSample]:
+    """An SFT sample rendered; a preference sample as its prompt with each answer, named."""
+    if not sample.is_preference:
+        return [render_sample(sample, renderer, cfg)]
+    shown = []
+    for side in ("chosen", "rejected"):
+        turns = getattr(sample, side)
+        if turns is not None:
+            rendered = render_sample(Sample(sample.location, messages=sample.messages + turns), renderer, cfg)
+            rendered.note = f"{side} answer" + (f"; {rendered.note}" if rendered.note else "")
+            shown.append(rendered)
+    return shown
+
+
 def _lenient(loaded: LoadedConfig) -> LoadedConfig:
     """The same config with no limit on dropped rows, so the report can show data that training would refuse."""
     config = loaded.config.model_copy(deep=True)
@@ -216,9 +264,13 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
     except UserError as exc:
         problems.append(_error_text(exc))
 
-    splits = [analyse_split("train", loaded_data.train, renderer, cfg.data)]
-    if loaded_data.eval:
-        splits.append(analyse_split("eval", loaded_data.eval, renderer, cfg.data))
+    if prepared.is_preference:
+        limit = cfg.method_settings.max_prompt_length
+        splits = [analyse_pairs(name, rows, renderer, cfg.data, limit)
+                  for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
+    else:
+        splits = [analyse_split(name, rows, renderer, cfg.data)
+                  for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
@@ -234,7 +286,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
         duplicates=[find_duplicates(loaded_data.train, "train")]
         + ([find_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
         leakage=find_leakage(loaded_data.train, loaded_data.eval),
-        samples=[render_sample(s, renderer, cfg.data) for s in loaded_data.train[:samples]],
+        samples=[shown for s in loaded_data.train[:samples] for shown in rendered_sides(s, renderer, cfg.data)],
         problems=problems,
     )
     _judge(report)
@@ -258,6 +310,10 @@ def _judge(report: DataReport) -> None:
         if split.no_trained_token:
             report.warnings.append(f"{split.no_trained_token} {split.name} sample(s) have no trained token left "
                                    "and are left out")
+        if split.cut_before_difference:
+            report.warnings.append(f"{split.cut_before_difference} {split.name} pair(s) are cut at max_seq_length "
+                                   f"{limit} before their two answers differ: no preference is left, so they are "
+                                   "left out (raise data.max_seq_length)")
     train = report.split("train")
     if train is not None and train.kept == 0:
         report.problems.append("no training sample has a trained token left\n  fix: raise data.max_seq_length, or "
@@ -279,6 +335,9 @@ def _judge(report: DataReport) -> None:
 def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
     limit = report.max_seq_length
     lines = stats_lines(split.prompt, split.answer, split.total)
+    if split.rejected is not None:
+        lines = length_table([("prompt", split.prompt), ("chosen answer", split.answer),
+                              ("rejected answer", split.rejected), ("total (longer answer)", split.total)])
     lines.append("")
     lines.append("samples by total length (tokens):")
     lines += ["  " + line for line in histogram_lines(split.histogram, limit, report.overlength)]
@@ -300,6 +359,14 @@ def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
         lines.append(f"left with no trained token: {split.no_trained_token} [{where}]: left out")
     else:
         lines.append("left with no trained token: none")
+    if split.rejected is not None:
+        if split.cut_before_difference:
+            where = _listed(split.cut_before_difference_locations, split.cut_before_difference)
+            lines.append(f"cut before their answers differ: {split.cut_before_difference} [{where}]: left out")
+        else:
+            lines.append("cut before their answers differ: none")
+        lines.append(f"becomes: {split.kept:,} pairs, {split.tokens:,} tokens, {split.trained_tokens:,} in answers")
+        return lines
     lines.append(f"becomes: {split.kept:,} samples, {split.tokens:,} tokens, {split.trained_tokens:,} trained")
     return lines
 

@@ -205,8 +205,13 @@ def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str 
 
 def stats_lines(prompt: LengthStats, answer: LengthStats, total: LengthStats, title: str = "tokens") -> list[str]:
     """The token-length table: min, median, p90, p99, max and mean of prompts, answers and whole samples."""
+    return length_table([("prompt (not trained)", prompt), ("answer (trained)", answer), ("total", total)], title)
+
+
+def length_table(rows: list[tuple[str, LengthStats]], title: str = "tokens") -> list[str]:
+    """min, median, p90, p99, max and mean of each named set of lengths, one line each."""
     lines = [f"{title:<28}{'min':>8}{'median':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}"]
-    for label, stats in (("prompt (not trained)", prompt), ("answer (trained)", answer), ("total", total)):
+    for label, stats in rows:
         lines.append(f"{label:<28}{_num(stats.min):>8}{_num(stats.median):>9}{_num(stats.p90):>9}"
                      f"{_num(stats.p99):>9}{_num(stats.max):>9}{_num(stats.mean):>9}")
     return lines
