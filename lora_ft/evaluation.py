@@ -180,7 +180,8 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
     if start_scores is not None and start_scores.chosen:
         beta = getattr(run.config.method_settings, "beta", 0.1)
         preference = preference_eval.reward_summary(start_scores, preference_eval.pair_scores(model, tokens), beta)
-    console.say(f"losses computed in {time.time() - started:.0f} s; generating {samples_to_show} answers ...")
+    console.say(f"losses computed in {time.time() - started:.0f} s (tuned against the {before}); generating "
+                f"{samples_to_show} answers ...")
     answers = []
     for sample in [s for s in samples if s.messages][:samples_to_show]:
         prompt = sample.messages if sample.is_preference else sample.messages[:-1]
