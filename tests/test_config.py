@@ -172,7 +172,11 @@ def test_dump_and_reload_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    loaded = load_config(path)
+    try:
+        loaded = load_config(path)
+    except UserError as exc:  # a config that continues another run needs that run first; nothing else may fail
+        assert "model.adapter" in exc.render() and "is not a folder" in exc.render(), exc.render()
+        loaded = load_config(path, ["model.adapter=null"])
     assert loaded.config.data.train
 
 

@@ -141,3 +141,23 @@ def test_nproc_flag_is_checked(tiny_llama, legal_data, tmp_path, capsys, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["train", str(config), "--nproc", "2"]) == 2
     assert "inside a launcher" in capsys.readouterr().err
+
+
+def test_dpo_on_two_gloo_processes_matches_one_process(tiny_llama, preference_data, tmp_path):
+    """Preference tuning under DDP: each process scores its share of the pairs (and its reference on them); the
+    averaged gradients are the one-process run's, so the logged DPO losses agree."""
+    config = write_config(tmp_path / "dpo.yaml", tiny_llama, preference_data)
+    config.write_text("method: dpo\n" + config.read_text())
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert cli.main(["train", str(config), *STEPS, "--set", f"output_dir={single}",
+                     "--set", "train.batch_size=12"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_ft", "train", str(config), *STEPS, "--set", f"output_dir={double}",
+         "--set", "train.batch_size=6", "--nproc", "2"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("== summary") == 1
+    assert len(_losses(double)) == 4 and _losses(double)[-1] < _losses(double)[0]
+    assert _losses(double) == pytest.approx(_losses(single), rel=1e-4)
+    assert json.loads((double / "manifest.json").read_text())["metrics"]["method"] == "dpo"

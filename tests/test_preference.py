@@ -257,3 +257,18 @@ def test_data_report_for_pairs(tmp_path, tiny_llama, preference_data, capsys):
     assert "chosen answer" in out and "rejected answer" in out and "cut before their answers differ" in out
     assert "(chosen answer" in out and "(rejected answer" in out
 
+
+
+@pytest.mark.parametrize("name, method", [("preference", "dpo"), ("implicit_preference", "orpo"),
+                                          ("unpaired_preference", "kto")])
+def test_the_shipped_preference_examples_read_whole(name, method, tmp_path, tiny_llama):
+    from lora_ft.data import load_data
+    from tests.conftest import REPO
+
+    path = REPO / "data_templates" / "formats" / f"{name}.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"method: {method}\nmodel: {{base: {tiny_llama}}}\ndata:\n  train: [{{path: {path}}}]\n"
+                      "  eval_fraction: 0\n")
+    data = load_data(load_config(config))
+    report = data.reports[0]
+    assert report.format == name and report.dropped_count == 0 and report.kept == report.rows_read

@@ -117,36 +117,6 @@ class DataReport:
 # Building it
 
 
-def analyse_pairs(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection,
-                  max_prompt_length: int | None) -> SplitReport:
-    """The same for preference data: prompt, chosen and rejected lengths; what the length limit cuts, and which
-    pairs it cuts before their answers differ (those carry no preference and are left out)."""
-    from lora_ft.preference_tokens import encode_preference, fit_preferences
-
-    limit = cfg.max_seq_length
-    encoded = [(s.location, *encode_preference(s, renderer)) for s in samples]
-    prompts = [len(p) for _, p, _, _ in encoded]
-    chosen = [len(c) for _, _, c, _ in encoded if c is not None]
-    rejected = [len(r) for _, _, _, r in encoded if r is not None]
-    totals = [len(p) + max(len(a) for a in (c, r) if a is not None) for _, p, c, r in encoded]
-    fitted = fit_preferences(encoded, limit, "truncate" if cfg.overlength == "error" else cfg.overlength,
-                             max_prompt_length)
-    over = set(fitted.over_length)
-    past = sum(max(0, len(a) - max(0, limit - len(p))) for loc, p, c, r in encoded if loc in over
-               for a in (c, r) if a is not None)
-    in_over = sum(len(a) for loc, _, c, r in encoded if loc in over for a in (c, r) if a is not None)
-    return SplitReport(
-        name=name, samples=len(samples), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
-        total=LengthStats.of(totals), histogram=histogram(totals), over_length=len(fitted.over_length),
-        over_length_locations=fitted.over_length[:MAX_LISTED], trained_tokens_past_limit=past,
-        trained_tokens_in_over_length=in_over, no_trained_token=len(fitted.prompt_fills_length),
-        no_trained_token_locations=fitted.prompt_fills_length[:MAX_LISTED], kept=len(fitted),
-        tokens=fitted.tokens, trained_tokens=fitted.trained_tokens, prompt_lengths=prompts, answer_lengths=chosen,
-        rejected=LengthStats.of(rejected) if rejected else None,
-        cut_before_difference=len(fitted.cut_before_difference),
-        cut_before_difference_locations=fitted.cut_before_difference[:MAX_LISTED])
-
-
 def analyse_split(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection) -> SplitReport:
     """Tokenize one split and measure it; apply the over-length policy as training would (``error`` as truncate)."""
     limit = cfg.max_seq_length
@@ -214,20 +184,6 @@ def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> R
                           trained_tokens=sum(1 for t in labels if t != IGNORE), cut_at=cut_at, note=note)
 
 
-def rendered_sides(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> list[RenderedSample]:
-    """An SFT sample rendered; a preference sample as its prompt with each answer, named."""
-    if not sample.is_preference:
-        return [render_sample(sample, renderer, cfg)]
-    shown = []
-    for side in ("chosen", "rejected"):
-        turns = getattr(sample, side)
-        if turns is not None:
-            rendered = render_sample(Sample(sample.location, messages=sample.messages + turns), renderer, cfg)
-            rendered.note = f"{side} answer" + (f"; {rendered.note}" if rendered.note else "")
-            shown.append(rendered)
-    return shown
-
-
 def _lenient(loaded: LoadedConfig) -> LoadedConfig:
     """The same config with no limit on dropped rows, so the report can show data that training would refuse."""
     config = loaded.config.model_copy(deep=True)
@@ -263,6 +219,8 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
         tokenization.check_end_of_turn_trained(renderer, cfg.data.train_on)
     except UserError as exc:
         problems.append(_error_text(exc))
+
+    from lora_ft.data.pair_report import analyse_pairs, rendered_sides
 
     if prepared.is_preference:
         limit = cfg.method_settings.max_prompt_length
