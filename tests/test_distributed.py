@@ -159,5 +159,6 @@ def test_dpo_on_two_gloo_processes_matches_one_process(tiny_llama, preference_da
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("== summary") == 1
     assert len(_losses(double)) == 4 and _losses(double)[-1] < _losses(double)[0]
-    assert _losses(double) == pytest.approx(_losses(single), rel=1e-4)
+    # the same loss up to float summation order (with SGD at lr 0.5, 1e-4 apart after a step)
+    assert _losses(double) == pytest.approx(_losses(single), rel=1e-3)
     assert json.loads((double / "manifest.json").read_text())["metrics"]["method"] == "dpo"

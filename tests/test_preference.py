@@ -268,7 +268,7 @@ def test_the_shipped_preference_examples_read_whole(name, method, tmp_path, tiny
     path = REPO / "data_templates" / "formats" / f"{name}.jsonl"
     config = tmp_path / "c.yaml"
     config.write_text(f"method: {method}\nmodel: {{base: {tiny_llama}}}\ndata:\n  train: [{{path: {path}}}]\n"
-                      "  eval_fraction: 0\n")
+                      "  eval_fraction: 0\n  max_seq_length: 512\n")
     data = load_data(load_config(config))
     report = data.reports[0]
     assert report.format == name and report.dropped_count == 0 and report.kept == report.rows_read
