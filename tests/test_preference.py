@@ -272,3 +272,11 @@ def test_the_shipped_preference_examples_read_whole(name, method, tmp_path, tiny
     data = load_data(load_config(config))
     report = data.reports[0]
     assert report.format == name and report.dropped_count == 0 and report.kept == report.rows_read
+
+
+def test_dpo_trains_a_qlora_adapter(tmp_path, tiny_llama, preference_data):
+    config = _config(tmp_path, tiny_llama, preference_data, extra="")
+    config.write_text(config.read_text().replace("model:\n", "model:\n  quantization: nf4\n"))
+    result = train(load_config(config), say=_quiet)
+    assert result.outcome.eval_loss_after < result.outcome.eval_loss_before
+    assert "quantization: nf4" in (result.run_dir / "config.yaml").read_text()
