@@ -71,3 +71,18 @@ def test_qlora_runs_its_residual_stream_and_head_in_bf16_on_cuda(tiny_llama):
         out = model(input_ids=ids, output_hidden_states=True)
     assert out.hidden_states[1].dtype == torch.bfloat16 and out.logits.dtype == torch.bfloat16
     assert model.get_base_model().model.norm.weight.dtype == torch.bfloat16
+
+
+def test_dpo_with_qlora_on_cuda(tiny_llama, preference_data, tmp_path):
+    """Preference tuning on the GPU path: a 4-bit base in bfloat16 autocast, the adapter-off reference."""
+    from lora_ft.commands import train as pipeline
+
+    config = write_config(tmp_path / "dpo.yaml", tiny_llama, preference_data)
+    config.write_text("method: dpo\n" + config.read_text())
+    result = pipeline.train(load_config(config, ["train.max_steps=4", "train.learning_rate=1e-3"]),
+                            say=lambda _: None)
+    saved = load_config(result.run_dir / "config.yaml").config
+    assert saved.model.quantization == "nf4" and saved.method == "dpo"
+    assert result.outcome.eval_loss_after < result.outcome.eval_loss_before
+    assert result.outcome.rewards_after["margin"] > 0
+    assert "GiB allocated" in result.manifest["metrics"]["peak_memory"]
