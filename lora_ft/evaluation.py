@@ -129,12 +129,11 @@ def prepared_eval(run: FinishedRun, data_file: str | None):
     return prepared, source
 
 
-def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
-    """Mean cross-entropy per trained token, over padded batches."""
+def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
+    """The summed log-probability of each sequence's labelled tokens."""
     import torch
-    import torch.nn.functional as F
 
-    total, count = 0.0, 0
+    sums: list[float] = []
     for start in range(0, len(input_ids), batch_size):
         ids_batch, lab_batch = input_ids[start:start + batch_size], labels[start:start + batch_size]
         width = max(len(x) for x in ids_batch)
@@ -145,11 +144,17 @@ def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_
             ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        shifted = lab[:, 1:].to(logits.device)
-        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                 ignore_index=IGNORE, reduction="sum").item()
-        count += (shifted != IGNORE).sum().item()
-    return total / max(count, 1)
+        targets = lab[:, 1:].to(logits.device)
+        logps = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums += (picked * (targets != IGNORE)).sum(dim=1).tolist()
+    return sums
+
+
+def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
+    """Mean cross-entropy per trained token, over padded batches."""
+    count = sum(1 for row in labels for t in row if t != IGNORE)
+    return -sum(sequence_logps(model, input_ids, labels, batch_size)) / max(count, 1)
 
 
 def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_show: int = 3,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lora_ft.evaluation import sequence_logps
 from lora_ft.tokenization import IGNORE
 
 
@@ -28,28 +29,6 @@ class PairScores:
         pairs = zip(self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)
         wins = [c / max(nc, 1) > r / max(nr, 1) for c, r, nc, nr in pairs]
         return sum(wins) / max(len(wins), 1)
-
-
-def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
-    """The summed log-probability of each sequence's labelled tokens."""
-    import torch
-
-    sums: list[float] = []
-    for start in range(0, len(input_ids), batch_size):
-        ids_batch, lab_batch = input_ids[start:start + batch_size], labels[start:start + batch_size]
-        width = max(len(x) for x in ids_batch)
-        ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        for row, (x, y) in enumerate(zip(ids_batch, lab_batch)):
-            ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        targets = lab[:, 1:].to(logits.device)
-        logps = torch.log_softmax(logits[:, :-1], dim=-1)
-        picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums += (picked * (targets != IGNORE)).sum(dim=1).tolist()
-    return sums
 
 
 def pair_scores(model, tokens) -> PairScores:
