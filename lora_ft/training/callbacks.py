@@ -60,7 +60,9 @@ class ProgressBar(TrainerCallback):
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
         if "eval_loss" in logs and self.started:  # evaluations before training are reported by the caller
-            self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+            rewards = (f", reward accuracy {logs['eval_rewards/accuracies']:.1%}, margin "
+                       f"{logs['eval_rewards/margins']:+.3f}" if "eval_rewards/margins" in logs else "")
+            self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}{rewards}")
         elif "loss" in logs and not self.live:
             elapsed = time.perf_counter() - self.started
             left = elapsed / max(state.global_step - self.step_at_start, 1) * (state.max_steps - state.global_step)
