@@ -104,6 +104,16 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def finish(world: World) -> None:
+    """Leave the process group once the work is done, so no process exits while collective threads still run
+    (a process that does may abort at exit: 'terminate called without an active exception')."""
+    import torch.distributed as dist
+
+    if world.distributed and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def prepare_sharded_loading(strategy: str, world: World) -> None:
     """Before the model loads, under FSDP with several processes: start the process group and ask transformers
     for CPU-RAM-efficient loading, so that only the first process reads the weights and the others build an empty

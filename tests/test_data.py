@@ -180,7 +180,13 @@ def test_invalid_json_array_file_names_line(tmp_path):
     assert "broken.json:4" in exc.value.where
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "data_templates" / "formats").iterdir()), ids=lambda p: p.name)
+def _sft_examples():
+    from lora_ft.data.formats import registry
+
+    return sorted(p for p in (REPO / "data_templates" / "formats").iterdir() if registry()[p.stem].kind == "sft")
+
+
+@pytest.mark.parametrize("example", _sft_examples(), ids=lambda p: p.name)  # preference ones: test_preference.py
 def test_every_format_example_is_detected_and_clean(tmp_path, example):
     loaded = _loaded(tmp_path, f"    - path: {example}\n")
     samples, report = read_dataset(loaded.config.data.train[0], loaded, None)

@@ -35,6 +35,7 @@ def run(args) -> int:
     if args.nproc != 1:
         return distributed.launch_training(args)
     train(loaded, resume=args.resume, force_resume=args.force_resume)
+    distributed.finish(distributed.current_world())
     return EXIT_OK
 
 

@@ -60,8 +60,9 @@ class ProgressBar(TrainerCallback):
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
         if "eval_loss" in logs and self.started:  # evaluations before training are reported by the caller
-            rewards = (f", reward accuracy {logs['eval_rewards/accuracies']:.1%}, margin "
-                       f"{logs['eval_rewards/margins']:+.3f}" if "eval_rewards/margins" in logs else "")
+            rewards = "".join(f", {name} {logs[key]:{form}}" for key, name, form in (
+                ("eval_rewards/accuracies", "reward accuracy", ".1%"), ("eval_rewards/margins", "margin", "+.3f"))
+                if key in logs)
             self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}{rewards}")
         elif "loss" in logs and not self.live:
             elapsed = time.perf_counter() - self.started
