@@ -169,8 +169,7 @@ def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_s
     samples, tokenizer, tokens = prepared.data.eval, prepared.chat.tokenizer, prepared.eval_tokens
     input_ids, labels = tokens.input_ids, tokens.labels
     if prepared.is_preference:  # the loss of the chosen answers: are the preferred answers still likely?
-        kept = [(p + c, [IGNORE] * len(p) + c) for p, c in zip(tokens.prompt_ids, tokens.chosen_ids) if c]
-        input_ids, labels = [k[0] for k in kept], [k[1] for k in kept]
+        input_ids, labels = tokens.side("chosen")
     if not input_ids:
         raise UserError("no eval sample has an answer to score", fix="check the eval data")
     scored = sum(1 for row in labels for t in row if t != IGNORE)

@@ -33,14 +33,10 @@ class PairScores:
 
 def pair_scores(model, tokens) -> PairScores:
     """Scores of the pairs (rows with both answers) of a :class:`~lora_ft.preference_tokens.PreferenceTokens`."""
-    rows = [(p, c, r) for p, c, r in zip(tokens.prompt_ids, tokens.chosen_ids, tokens.rejected_ids)
-            if c is not None and r is not None]
-    sides = {}
-    for index, name in ((1, "chosen"), (2, "rejected")):
-        ids = [row[0] + row[index] for row in rows]
-        labels = [[IGNORE] * len(row[0]) + row[index] for row in rows]
-        sides[name] = sequence_logps(model, ids, labels)
-    return PairScores(sides["chosen"], sides["rejected"], [len(r[1]) for r in rows], [len(r[2]) for r in rows])
+    sides = {name: tokens.side(name, pairs_only=True) for name in ("chosen", "rejected")}
+    scores = {name: sequence_logps(model, ids, labels) for name, (ids, labels) in sides.items()}
+    lengths = {name: [sum(1 for t in row if t != IGNORE) for row in labels] for name, (_, labels) in sides.items()}
+    return PairScores(scores["chosen"], scores["rejected"], lengths["chosen"], lengths["rejected"])
 
 
 def reward_summary(start: PairScores, tuned: PairScores, beta: float) -> dict:

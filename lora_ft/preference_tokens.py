@@ -33,7 +33,6 @@ class PreferenceTokens:
     over_length: list[str] = field(default_factory=list)
     cut_before_difference: list[str] = field(default_factory=list)  # dropped: both answers cut before they differ
     prompt_fills_length: list[str] = field(default_factory=list)  # dropped: the prompt alone fills max_length
-    dropped_no_label: list[str] = field(default_factory=list)  # kept for the interface of TokenizedSet
 
     def sequences(self) -> Iterable[tuple[list[int], list[int]]]:
         """Every answer with its prompt as ``(input_ids, labels)``, the prompt unlabelled: what the model reads."""
@@ -41,6 +40,15 @@ class PreferenceTokens:
             for answer in answers:
                 if answer is not None:
                     yield prompt + answer, [IGNORE] * len(prompt) + answer
+
+    def side(self, name: str, pairs_only: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+        """``(input_ids, labels)`` of every ``chosen`` or ``rejected`` answer with its prompt, the prompt unlabelled;
+        ``pairs_only``: of the rows that have both answers."""
+        rows = [(p, c if name == "chosen" else r) for p, c, r in zip(self.prompt_ids, self.chosen_ids,
+                                                                     self.rejected_ids)
+                if not pairs_only or (c is not None and r is not None)]
+        rows = [(p, a) for p, a in rows if a is not None]
+        return [p + a for p, a in rows], [[IGNORE] * len(p) + a for p, a in rows]
 
     @property
     def input_ids(self) -> list[list[int]]:
