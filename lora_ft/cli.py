@@ -128,12 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompts", metavar="FILE")
     _add_sampling_args(generate, temperature=0.0, max_new_tokens=256)
 
-    evaluate = sub.add_parser("eval", help="held-out loss, perplexity and answers: base vs tuned",
-                              description="Evaluate base and tuned model on the run's eval data (or --data FILE); "
-                              "print a table and write RUN_DIR/eval/report.json and report.md.")
+    evaluate = sub.add_parser(
+        "eval", help="did the fine-tune help? base vs tuned: loss, answer metrics, forgetting, benchmarks",
+        description="Evaluate the base (or starting) model and the tuned one on the run's eval data (or --data "
+        "FILE): loss, and an answer to every prompt (batched, greedy) scored against the reference (ROUGE-L, "
+        "chrF, token F1), stop rate, length and repetition; the same on general instructions (a forgetting "
+        "check); lm-evaluation-harness tasks with --tasks. Prints tables and a verdict, and writes "
+        "RUN_DIR/eval/report.md, report.json and samples.jsonl.")
     _add_run_args(evaluate)
     evaluate.add_argument("--data", help="a data file to evaluate on instead of the run's eval data")
-    evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to generate and show (default 3)")
+    evaluate.add_argument("--general", metavar="FILE",
+                          help="general instruction data for the forgetting check (default: the general "
+                          "instructions shipped with lora-ft, a few hundred varied pairs)")
+    evaluate.add_argument("--no-general", action="store_true", help="skip the forgetting check")
+    evaluate.add_argument("--max-answers", type=COUNT, default=200,
+                          help="prompts answered per data set; the loss covers every sample (default 200; 0: no "
+                          "answers, losses only)")
+    evaluate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=256,
+                          help="longest answer in tokens (default 256)")
+    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=16,
+                          help="prompts answered at once (default 16)")
+    evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to show side by side (default 3)")
+    evaluate.add_argument("--tasks", metavar="NAME[,NAME]",
+                          help="lm-evaluation-harness tasks to run for both models (needs lora-ft[eval])")
+    evaluate.add_argument("--include-path", metavar="DIR",
+                          help="a folder of harness task YAML files, e.g. examples/legal/harness (works offline)")
+    evaluate.add_argument("--task-limit", type=POSITIVE_INT, help="score only the first N documents of each task")
     evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
     return parser
 

@@ -1,11 +1,15 @@
-"""Evaluating a finished run: held-out loss and perplexity of base and tuned model, and answers side by side."""
+"""Evaluating a finished run, base (or starting model) against tuned: held-out loss, answers generated for every
+held-out prompt and scored against the references, the same on general instructions (a forgetting check), and
+lm-evaluation-harness tasks when asked. This module knows the order of those steps; the parts live in
+``answer_metrics`` (scores), ``inference`` (batched generation), ``harness`` (lm-evaluation-harness),
+``eval_report`` (tables, verdict) and ``eval_tracking`` (the run's trackers)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from lora_ft import data as data_lib
@@ -17,67 +21,7 @@ from lora_ft.tokenization import IGNORE, ChatRenderer
 from lora_ft import console
 
 
-@dataclass
-class EvalReport:
-    run_dir: str
-    data: str
-    samples: int
-    trained_tokens: int
-    base_loss: float
-    tuned_loss: float
-    answers: list[dict] = field(default_factory=list)
-    preference: dict | None = None  # preference runs: how base and tuned rank the held-out pairs
-    before: str = "base"  # what the tuned model is compared with
-
-    @property
-    def base_perplexity(self) -> float:
-        return math.exp(self.base_loss)
-
-    @property
-    def tuned_perplexity(self) -> float:
-        return math.exp(self.tuned_loss)
-
-    def table(self) -> str:
-        loss = "eval loss" if self.preference is None else "chosen-answer loss"
-        rows = [("model", loss, "perplexity"),
-                (self.before, f"{self.base_loss:.4f}", f"{self.base_perplexity:.2f}"),
-                ("tuned", f"{self.tuned_loss:.4f}", f"{self.tuned_perplexity:.2f}"),
-                ("change", f"{self.tuned_loss - self.base_loss:+.4f}",
-                 f"{100 * (self.tuned_perplexity / self.base_perplexity - 1):+.1f}%")]
-        if self.preference is not None:
-            p = self.preference
-            rows += [("", "", ""), ("pairs", "prefers chosen", "reward acc. / margin"),
-                     (self.before, f"{p['prefers_chosen_start']:.1%}", "-"),
-                     ("tuned", f"{p['prefers_chosen_tuned']:.1%}",
-                      f"{p['reward_accuracy']:.1%} / {p['reward_margin']:+.3f}")]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.insert(1, "-+-".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-    def markdown(self) -> str:
-        parts = [f"# Evaluation of {self.run_dir}", "",
-                 f"Data: {self.data} ({self.samples} samples, {self.trained_tokens:,} answer tokens scored).", "",
-                 "| model | eval loss | perplexity |", "| --- | --- | --- |",
-                 f"| {self.before} | {self.base_loss:.4f} | {self.base_perplexity:.2f} |",
-                 f"| tuned | {self.tuned_loss:.4f} | {self.tuned_perplexity:.2f} |", ""]
-        if self.preference is not None:
-            p = self.preference
-            parts += [f"Held-out pairs ({p['pairs']}): the share whose chosen answer the model finds more likely "
-                      "per token, and DPO's implicit reward of the tuned model against the starting one "
-                      f"(beta {p['beta']:g}).", "",
-                      "| model | prefers chosen | reward accuracy | reward margin |", "| --- | --- | --- | --- |",
-                      f"| {self.before} | {p['prefers_chosen_start']:.1%} | | |",
-                      f"| tuned | {p['prefers_chosen_tuned']:.1%} | {p['reward_accuracy']:.1%} | "
-                      f"{p['reward_margin']:+.3f} |", ""]
-        for index, item in enumerate(self.answers, start=1):
-            parts += [f"## Sample {index}", "", f"**Prompt:** {item['prompt']}", "",
-                      f"**Reference:** {item['reference']}", "", f"**Base:** {item['base']}", "",
-                      f"**Tuned:** {item['tuned']}", ""]
-        return "\n".join(parts)
-
-
-REPORT_FILES = ("report.json", "report.md")
+REPORT_FILES = ("report.json", "report.md", "samples.jsonl")
 
 
 def check_report_free(out_dir: Path) -> None:
@@ -91,10 +35,19 @@ def check_report_free(out_dir: Path) -> None:
                         "the old report away")
 
 
-def eval_data(run: FinishedRun, data_file: str | None) -> tuple[data_lib.LoadedData, str]:
+def eval_config(run: FinishedRun, sft: bool = False):
+    """The run's config to read and tokenize eval data with; ``sft``: as for supervised data whatever the run's
+    method (the general instructions of the forgetting check, under a preference run)."""
+    config = run.config.model_copy(deep=True)
+    if sft and config.method != "sft":
+        config = config.model_copy(update={"method": "sft", "dpo": None, "orpo": None, "kto": None})
+    return config
+
+
+def eval_data(run: FinishedRun, data_file: str | None, sft: bool = False) -> tuple[data_lib.LoadedData, str]:
     """The data to evaluate on, as the eval split: a given file, or the run's own eval data (files or the same
     held-out split); and what it is, in words."""
-    config = run.config.model_copy(deep=True)
+    config = eval_config(run, sft)
     if data_file:
         if not Path(data_file).exists():
             raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
@@ -111,21 +64,22 @@ def eval_data(run: FinishedRun, data_file: str | None) -> tuple[data_lib.LoadedD
     return loaded_data, loaded_data.eval_source
 
 
-def prepared_eval(run: FinishedRun, data_file: str | None):
+def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
     """The eval data tokenized as the run trained (its max_seq_length, train_on, overlength) with the tokenizer
     and chat template saved with its adapter."""
     from lora_ft import inference
     from lora_ft.model import BaseModelSource, ChatTokenizer
     from lora_ft.preparation import prepare
 
-    loaded_data, source = eval_data(run, data_file)
+    config = eval_config(run, sft)
+    loaded_data, source = eval_data(run, data_file, sft)
     tokenizer = inference.load_tokenizer(run)
     chat = ChatTokenizer(source=BaseModelSource(path=str(run.adapter_dir), display_name=run.base_name),
                          tokenizer=tokenizer, pad_note=f"pad token: {tokenizer.pad_token!r}",
                          template_origin="saved with the adapter",
                          renderer=ChatRenderer(tokenizer, tokenizer.chat_template))
     with console.silenced():
-        prepared = prepare(LoadedConfig(run.config, None, []), run.config, data=loaded_data, chat=chat, checks=False)
+        prepared = prepare(LoadedConfig(config, None, []), config, data=loaded_data, chat=chat, checks=False)
     return prepared, source
 
 
@@ -157,59 +111,173 @@ def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_
     return -sum(sequence_logps(model, input_ids, labels, batch_size)) / max(count, 1)
 
 
-def evaluate_run(run: FinishedRun, *, data_file: str | None = None, samples_to_show: int = 3,
-                 max_new_tokens: int = 160, out_dir: Path | None = None, base: str | None = None) -> EvalReport:
+def general_data_file() -> Path:
+    """The general-instruction file shipped with lora-ft (257 varied pairs, no legal or finance content)."""
+    return Path(str(resources.files("lora_ft.data_templates").joinpath("general", "general_instructions.jsonl")))
+
+
+@dataclass
+class EvalOptions:
+    data_file: str | None = None  # instead of the run's eval data
+    general_file: str | None = None  # None: the shipped file; "" : no forgetting check
+    samples_to_show: int = 3
+    max_new_tokens: int = 256
+    max_answers: int | None = 200  # prompts answered per set (the loss covers all samples)
+    batch_size: int = 16
+    tasks: list[str] | None = None  # lm-evaluation-harness tasks
+    include_path: str | None = None
+    task_limit: int | None = None
+    out_dir: Path | None = None
+    base: str | None = None  # the base model's directory, when it moved
+
+
+@dataclass
+class _EvalSet:
+    name: str
+    source: str
+    prepared: object
+    input_ids: list
+    labels: list
+    conversations: list  # (sample, prompt messages, reference text) for the prompts to answer
+    prompts: int
+
+
+def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: int | None) -> _EvalSet:
+    prepared, source = prepared_eval(run, data_file, sft=name == "general")
+    tokens = prepared.eval_tokens
+    input_ids, labels = tokens.side("chosen") if prepared.is_preference else (tokens.input_ids, tokens.labels)
+    if not input_ids:
+        raise UserError(f"no {name} eval sample has an answer to score", where=source, fix="check the eval data")
+    conversations = []
+    for sample in prepared.data.eval:
+        if not sample.messages:
+            continue
+        if sample.is_preference:
+            if sample.chosen:
+                conversations.append((sample, sample.messages, sample.chosen[-1]["content"]))
+        elif sample.messages[-1]["role"] == "assistant":
+            conversations.append((sample, sample.messages[:-1], sample.messages[-1]["content"]))
+    prompts = len(conversations)
+    if data_file is not None and Path(data_file) == general_data_file():
+        source = f"general instructions shipped with lora-ft ({general_data_file().name})"
+    return _EvalSet(name, source, prepared, input_ids, labels, conversations[:max_answers], prompts)
+
+
+def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, options: EvalOptions,
+             merge: bool) -> tuple[list, float]:
     from lora_ft import inference
 
-    out_dir = Path(out_dir) if out_dir else run.run_dir / "eval"
-    check_report_free(out_dir)  # before the slow part
-    from lora_ft import preference_eval
-
-    prepared, source = prepared_eval(run, data_file)
-    samples, tokenizer, tokens = prepared.data.eval, prepared.chat.tokenizer, prepared.eval_tokens
-    input_ids, labels = tokens.input_ids, tokens.labels
-    if prepared.is_preference:  # the loss of the chosen answers: are the preferred answers still likely?
-        input_ids, labels = tokens.side("chosen")
-    if not input_ids:
-        raise UserError("no eval sample has an answer to score", fix="check the eval data")
-    scored = sum(1 for row in labels for t in row if t != IGNORE)
-    console.say(f"evaluating on {source}: {len(input_ids)} samples, {scored:,} answer tokens")
-    model = inference.load_tuned(run, base)
+    total = len(evalset.conversations)
+    console.status(f"answering {total} {evalset.name} prompts with the {label} model ...")
     started = time.time()
+    with inference.merged_for_generation(model, merge):
+        answers = inference.generate_batch(
+            model, tokenizer, run, [c[1] for c in evalset.conversations], options.max_new_tokens,
+            options.batch_size, progress=lambda done: console.status(
+                f"answering {evalset.name} prompts with the {label} model: {done}/{total}"))
+    return answers, time.time() - started
+
+
+def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: EvalOptions, before: str):
+    """Losses and answers of the starting model and the tuned one on one set; and the per-sample records."""
+    from lora_ft import preference_eval
+    from lora_ft.answer_metrics import answer_scores, summarize
+    from lora_ft.eval_report import SetResult
+
+    with preference_eval.starting_model(model, run):
+        base_loss = eval_loss(model, evalset.input_ids, evalset.labels)
+    tuned_loss = eval_loss(model, evalset.input_ids, evalset.labels)
+    scored = sum(1 for row in evalset.labels for t in row if t != IGNORE)
+    result = SetResult(name=evalset.name, source=evalset.source, samples=len(evalset.input_ids),
+                       scored_tokens=scored, base_loss=base_loss, tuned_loss=tuned_loss, prompts=evalset.prompts)
+    console.say(f"{evalset.name} loss: {before} {base_loss:.4f}, tuned {tuned_loss:.4f} "
+                f"({len(evalset.input_ids)} samples, {scored:,} answer tokens)")
+    if not evalset.conversations:
+        return result, []
+    references = [c[2] for c in evalset.conversations]
+    with preference_eval.starting_model(model, run):  # the start adapter merges; the base has none to merge
+        base_answers, base_seconds = _answers(model, run, tokenizer, evalset, before, options,
+                                              merge=run.config.model.adapter is not None)
+    tuned_answers, tuned_seconds = _answers(model, run, tokenizer, evalset, "tuned", options, merge=True)
+    records = []
+    for (sample, prompt, reference), old, new in zip(evalset.conversations, base_answers, tuned_answers):
+        records.append({"set": evalset.name, "location": sample.location, "prompt": prompt[-1]["content"],
+                        "reference": reference, "base": old.text, "tuned": new.text,
+                        "base_scores": answer_scores(old.text, reference, old.stopped, old.tokens),
+                        "tuned_scores": answer_scores(new.text, reference, new.stopped, new.tokens)})
+    result.base = summarize([a.text for a in base_answers], references, [r["base_scores"] for r in records],
+                            base_seconds)
+    result.tuned = summarize([a.text for a in tuned_answers], references, [r["tuned_scores"] for r in records],
+                             tuned_seconds)
+    return result, records
+
+
+def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrides):
+    """Evaluate a finished run and write its report (``report.md``, ``report.json``, ``samples.jsonl``)."""
+    from lora_ft import eval_tracking, inference, preference_eval
+    from lora_ft.eval_report import EvalReport
+
+    options = options or EvalOptions()
+    for key, value in overrides.items():
+        setattr(options, key, value)
+    out_dir = Path(options.out_dir) if options.out_dir else run.run_dir / "eval"
+    check_report_free(out_dir)  # before the slow part
+    started = time.time()
+    manager = None
+    if options.tasks:  # a missing extra or an unknown task is found before anything slow
+        from lora_ft import harness
+
+        manager = harness.task_manager(options.include_path)
+        harness.check_tasks(manager, options.tasks, options.include_path)
+    sets = [_eval_set("domain", run, options.data_file, options.max_answers)]
+    general = general_data_file() if options.general_file is None else options.general_file
+    if general:
+        sets.append(_eval_set("general", run, str(general), options.max_answers))
+    model = inference.load_tuned(run, options.base)
+    tokenizer = sets[0].prepared.chat.tokenizer
+    before = "base" if run.config.model.adapter is None else "start"
+    results, records = [], []
+    for evalset in sets:
+        result, rows = _score_set(model, run, tokenizer, evalset, options, before)
+        results.append(result)
+        records += rows
     preference = None
-    with preference_eval.starting_model(model, run) as before:
-        base_loss = eval_loss(model, input_ids, labels)
-        start_scores = preference_eval.pair_scores(model, tokens) if prepared.is_preference else None
-    tuned_loss = eval_loss(model, input_ids, labels)
-    if start_scores is not None and start_scores.chosen:
-        beta = getattr(run.config.method_settings, "beta", 0.1)
-        preference = preference_eval.reward_summary(start_scores, preference_eval.pair_scores(model, tokens), beta)
-    console.say(f"losses computed in {time.time() - started:.0f} s (tuned against the {before}); generating "
-                f"{samples_to_show} answers ...")
-    answers = []
-    for sample in [s for s in samples if s.messages][:samples_to_show]:
-        prompt = sample.messages if sample.is_preference else sample.messages[:-1]
-        reference = (sample.chosen or sample.rejected if sample.is_preference else sample.messages)[-1]["content"]
+    domain = sets[0]
+    if domain.prepared.is_preference:
         with preference_eval.starting_model(model, run):
-            base_answer, _ = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
-        tuned_answer, stopped = inference.generate(model, tokenizer, run, prompt, max_new_tokens)
-        answers.append({"location": sample.location, "prompt": prompt[-1]["content"],
-                        "reference": reference, "base": base_answer, "tuned": tuned_answer,
-                        "tuned_stopped_at_end_of_turn": stopped})
-    report = EvalReport(run_dir=str(run.run_dir), data=source, samples=len(input_ids), trained_tokens=scored,
-                        base_loss=base_loss, tuned_loss=tuned_loss, answers=answers, preference=preference,
-                        before="base" if run.config.model.adapter is None else "start")
+            start_scores = preference_eval.pair_scores(model, domain.prepared.eval_tokens)
+        if start_scores.chosen:
+            beta = getattr(run.config.method_settings, "beta", 0.1)
+            preference = preference_eval.reward_summary(
+                start_scores, preference_eval.pair_scores(model, domain.prepared.eval_tokens), beta)
+    del model
+    harness_scores, harness_seconds = None, 0.0
+    if options.tasks:
+        from lora_ft import harness
+
+        console.status(f"lm-evaluation-harness: {', '.join(options.tasks)}, {before} and tuned ...")
+        harness_scores, harness_seconds = harness.compare(run, options.tasks, include_path=options.include_path,
+                                                          limit=options.task_limit, base=options.base)
+    examples = [{k: r[k] for k in ("set", "location", "prompt", "reference", "base", "tuned")}
+                for r in records if r["set"] == "domain"][: options.samples_to_show]
+    report = EvalReport(run_dir=str(run.run_dir), domain=results[0], general=results[1] if len(results) > 1 else None,
+                        before=before, max_new_tokens=options.max_new_tokens, preference=preference,
+                        harness=harness_scores, harness_seconds=harness_seconds, examples=examples,
+                        seconds=time.time() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_report_free(out_dir)  # still free: nothing is written over
-    payload = {**asdict(report), "base_perplexity": report.base_perplexity,
-               "tuned_perplexity": report.tuned_perplexity}
-    write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(out_dir / "report.json", json.dumps(report.as_dict(), indent=2) + "\n")
     write_text_atomic(out_dir / "report.md", report.markdown())
+    console.say("")
     console.say(report.table())
-    for item in answers:
+    for item in examples:
         console.say(f"\nprompt:    {item['prompt'][:200]}")
         console.say(f"reference: {item['reference'][:300]}")
-        console.say(f"base:      {item['base'][:300]}")
+        console.say(f"{before + ':':<10} {item['base'][:300]}")
         console.say(f"tuned:     {item['tuned'][:300]}")
-    console.say(f"\nreport: {out_dir / 'report.md'} and report.json")
+    for line in eval_tracking.log_report(run, report, records):
+        console.note(line)
+    console.say(f"\nverdict: {report.verdict()}")
+    console.say(f"report: {out_dir / 'report.md'} (and report.json, samples.jsonl); {report.seconds:.0f} s")
     return report

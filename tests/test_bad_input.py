@@ -69,11 +69,11 @@ def test_a_lone_surrogate_or_a_row_nested_100k_deep_is_dropped_and_named(tiny_ll
 def test_eval_data_with_bad_rows_is_reported_not_a_traceback(finished_run, tmp_path, capsys):
     bad = _bad_rows_file(tmp_path / "bad.jsonl")
     capsys.readouterr()
-    assert cli.main(["eval", str(finished_run), "--data", str(bad), "--samples", "0",
-                     "--out", str(tmp_path / "report")]) == 0
+    assert cli.main(["eval", str(finished_run), "--data", str(bad), "--samples", "0", "--no-general",
+                     "--max-answers", "0", "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     assert "12 rows read, 10 kept, 2 dropped" in out and "lone UTF-16 surrogate" in out and "bad.jsonl:4" in out
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["samples"] == 10
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["domain"]["samples"] == 10
 
 
 def test_non_utf8_data_is_named_by_line(tiny_llama, legal_data, tmp_path, capsys):

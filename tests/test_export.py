@@ -151,13 +151,14 @@ def test_generation_stops_at_end_of_turn_after_a_short_overfit(tmp_path):
 
 
 def test_eval_reports_base_and_tuned(lora_run, tmp_path, capsys):
-    assert cli.main(["eval", str(lora_run), "--samples", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert cli.main(["eval", str(lora_run), "--samples", "1", "--no-general", "--max-new-tokens", "16",
+                     "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     manifest = json.loads((lora_run / "manifest.json").read_text())
     assert report["tuned_loss"] < report["base_loss"]
     assert report["tuned_loss"] == pytest.approx(manifest["metrics"]["eval_loss_after"], rel=1e-3)
-    assert len(report["answers"]) == 1 and report["answers"][0]["reference"]
-    assert "| base |" in (tmp_path / "eval" / "report.md").read_text()
+    assert len(report["examples"]) == 1 and report["examples"][0]["reference"]
+    assert "| loss |" in (tmp_path / "eval" / "report.md").read_text()
     assert "perplexity" in capsys.readouterr().out
 
 

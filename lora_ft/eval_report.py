@@ -1,0 +1,235 @@
+"""What `lora-ft eval` found, for a person: tables on screen, ``report.md``, ``report.json`` and a verdict line."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lora_ft.answer_metrics import AnswerSummary
+
+# When the verdict calls general ability "held": general loss up by at most this fraction, ROUGE-L down by at
+# most this many points. Beyond the second limits it says general ability dropped.
+GENERAL_HELD = (0.05, 2.0)
+GENERAL_DROPPED = (0.15, 5.0)
+
+ANSWER_ROWS = (  # (label, AnswerSummary field, format, higher is better)
+    ("ROUGE-L", "rouge_l", "{:.1f}", True),
+    ("chrF", "chrf", "{:.1f}", True),
+    ("token F1", "token_f1", "{:.1f}", True),
+    ("stop rate", "stop_rate", "{:.0%}", True),
+    ("words / reference", "length_ratio", "{:.2f}", None),
+    ("repeated 4-grams %", "repetition", "{:.1f}", False),
+)
+
+
+@dataclass
+class SetResult:
+    """Base (or starting model) and tuned model on one set of held-out samples."""
+    name: str  # "domain" or "general"
+    source: str  # the file or split, in words
+    samples: int  # samples scored for the loss
+    scored_tokens: int
+    base_loss: float
+    tuned_loss: float
+    prompts: int = 0  # prompts with a reference answer
+    base: AnswerSummary | None = None
+    tuned: AnswerSummary | None = None
+
+    @property
+    def loss_change(self) -> float:
+        return self.tuned_loss - self.base_loss
+
+    @property
+    def relative_loss_change(self) -> float:
+        return self.loss_change / self.base_loss if self.base_loss else 0.0
+
+    def rouge_change(self) -> float | None:
+        return None if self.base is None or self.tuned is None else self.tuned.rouge_l - self.base.rouge_l
+
+    def rows(self, before: str) -> list[tuple[str, str, str, str]]:
+        rows = [("", before, "tuned", "change"),
+                ("loss", f"{self.base_loss:.4f}", f"{self.tuned_loss:.4f}", f"{self.loss_change:+.4f}"),
+                ("perplexity", f"{math.exp(self.base_loss):.2f}", f"{math.exp(self.tuned_loss):.2f}",
+                 f"{100 * (math.exp(self.loss_change) - 1):+.1f}%")]
+        if self.base is not None and self.tuned is not None:
+            for label, key, form, _ in ANSWER_ROWS:
+                old, new = getattr(self.base, key), getattr(self.tuned, key)
+                change = f"{100 * (new - old):+.0f} pt" if key == "stop_rate" else f"{new - old:+.2f}" \
+                    if key == "length_ratio" else f"{new - old:+.1f}"
+                rows.append((label, form.format(old), form.format(new), change))
+            rows.append(("answer tokens/s", f"{self.base.tokens_per_second:.0f}",
+                         f"{self.tuned.tokens_per_second:.0f}", ""))
+        return rows
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "samples": self.samples,
+                "scored_tokens": self.scored_tokens, "base_loss": self.base_loss, "tuned_loss": self.tuned_loss,
+                "base_perplexity": math.exp(self.base_loss), "tuned_perplexity": math.exp(self.tuned_loss),
+                "prompts": self.prompts, "base_answers": self.base.as_dict() if self.base else None,
+                "tuned_answers": self.tuned.as_dict() if self.tuned else None}
+
+
+@dataclass
+class EvalReport:
+    run_dir: str
+    domain: SetResult
+    general: SetResult | None = None
+    before: str = "base"  # what the tuned model is compared with: "base", or "start" (the adapter it started from)
+    max_new_tokens: int = 0
+    preference: dict | None = None  # preference runs: how base and tuned rank the held-out pairs
+    harness: dict | None = None  # lm-evaluation-harness: {task: {metric: {"base": x, "tuned": y}}}
+    harness_seconds: float = 0.0
+    examples: list[dict] = field(default_factory=list)  # a few samples with both answers, for the markdown
+    seconds: float = 0.0
+
+    # --- the verdict -------------------------------------------------------------------------------------------
+
+    def verdict(self) -> str:
+        parts = [self._domain_verdict()]
+        if self.general is not None:
+            parts.append(self._general_verdict())
+        parts += self._harness_verdict()
+        parts.append(self._stop_verdict())
+        return "; ".join(p for p in parts if p) + "."
+
+    def _domain_verdict(self) -> str:
+        d = self.domain
+        rouge = d.rouge_change()
+        figures = ([f"ROUGE-L {rouge:+.1f}"] if rouge is not None else []) + [f"loss {d.loss_change:+.3f}"]
+        # a ROUGE-L change under 0.05 points is no change either way
+        better = [d.loss_change < 0] + ([rouge > 0] if rouge is not None and abs(rouge) >= 0.05 else [])
+        if all(better):
+            head = f"tuned beats the {self.before} model on the domain"
+        elif not any(better):
+            head = f"tuned is worse than the {self.before} model on the domain"
+        else:
+            head = "mixed result on the domain"
+        return f"{head} ({', '.join(figures)})"
+
+    def _general_verdict(self) -> str:
+        g = self.general
+        rise, rouge = g.relative_loss_change, g.rouge_change()
+        drop = -rouge if rouge is not None else 0.0
+        figures = f"general loss {g.loss_change:+.3f} ({100 * rise:+.1f}%)" + \
+            (f", ROUGE-L {rouge:+.1f}" if rouge is not None else "")
+        if rise <= GENERAL_HELD[0] and drop <= GENERAL_HELD[1]:
+            return f"general ability held ({figures})"
+        if rise <= GENERAL_DROPPED[0] and drop <= GENERAL_DROPPED[1]:
+            return f"general ability moved a little ({figures})"
+        return (f"general ability dropped ({figures}): to forget less, lower the learning rate or the epochs, or "
+                "mix general instructions into the training data")
+
+    def _harness_verdict(self) -> list[str]:
+        out = []
+        for task, metrics in (self.harness or {}).items():
+            name, values = next(iter(metrics.items()))
+            out.append(f"{task} {name} {values['base']:.3f} -> {values['tuned']:.3f}")
+        return out
+
+    def _stop_verdict(self) -> str:
+        tuned = self.domain.tuned
+        if tuned is None:
+            return ""
+        if tuned.stopped == tuned.answers:
+            return f"all {tuned.answers} tuned answers stop"
+        return (f"{tuned.answers - tuned.stopped} of {tuned.answers} tuned answers ran to the {self.max_new_tokens}-"
+                "token limit (raise --max-new-tokens, or check that training taught the end-of-turn token)")
+
+    # --- rendering ---------------------------------------------------------------------------------------------
+
+    def _sets(self) -> list[SetResult]:
+        return [self.domain] + ([self.general] if self.general is not None else [])
+
+    def _pair_rows(self) -> list[tuple[str, str, str, str]]:
+        p = self.preference
+        return [("pairs", self.before, "tuned", ""),
+                ("prefers chosen", f"{p['prefers_chosen_start']:.1%}", f"{p['prefers_chosen_tuned']:.1%}", ""),
+                ("reward accuracy", "", f"{p['reward_accuracy']:.1%}", ""),
+                ("reward margin", "", f"{p['reward_margin']:+.3f}", "")]
+
+    def _harness_rows(self) -> list[tuple[str, str, str, str]]:
+        rows = [("harness task", self.before, "tuned", "change")]
+        for task, metrics in (self.harness or {}).items():
+            for metric, values in metrics.items():
+                rows.append((f"{task} {metric}", f"{values['base']:.4f}", f"{values['tuned']:.4f}",
+                             f"{values['tuned'] - values['base']:+.4f}"))
+        return rows
+
+    def table(self) -> str:
+        blocks = []
+        for result in self._sets():
+            blocks.append(f"{result.name}: {result.source} ({result.samples} samples"
+                          + (f", {result.tuned.answers} answered" if result.tuned else "") + ")")
+            blocks.append(_text_table(result.rows(self.before)))
+        if self.preference is not None:
+            blocks.append(_text_table(self._pair_rows()))
+        if self.harness:
+            blocks.append(_text_table(self._harness_rows()))
+        return "\n\n".join(blocks)
+
+    def markdown(self) -> str:
+        loss = "chosen-answer loss" if self.preference is not None else "loss"
+        parts = [f"# Evaluation of {self.run_dir}", "", f"**Verdict:** {self.verdict()}", "",
+                 f"Tuned model against the {self.before} model. Answers are greedy, at most {self.max_new_tokens} "
+                 f"new tokens; the {loss} is per answer token. ROUGE-L and token F1 are means over answers, chrF "
+                 "is the corpus score (all 0-100); stop rate is the share of answers that ended at the end-of-turn "
+                 "token; repeated 4-grams is the share of an answer's word 4-grams seen earlier in it.", ""]
+        for result in self._sets():
+            title = "Domain" if result.name == "domain" else "General instructions (forgetting check)"
+            parts += [f"## {title}", "", f"Data: {result.source}: {result.samples} samples, "
+                      f"{result.scored_tokens:,} answer tokens scored"
+                      + (f", {result.tuned.answers} prompts answered." if result.tuned else "."), "",
+                      _markdown_table(result.rows(self.before)), ""]
+        if self.preference is not None:
+            p = self.preference
+            parts += ["## Preference pairs", "",
+                      f"Held-out pairs ({p['pairs']}): the share whose chosen answer the model finds more likely per "
+                      "token, and DPO's implicit reward of the tuned model against the starting one "
+                      f"(beta {p['beta']:g}).", "", _markdown_table(self._pair_rows()), ""]
+        if self.harness:
+            parts += ["## lm-evaluation-harness", "", f"Scored in {self.harness_seconds:.0f} s.", "",
+                      _markdown_table(self._harness_rows()), ""]
+        for index, item in enumerate(self.examples, start=1):
+            parts += [f"## Sample {index} ({item['set']}, {item['location']})", "", f"**Prompt:** {item['prompt']}",
+                      "", f"**Reference:** {item['reference']}", "", f"**{self.before.capitalize()}:** "
+                      f"{item['base']}", "", f"**Tuned:** {item['tuned']}", ""]
+        parts.append("Every answer with its scores: `samples.jsonl` beside this file.")
+        return "\n".join(parts) + "\n"
+
+    def as_dict(self) -> dict:
+        return {"run_dir": self.run_dir, "compared_with": self.before, "verdict": self.verdict(),
+                "max_new_tokens": self.max_new_tokens, "seconds": self.seconds,
+                # the domain's losses at the top, as earlier reports had them
+                "base_loss": self.domain.base_loss, "tuned_loss": self.domain.tuned_loss,
+                "domain": self.domain.as_dict(), "general": self.general.as_dict() if self.general else None,
+                "preference": self.preference, "harness": self.harness, "examples": self.examples}
+
+    def tracker_metrics(self) -> dict[str, float]:
+        """Flat numbers for an experiment tracker: ``eval/<set>/<model>_<metric>``."""
+        out: dict[str, float] = {}
+        for result in self._sets():
+            prefix = f"eval/{result.name}"
+            out[f"{prefix}/base_loss"], out[f"{prefix}/tuned_loss"] = result.base_loss, result.tuned_loss
+            for model, summary in (("base", result.base), ("tuned", result.tuned)):
+                if summary is not None:
+                    for _, key, _, _ in ANSWER_ROWS:
+                        out[f"{prefix}/{model}_{key}"] = float(getattr(summary, key))
+        for task, metrics in (self.harness or {}).items():
+            for metric, values in metrics.items():
+                for model in ("base", "tuned"):
+                    out[f"eval/harness/{task}/{model}_{metric}"] = float(values[model])
+        return out
+
+
+def _text_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown_table(rows: list[tuple[str, ...]]) -> str:
+    head = rows[0]
+    lines = ["| " + " | ".join(c or " " for c in head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
