@@ -19,7 +19,8 @@ EPILOG = """examples:
   lora-ft eval runs/legal-domain
   lora-ft chat runs/legal-domain
   lora-ft export runs/legal-domain --format gguf
-docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md, docs/serving.md"""
+docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md, docs/evaluation.md,
+      docs/serving.md"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,13 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="general instruction data for the forgetting check (default: the general "
                           "instructions shipped with lora-ft, a few hundred varied pairs)")
     evaluate.add_argument("--no-general", action="store_true", help="skip the forgetting check")
-    evaluate.add_argument("--max-answers", type=COUNT, default=200,
-                          help="prompts answered per data set; the loss covers every sample (default 200; 0: no "
-                          "answers, losses only)")
+    evaluate.add_argument("--max-answers", type=COUNT, default=100,
+                          help="prompts answered per data set, from the top of the file; the loss covers every "
+                          "sample (default 100; 0: no answers, losses only)")
     evaluate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=256,
                           help="longest answer in tokens (default 256)")
-    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=16,
-                          help="prompts answered at once (default 16)")
+    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32,
+                          help="prompts answered at once (default 32)")
     evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to show side by side (default 3)")
     evaluate.add_argument("--tasks", metavar="NAME[,NAME]",
                           help="lm-evaluation-harness tasks to run for both models (needs lora-ft[eval])")

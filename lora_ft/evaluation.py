@@ -122,8 +122,8 @@ class EvalOptions:
     general_file: str | None = None  # None: the shipped file; "" : no forgetting check
     samples_to_show: int = 3
     max_new_tokens: int = 256
-    max_answers: int | None = 200  # prompts answered per set (the loss covers all samples)
-    batch_size: int = 16
+    max_answers: int | None = 100  # prompts answered per set (the loss covers all samples)
+    batch_size: int = 32
     tasks: list[str] | None = None  # lm-evaluation-harness tasks
     include_path: str | None = None
     task_limit: int | None = None

@@ -99,39 +99,83 @@ class Answer:
 
 
 def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[dict[str, str]]],
-                   max_new_tokens: int = 256, batch_size: int = 16,
+                   max_new_tokens: int = 256, batch_size: int = 32,
                    progress: Callable[[int], None] | None = None) -> list[Answer]:
-    """Greedy answers to many conversations, ``batch_size`` at a time: prompts of similar length are batched
-    together, padded on the left, and generated with the KV cache. Each answer equals the one :func:`generate`
-    gives for its conversation alone (a test checks it). ``progress`` is told how many answers are done."""
-    import torch
+    """Greedy answers to many conversations, at most ``batch_size`` at a time: prompts of similar length are
+    batched together (in batches of even size), padded on the left, and generated with the KV cache; rows that
+    have stopped leave the batch (see :func:`_generate_rows`). Each answer equals the one :func:`generate` gives
+    for its conversation alone (a test checks it). ``progress`` is told how many answers are done."""
+    import math
 
     prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
                ["input_ids"] for messages in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stops = set(stop_token_ids(tokenizer, run))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    kwargs = generation_kwargs(tokenizer, run, max_new_tokens, temperature=0.0) | {"pad_token_id": pad}
+    kwargs = generation_kwargs(tokenizer, run, 0, temperature=0.0) | {"pad_token_id": pad}
+    kwargs.pop("max_new_tokens")
     answers: list[Answer | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):
-            ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index])
-            mask[row, width - len(prompts[index]):] = 1
-        with torch.no_grad():
-            output = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs)
-        for row, index in enumerate(rows):
-            new = output[row, width:].tolist()
-            end = next((at for at, token in enumerate(new) if token in stops), None)
-            kept = new if end is None else new[:end + 1]
+    batches = math.ceil(len(order) / batch_size) if order else 0
+    done = 0
+    for number in range(batches):  # 70 prompts at 32: 24 + 23 + 23, not 32 + 32 + 6
+        rows = order[number * len(order) // batches:(number + 1) * len(order) // batches]
+        for index, tokens in zip(rows, _generate_rows(model, [prompts[i] for i in rows], pad, stops, kwargs,
+                                                      max_new_tokens)):
+            end = next((at for at, token in enumerate(tokens) if token in stops), None)
+            kept = tokens if end is None else tokens[:end + 1]
             answers[index] = Answer(tokenizer.decode(kept, skip_special_tokens=True).strip(), end is not None,
                                     len(kept))
+        done += len(rows)
         if progress is not None:
-            progress(min(start + batch_size, len(order)))
+            progress(done)
     return answers
+
+
+STEPS_PER_CALL = 32  # new tokens per generate call before rows that have stopped leave the batch
+
+
+def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], kwargs: dict,
+                   max_new_tokens: int) -> list[list[int]]:
+    """Generate for one left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the
+    rows that reached a stop token leave the batch and their KV cache entries are dropped, and the others go on
+    from the cache (the same computation as one uninterrupted call: the cache holds every token but the last,
+    which the next call reads). So a batch costs what its live rows cost, not what its longest answer costs."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):], mask[row, width - len(prompt):] = torch.tensor(prompt), 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    generated: list[list[int]] = [[] for _ in prompts]
+    live, carried = list(range(len(prompts))), {}
+    while live and len(generated[live[0]]) < max_new_tokens:
+        steps = min(STEPS_PER_CALL, max_new_tokens - len(generated[live[0]]))
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                                 return_dict_in_generate=True, **kwargs, **carried)
+        # the KV cache is `cache` in recent transformers, `past_key_values` before
+        name = "cache" if "cache" in out.__dataclass_fields__ else "past_key_values"
+        cache = getattr(out, name)
+        new = out.sequences[:, ids.shape[1]:]
+        keep = []
+        for position, (row, tokens) in enumerate(zip(live, new.tolist())):
+            end = next((at for at, token in enumerate(tokens) if token in stops), None)
+            generated[row] += tokens if end is None else tokens[:end + 1]
+            if end is None:
+                keep.append(position)
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=ids.device)
+            cache.reorder_cache(index)
+            live = [live[i] for i in keep]
+            ids, mask = out.sequences[index], torch.cat([mask, torch.ones_like(new)], dim=1)[index]
+        else:
+            ids, mask = out.sequences, torch.cat([mask, torch.ones_like(new)], dim=1)
+        carried = {name: cache}
+        if new.shape[1] < steps:  # generate ended early: every row stopped
+            break
+    return generated
 
 
 @contextmanager

@@ -81,10 +81,13 @@ def eval_run(tiny_llama, tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_batched_greedy_answers_equal_one_at_a_time(eval_run):
+@pytest.mark.parametrize("steps_per_call", [3, 32])
+def test_batched_greedy_answers_equal_one_at_a_time(eval_run, steps_per_call, monkeypatch):
     from lora_ft import inference
     from lora_ft.rundir.finished import open_run
 
+    # 3 new tokens per generate call: rows that stopped leave the batch, the rest go on from the KV cache
+    monkeypatch.setattr(inference, "STEPS_PER_CALL", steps_per_call)
     run = open_run(eval_run)
     model = inference.load_tuned(run)
     tokenizer = inference.load_tokenizer(run)
