@@ -165,8 +165,10 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
             generated[row] += tokens if end is None else tokens[:end + 1]
             if end is None:
                 keep.append(position)
+        if not keep:  # every row stopped in this call
+            break
         if len(keep) < len(live):
-            index = torch.tensor(keep, device=ids.device)
+            index = torch.tensor(keep, dtype=torch.long, device=ids.device)
             cache.reorder_cache(index)
             live = [live[i] for i in keep]
             ids, mask = out.sequences[index], torch.cat([mask, torch.ones_like(new)], dim=1)[index]

@@ -144,6 +144,21 @@ def test_eval_reports_answers_forgetting_and_a_verdict(eval_run, tmp_path, capsy
     assert "results logged to TensorBoard" in printed
 
 
+def test_eval_logs_into_the_runs_own_wandb_run(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data,
+                          extra="tracking:\n  report_to: [wandb]\n  project: eval-test\n")
+    assert cli.main(["train", str(config), "--set", "train.max_steps=2"]) == 0  # W&B offline (conftest)
+    run_dir = tmp_path / "run"
+    run_id = (run_dir / "wandb" / "lora-ft-run-id").read_text().strip()
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--no-general", "--max-answers", "2", "--max-new-tokens", "4"]) == 0
+    assert "results logged to the run's W&B run (offline" in capsys.readouterr().out
+    # the eval went into a resumed W&B run with the training run's id, with its figures and its answers table
+    logs = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(logs) == 2
+    assert b"eval/domain/tuned_loss" in logs[-1].read_bytes() and b"eval/answers" in logs[-1].read_bytes()
+
+
 def test_eval_uses_the_shipped_general_file_by_default(eval_run, tmp_path):
     from lora_ft.evaluation import general_data_file
 
