@@ -47,7 +47,7 @@ class SetResult:
         return None if self.base is None or self.tuned is None else self.tuned.rouge_l - self.base.rouge_l
 
     def rows(self, before: str) -> list[tuple[str, str, str, str]]:
-        rows = [("", before, "tuned", "change"),
+        rows = [("metric", before, "tuned", "change"),
                 ("loss", f"{self.base_loss:.4f}", f"{self.tuned_loss:.4f}", f"{self.loss_change:+.4f}"),
                 ("perplexity", f"{math.exp(self.base_loss):.2f}", f"{math.exp(self.tuned_loss):.2f}",
                  f"{100 * (math.exp(self.loss_change) - 1):+.1f}%")]

@@ -84,12 +84,14 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
 
 
 def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
-    """The summed log-probability of each sequence's labelled tokens."""
+    """The summed log-probability of each sequence's labelled tokens (batched by length, so little is padding)."""
     import torch
 
-    sums: list[float] = []
-    for start in range(0, len(input_ids), batch_size):
-        ids_batch, lab_batch = input_ids[start:start + batch_size], labels[start:start + batch_size]
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    sums: list[float] = [0.0] * len(input_ids)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        ids_batch, lab_batch = [input_ids[i] for i in rows], [labels[i] for i in rows]
         width = max(len(x) for x in ids_batch)
         ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
         lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
@@ -101,7 +103,8 @@ def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], b
         targets = lab[:, 1:].to(logits.device)
         logps = torch.log_softmax(logits[:, :-1], dim=-1)
         picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums += (picked * (targets != IGNORE)).sum(dim=1).tolist()
+        for index, value in zip(rows, (picked * (targets != IGNORE)).sum(dim=1).tolist()):
+            sums[index] = value
     return sums
 
 
@@ -170,7 +173,7 @@ def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, 
     total = len(evalset.conversations)
     console.status(f"answering {total} {evalset.name} prompts with the {label} model ...")
     started = time.time()
-    with inference.merged_for_generation(model, merge):
+    with inference.merged_adapter(model, merge):
         answers = inference.generate_batch(
             model, tokenizer, run, [c[1] for c in evalset.conversations], options.max_new_tokens,
             options.batch_size, progress=lambda done: console.status(
@@ -184,9 +187,12 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     from lora_ft.answer_metrics import answer_scores, summarize
     from lora_ft.eval_report import SetResult
 
-    with preference_eval.starting_model(model, run):
+    from lora_ft.inference import merged_adapter
+
+    with preference_eval.starting_model(model, run), merged_adapter(model, run.config.model.adapter is not None):
         base_loss = eval_loss(model, evalset.input_ids, evalset.labels)
-    tuned_loss = eval_loss(model, evalset.input_ids, evalset.labels)
+    with merged_adapter(model):
+        tuned_loss = eval_loss(model, evalset.input_ids, evalset.labels)
     scored = sum(1 for row in evalset.labels for t in row if t != IGNORE)
     result = SetResult(name=evalset.name, source=evalset.source, samples=len(evalset.input_ids),
                        scored_tokens=scored, base_loss=base_loss, tuned_loss=tuned_loss, prompts=evalset.prompts)

@@ -181,9 +181,10 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
 
 
 @contextmanager
-def merged_for_generation(model, merge: bool = True):
+def merged_adapter(model, merge: bool = True):
     """The active adapter merged into the base weights inside the block, where that is exact enough to be worth
-    it: on a CPU, in float32, generation then skips the adapter's extra matmuls. Unmerged again on the way out."""
+    it: on a CPU, in float32, the forward passes (generation, the eval loss) then skip the adapter's extra
+    matmuls. Unmerged again on the way out."""
     import torch
 
     weights = next(model.parameters())

@@ -7,7 +7,7 @@ batched generation, on the same finished run and prompts, in one invocation.
 Arms (greedy, the same max_new_tokens, the tuned model = base + the run's adapter):
 - one-at-a-time: ``inference.generate`` per prompt, the adapter unmerged (as `lora-ft generate` runs);
 - batched: ``inference.generate_batch`` (prompts sorted by length, left padding, KV cache), the adapter merged in
-  memory on a CPU (``inference.merged_for_generation``), as `lora-ft eval` runs.
+  memory on a CPU (``inference.merged_adapter``), as `lora-ft eval` runs.
 
 Figures: generated tokens per second (answer tokens up to and including the end-of-turn token; the padding a
 batch generates after a row has finished is not counted) and wall seconds. It also checks that the answers are
@@ -71,7 +71,7 @@ def main() -> int:
     single_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + stopped
                         for text, stopped in single)
 
-    with inference.merged_for_generation(model):
+    with inference.merged_adapter(model):
         started = time.perf_counter()
         batched = inference.generate_batch(model, tokenizer, run, conversations, args.max_new_tokens,
                                            args.batch_size)

@@ -95,7 +95,7 @@ def test_batched_greedy_answers_equal_one_at_a_time(eval_run, steps_per_call, mo
                "hello", "What is the statute of frauds? Explain it.", "The tenant shall pay rent"]
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     for merge in (False, True):
-        with inference.merged_for_generation(model, merge):
+        with inference.merged_adapter(model, merge):
             batched = inference.generate_batch(model, tokenizer, run, conversations, max_new_tokens=12, batch_size=3)
             single = [inference.generate(model, tokenizer, run, c, max_new_tokens=12) for c in conversations]
         assert [(a.text, a.stopped) for a in batched] == single
@@ -197,7 +197,7 @@ def test_the_shipped_legal_task_runs_offline_for_base_and_tuned(eval_run, tmp_pa
                      "--include-path", str(REPO / "examples" / "legal" / "harness"), "--task-limit", "6",
                      "--out", str(out)]) == 0
     scores = json.loads((out / "report.json").read_text())["harness"]["legal_mc"]
-    assert set(scores) == {"acc", "acc_norm"}
+    assert set(scores) == {"acc"}
     for values in scores.values():
         assert {"base", "tuned"} == set(values) and all(v * 6 == pytest.approx(round(v * 6)) for v in values.values())
     assert "legal_mc acc" in (out / "report.md").read_text()
