@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="answer one prompt or a file of prompts",
                               description="Generate answers with base + adapter; prompts from --prompt or a file "
-                              "with one prompt per line (or a .jsonl with a 'prompt' field).")
+                              "with one prompt per line (or a .jsonl with a 'prompt' field); a file's greedy answers "
+                              "(--temperature 0) are generated 32 at a time, each the same as its prompt alone.")
     _add_run_args(generate)
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval", help="did the fine-tune help? base vs tuned: loss, answer metrics, forgetting, benchmarks",
         description="Evaluate the base (or starting) model and the tuned one on the run's eval data (or --data "
-        "FILE): loss, and an answer to every prompt (batched, greedy) scored against the reference (ROUGE-L, "
+        "FILE): loss, and answers to its prompts (batched, greedy) scored against the references (ROUGE-L, "
         "chrF, token F1), stop rate, length and repetition; the same on general instructions (a forgetting "
         "check); lm-evaluation-harness tasks with --tasks. Prints tables and a verdict, and writes "
         "RUN_DIR/eval/report.md, report.json and samples.jsonl.")

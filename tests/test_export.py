@@ -168,6 +168,10 @@ def test_generate_from_a_prompts_file(lora_run, tmp_path, capsys):
     assert cli.main(["generate", str(lora_run), "--prompts", str(prompts), "--max-new-tokens", "5"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["prompt"] for line in lines] == ["What is a tort?", "Define estoppel."]
+    # a file's greedy answers are generated in a batch: each is the answer the prompt gets alone
+    for line in lines:
+        assert cli.main(["generate", str(lora_run), "--prompt", line["prompt"], "--max-new-tokens", "5"]) == 0
+        assert capsys.readouterr().out.rstrip("\n").split("\n")[-1] == line["answer"]
 
 
 def test_bad_inputs_give_clear_errors_and_write_nothing(lora_run, tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from lora_ft import console
 from lora_ft.errors import EXIT_OK, UserError
 
+BATCH = 32  # greedy prompts answered at once
+
 
 def _read_prompts(path: str) -> list[str]:
     import json
@@ -45,9 +47,24 @@ def run(args) -> int:
     model = inference.load_tuned(run, args.base)
     tokenizer = inference.load_tokenizer(run)
     system = run.config.data.system_prompt
+
+    def messages(prompt: str) -> list[dict[str, str]]:
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+    if args.prompts and args.temperature == 0:
+        # greedy answers to a file: BATCH prompts at a time (the same answers as one by one, several times faster)
+        with inference.merged_adapter(model):
+            for start in range(0, len(prompts), BATCH):
+                group = prompts[start:start + BATCH]
+                answers = inference.generate_batch(model, tokenizer, run, [messages(p) for p in group],
+                                                   args.max_new_tokens, BATCH)
+                for prompt, answer in zip(group, answers):
+                    console.say(json.dumps({"prompt": prompt, "answer": answer.text,
+                                            "stopped_at_end_of_turn": answer.stopped}))
+        return EXIT_OK
     for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        answer, stopped = inference.generate(model, tokenizer, run, messages, args.max_new_tokens, args.temperature)
+        answer, stopped = inference.generate(model, tokenizer, run, messages(prompt), args.max_new_tokens,
+                                             args.temperature)
         if args.prompts:
             console.say(json.dumps({"prompt": prompt, "answer": answer, "stopped_at_end_of_turn": stopped}))
         else:
