@@ -12,6 +12,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# float32 on every CPU, so results do not depend on the machine; tests of the bfloat16 choice set it themselves
+os.environ.setdefault("LORA_FT_CPU_BF16", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 

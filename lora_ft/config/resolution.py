@@ -15,6 +15,7 @@ from lora_ft.config.checks import cpu_precision_problems
 from lora_ft.config.loading import LoadedConfig
 from lora_ft.config.schema import RunConfig
 from lora_ft.errors import UserError
+from lora_ft.config.cpu_precision import cpu_bf16_verdict
 
 
 @dataclass
@@ -54,18 +55,24 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     cfg.train.device = device
 
     model = cfg.model
-    if model.quantization == "auto":
+    quantization_chosen = model.quantization == "auto"
+    if quantization_chosen:
         model.quantization = "nf4" if device == "cuda" else "none"
-        if device == "cpu":
-            notes.append("no CUDA GPU: training on the CPU in float32 without quantization "
-                         "(set model.quantization: nf4 for QLoRA on the CPU)")
     if model.dtype == "auto":
         if device == "cuda":
             model.dtype = "bfloat16" if _cuda_supports_bf16() else "float16"
+        elif model.quantization == "none" and (verdict := cpu_bf16_verdict()).fast:
+            model.dtype = "bfloat16"
+            notes.append(f"bfloat16 base weights: {verdict.describe()}; the LoRA weights and the optimizer stay in "
+                         "float32 (model.dtype: float32 to train in float32)")
         else:
             model.dtype = "float32"
-    elif device == "cpu" and model.dtype == "bfloat16":
-        notes.append("bfloat16 on a CPU is several times slower than float32 on most CPUs")
+    elif device == "cpu" and model.dtype == "bfloat16" and not (verdict := cpu_bf16_verdict()).fast:
+        notes.append(f"bfloat16 on this CPU is slower than float32 ({verdict.describe()}): model.dtype: auto "
+                     "picks float32 here")
+    if quantization_chosen and device == "cpu":
+        notes.append(f"no CUDA GPU: training on the CPU in {model.dtype} without quantization "
+                     "(set model.quantization: nf4 for QLoRA on the CPU)")
     if device == "cpu" and (problems := cpu_precision_problems(model)):
         _key, what, fix = problems[0]
         raise UserError(what, fix=fix)

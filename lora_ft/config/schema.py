@@ -54,8 +54,10 @@ class ModelSection(Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Compute dtype. `auto` is bfloat16 on a GPU that supports it (else float16) and float32 on a "
-        "CPU, which has no fast bfloat16.",
+        description="Compute dtype. `auto` is bfloat16 on a GPU that supports it (else float16). On a CPU "
+        "(without quantization) it is bfloat16 base weights, with the LoRA weights and optimizer in float32, where "
+        "a short probe finds bfloat16 matrix products at least 4x as fast as float32 (AMX), else float32; the "
+        "probe's answer is cached per CPU, and LORA_FT_CPU_BF16=1 or 0 decides without it.",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="Attention kernel. `auto` is `flash_attention_2` on a CUDA GPU in 16-bit when the "

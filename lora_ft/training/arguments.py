@@ -156,7 +156,8 @@ def trainable_dtype(cfg: RunConfig):
 
     bfloat16 compute: TRL stores a quantized model's LoRA A/B in bfloat16 and leaves DoRA's magnitude vector in
     float32 (its updates are below bfloat16's resolution): kept. float16 compute: float32, the gradient scaler
-    cannot unscale float16 gradients. float32 compute (a CPU): float32, a CPU has no fast bfloat16 arithmetic."""
+    cannot unscale float16 gradients. A CPU: float32, with float32 or bfloat16 base weights (bfloat16 speeds up
+    the frozen matrix products on a CPU that has it; the adapter and its optimizer keep float32's precision)."""
     import torch
 
-    return None if cfg.model.dtype == "bfloat16" else torch.float32
+    return None if cfg.model.dtype == "bfloat16" and cfg.train.device == "cuda" else torch.float32
