@@ -113,3 +113,18 @@ def test_a_saved_template_that_differs_is_caught(chat_tokenizer, tmp_path):
     check_saved_template(tmp_path, chat_tokenizer.chat_template)
     with pytest.raises(UserError, match="differs from the one used in training"):
         check_saved_template(tmp_path, read_chat_template("alpaca"))
+
+
+@pytest.mark.parametrize("train_on", ["answers", "all"])
+def test_batched_encoding_equals_one_sample_at_a_time(chat_tokenizer, monkeypatch, train_on):
+    from lora_ft import tokenization
+
+    renderer = ChatRenderer(chat_tokenizer, read_chat_template("chatml"))
+    short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    samples = [Sample("x:1", messages=CONVERSATION), Sample("x:2", text="A contract is an agreement."),
+               Sample("x:3", messages=short), Sample("x:4", text=""), Sample("x:5", messages=CONVERSATION[:2]),
+               Sample("x:6", text="The tenant shall pay rent.")]
+    monkeypatch.setattr(tokenization, "ENCODE_CHUNK", 4)  # chunks end mid-list, texts and chats mixed in each
+    batched = list(tokenization.encode_samples(samples, renderer, train_on))
+    assert batched == [tokenization.encode_sample(s, renderer, train_on) for s in samples]
+    assert len(batched) == 6 and batched[1][0][-1] == chat_tokenizer.eos_token_id
