@@ -133,16 +133,42 @@ def encode_sample(sample: Sample, renderer: ChatRenderer, train_on: str) -> tupl
 
 
 ENCODE_CHUNK = 1024  # samples rendered, then tokenized in one call of the fast tokenizer
+PROGRESS_FROM = 20_000  # samples; smaller sets take seconds and show no progress
+PROGRESS_EVERY = 10.0  # seconds between progress lines
 
 
-def encode_samples(samples: Iterable[Sample], renderer: ChatRenderer,
-                   train_on: str) -> Iterator[tuple[list[int], list[int]]]:
+class _Progress:
+    """A line on the terminal every few seconds: rows done, rows/s and the time left."""
+
+    def __init__(self, total: int | None):
+        import time
+
+        self.total, self.clock = total, time.monotonic
+        self.started = self.last = self.clock()
+        self.on = total is not None and total >= PROGRESS_FROM
+
+    def update(self, done: int) -> None:
+        now = self.clock()
+        if not self.on or (now - self.last < PROGRESS_EVERY and done < self.total):
+            return
+        from lora_ft import console
+
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        console.status(f"tokenizing: {done:,} of {self.total:,} samples, {rate:,.0f} samples/s, "
+                       f"about {(self.total - done) / max(rate, 1e-9):.0f} s left")
+
+
+def encode_samples(samples: Iterable[Sample], renderer: ChatRenderer, train_on: str,
+                   total: int | None = None) -> Iterator[tuple[list[int], list[int]]]:
     """:func:`encode_sample` for many samples, in order, with the same result: each chunk's rendered texts go to
-    the fast tokenizer in one call (its batch path, on every core) instead of one call per sample."""
+    the fast tokenizer in one call (its batch path, on every core) instead of one call per sample. With ``total``
+    (the number of samples), a large set shows its progress."""
     tokenizer = renderer.tokenizer
     chunk: list[Sample] = []
+    progress, done_count = _Progress(total), 0
 
-    def flush() -> Iterator[tuple[list[int], list[int]]]:
+    def encode_chunk() -> Iterator[tuple[list[int], list[int]]]:
         rendered = [renderer.trained_spans(s.messages) if s.messages is not None else None for s in chunk]
         chats = [r[0] for r in rendered if r is not None]
         texts = [s.text or "" for s in chunk if s.messages is None]
@@ -165,10 +191,15 @@ def encode_samples(samples: Iterable[Sample], renderer: ChatRenderer,
     for sample in samples:
         chunk.append(sample)
         if len(chunk) == ENCODE_CHUNK:
-            yield from flush()
+            encoded = list(encode_chunk())
+            done_count += len(chunk)
+            progress.update(done_count)  # before yielding: a consumer may stop at the last sample
+            yield from encoded
             chunk = []
     if chunk:
-        yield from flush()
+        encoded = list(encode_chunk())
+        progress.update(done_count + len(chunk))
+        yield from encoded
 
 
 def fit_to_length(
@@ -225,7 +256,8 @@ def tokenize_samples(
     overlength: Overlength = "truncate",
 ) -> TokenizedSet:
     """Tokenize samples; apply the over-length policy at ``max_length``; drop samples that keep no trained token."""
-    encoded = ((s.location, *pair) for s, pair in zip(samples, encode_samples(samples, renderer, train_on)))
+    encoded = ((s.location, *pair) for s, pair in zip(samples, encode_samples(samples, renderer, train_on,
+                                                                              total=len(samples))))
     return fit_to_length(encoded, max_length, overlength)
 
 

@@ -128,3 +128,18 @@ def test_batched_encoding_equals_one_sample_at_a_time(chat_tokenizer, monkeypatc
     batched = list(tokenization.encode_samples(samples, renderer, train_on))
     assert batched == [tokenization.encode_sample(s, renderer, train_on) for s in samples]
     assert len(batched) == 6 and batched[1][0][-1] == chat_tokenizer.eos_token_id
+
+
+def test_a_large_set_shows_its_tokenizing_progress(chat_tokenizer, monkeypatch, capsys):
+    from lora_ft import tokenization
+
+    renderer = ChatRenderer(chat_tokenizer, read_chat_template("chatml"))
+    monkeypatch.setattr(tokenization, "ENCODE_CHUNK", 2)
+    monkeypatch.setattr(tokenization, "PROGRESS_FROM", 5)
+    samples = [Sample(f"x:{i}", messages=CONVERSATION) for i in range(5)]
+    out = tokenize_samples(samples, renderer, 1000, "answers")
+    assert len(out.input_ids) == 5
+    err = capsys.readouterr().err
+    assert "tokenizing: 5 of 5 samples" in err and "samples/s" in err and "s left" in err
+    tokenize_samples(samples[:4], renderer, 1000, "answers")  # under PROGRESS_FROM: quiet
+    assert "tokenizing" not in capsys.readouterr().err

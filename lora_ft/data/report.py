@@ -120,8 +120,8 @@ class DataReport:
 def analyse_split(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection) -> SplitReport:
     """Tokenize one split and measure it; apply the over-length policy as training would (``error`` as truncate)."""
     limit = cfg.max_seq_length
-    encoded = [(s.location, *pair) for s, pair in zip(samples, tokenization.encode_samples(samples, renderer,
-                                                                                             cfg.train_on))]
+    encoded = [(s.location, *pair) for s, pair in zip(samples, tokenization.encode_samples(
+        samples, renderer, cfg.train_on, total=len(samples)))]
     totals = [len(ids) for _, ids, _ in encoded]
     answers = [sum(1 for t in labels if t != IGNORE) for _, _, labels in encoded]
     prompts = [total - answer for total, answer in zip(totals, answers)]
