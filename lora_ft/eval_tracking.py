@@ -25,15 +25,10 @@ def _table_rows(records: list[dict]) -> list[list]:
 def _log_wandb(run: FinishedRun, metrics: dict, verdict: str, records: list[dict]) -> str:
     import wandb
 
-    from lora_ft.tracking import _wandb_has_credentials
+    from lora_ft.tracking import _wandb_has_credentials, wandb_run_settings
 
-    id_file = run.run_dir / "wandb" / "lora-ft-run-id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
     mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_has_credentials() else "offline")
-    tracking = run.config.tracking
-    wandb_run = wandb.init(mode=mode, id=run_id, resume="allow" if run_id else None, project=tracking.project,
-                           name=tracking.run_name, tags=tracking.tags or None, dir=str(run.run_dir),
-                           reinit="finish_previous")
+    wandb_run = wandb.init(mode=mode, **wandb_run_settings(run.config, run.run_dir))
     try:
         wandb_run.summary.update({**metrics, "eval/verdict": verdict})
         wandb_run.log({"eval/answers": wandb.Table(columns=list(TABLE_COLUMNS), data=_table_rows(records))})

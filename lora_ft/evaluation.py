@@ -44,10 +44,11 @@ def eval_config(run: FinishedRun, sft: bool = False):
     return config
 
 
-def eval_data(run: FinishedRun, data_file: str | None, sft: bool = False) -> tuple[data_lib.LoadedData, str]:
+def eval_data(run: FinishedRun, data_file: str | None, sft: bool = False,
+              config=None) -> tuple[data_lib.LoadedData, str]:
     """The data to evaluate on, as the eval split: a given file, or the run's own eval data (files or the same
-    held-out split); and what it is, in words."""
-    config = eval_config(run, sft)
+    held-out split); and what it is, in words. ``config``: :func:`eval_config`'s, when the caller has it."""
+    config = config or eval_config(run, sft)
     if data_file:
         if not Path(data_file).exists():
             raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
@@ -72,7 +73,7 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
     from lora_ft.preparation import prepare
 
     config = eval_config(run, sft)
-    loaded_data, source = eval_data(run, data_file, sft)
+    loaded_data, source = eval_data(run, data_file, config=config)
     tokenizer = inference.load_tokenizer(run)
     chat = ChatTokenizer(source=BaseModelSource(path=str(run.adapter_dir), display_name=run.base_name),
                          tokenizer=tokenizer, pad_note=f"pad token: {tokenizer.pad_token!r}",
@@ -186,7 +187,6 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     from lora_ft import preference_eval
     from lora_ft.answer_metrics import answer_scores, summarize
     from lora_ft.eval_report import SetResult
-
     from lora_ft.inference import merged_adapter
 
     with preference_eval.starting_model(model, run), merged_adapter(model, run.config.model.adapter is not None):
@@ -220,7 +220,7 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
 
 def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrides):
     """Evaluate a finished run and write its report (``report.md``, ``report.json``, ``samples.jsonl``)."""
-    from lora_ft import eval_tracking, inference, preference_eval
+    from lora_ft import eval_tracking, harness, inference, preference_eval
     from lora_ft.eval_report import EvalReport
 
     options = options or EvalOptions()
@@ -231,8 +231,6 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     started = time.time()
     manager = None
     if options.tasks:  # a missing extra or an unknown task is found before anything slow
-        from lora_ft import harness
-
         manager = harness.task_manager(options.include_path)
         harness.check_tasks(manager, options.tasks, options.include_path)
     sets = [_eval_set("domain", run, options.data_file, options.max_answers)]
@@ -258,12 +256,10 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
                 start_scores, preference_eval.pair_scores(model, domain.prepared.eval_tokens), beta)
     del model
     harness_scores, harness_seconds = None, 0.0
-    if options.tasks:
-        from lora_ft import harness
-
+    if manager is not None:
         console.status(f"lm-evaluation-harness: {', '.join(options.tasks)}, {before} and tuned ...")
-        harness_scores, harness_seconds = harness.compare(run, options.tasks, include_path=options.include_path,
-                                                          limit=options.task_limit, base=options.base)
+        harness_scores, harness_seconds = harness.compare(run, manager, options.tasks, limit=options.task_limit,
+                                                          base=options.base)
     examples = [{k: r[k] for k in ("set", "location", "prompt", "reference", "base", "tuned")}
                 for r in records if r["set"] == "domain"][: options.samples_to_show]
     report = EvalReport(run_dir=str(run.run_dir), domain=results[0], general=results[1] if len(results) > 1 else None,

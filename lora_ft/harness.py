@@ -77,11 +77,10 @@ def evaluate_model(manager, tasks: list[str], *, pretrained: str, tokenizer: str
     return _scores(results, tasks)
 
 
-def compare(run: FinishedRun, tasks: list[str], *, include_path: str | None, limit: int | None = None,
-            base: str | None = None, batch_size: int = 8) -> tuple[dict, float]:
-    """Scores of the starting model and the tuned one: ({task: {metric: {"base": x, "tuned": y}}}, seconds)."""
-    manager = task_manager(include_path)
-    check_tasks(manager, tasks, include_path)
+def compare(run: FinishedRun, manager, tasks: list[str], *, limit: int | None = None, base: str | None = None,
+            batch_size: int = 8) -> tuple[dict, float]:
+    """Scores of the starting model and the tuned one on tasks :func:`check_tasks` found in ``manager``:
+    ({task: {metric: {"base": x, "tuned": y}}}, seconds)."""
     started = time.time()
     shared = dict(pretrained=locate_base(run, base), tokenizer=str(run.adapter_dir), limit=limit,
                   batch_size=batch_size, trust_remote_code=run.config.model.trust_remote_code)

@@ -121,10 +121,8 @@ def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[
         rows = order[number * len(order) // batches:(number + 1) * len(order) // batches]
         for index, tokens in zip(rows, _generate_rows(model, [prompts[i] for i in rows], pad, stops, kwargs,
                                                       max_new_tokens)):
-            end = next((at for at, token in enumerate(tokens) if token in stops), None)
-            kept = tokens if end is None else tokens[:end + 1]
-            answers[index] = Answer(tokenizer.decode(kept, skip_special_tokens=True).strip(), end is not None,
-                                    len(kept))
+            answers[index] = Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                                    bool(tokens) and tokens[-1] in stops, len(tokens))
         done += len(rows)
         if progress is not None:
             progress(done)
@@ -136,7 +134,7 @@ STEPS_PER_CALL = 32  # new tokens per generate call before rows that have stoppe
 
 def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], kwargs: dict,
                    max_new_tokens: int) -> list[list[int]]:
-    """Generate for one left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the
+    """Each row's new tokens, through its first stop token where it has one. Generated for one left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the
     rows that reached a stop token leave the batch and their KV cache entries are dropped, and the others go on
     from the cache (the same computation as one uninterrupted call: the cache holds every token but the last,
     which the next call reads). So a batch costs what its live rows cost, not what its longest answer costs."""
@@ -167,13 +165,12 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
                 keep.append(position)
         if not keep:  # every row stopped in this call
             break
+        ids, mask = out.sequences, torch.cat([mask, torch.ones_like(new)], dim=1)
         if len(keep) < len(live):
             index = torch.tensor(keep, dtype=torch.long, device=ids.device)
             cache.reorder_cache(index)
             live = [live[i] for i in keep]
-            ids, mask = out.sequences[index], torch.cat([mask, torch.ones_like(new)], dim=1)[index]
-        else:
-            ids, mask = out.sequences, torch.cat([mask, torch.ones_like(new)], dim=1)
+            ids, mask = ids[index], mask[index]
         carried = {name: cache}
         if new.shape[1] < steps:  # generate ended early: every row stopped
             break

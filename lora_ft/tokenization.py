@@ -114,13 +114,15 @@ def encode_conversation(
     return text, ids, _labels(ids, offsets, spans, train_on), offsets
 
 
+def _ending_with_eos(ids: list[int], tokenizer) -> list[int]:
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        return ids + [tokenizer.eos_token_id]
+    return ids
+
+
 def encode_text(text: str, renderer: ChatRenderer) -> list[int]:
     """Tokenize raw text for training: the tokenizer's special tokens, and EOS at the end so it learns to stop."""
-    tokenizer = renderer.tokenizer
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-        ids = ids + [tokenizer.eos_token_id]
-    return ids
+    return _ending_with_eos(renderer.tokenizer(text, add_special_tokens=True)["input_ids"], renderer.tokenizer)
 
 
 def encode_sample(sample: Sample, renderer: ChatRenderer, train_on: str) -> tuple[list[int], list[int]]:
@@ -177,10 +179,8 @@ def encode_samples(samples: Iterable[Sample], renderer: ChatRenderer, train_on: 
         chat_at = text_at = 0
         for done in rendered:
             if done is None:
-                ids = text_encoded[text_at]
+                ids = _ending_with_eos(text_encoded[text_at], tokenizer)
                 text_at += 1
-                if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-                    ids = ids + [tokenizer.eos_token_id]
                 yield ids, list(ids)
             else:
                 ids = chat_encoded["input_ids"][chat_at]

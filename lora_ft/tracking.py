@@ -280,6 +280,20 @@ def preflight(cfg: RunConfig) -> str | None:
     raise UserError(f"W&B is not usable: {problem}", fix=f"{fix}; {_OFFLINE_FIX}")
 
 
+def wandb_id_file(run_dir: Path) -> Path:
+    """Where a run keeps its W&B run id, so a resumed run (or a later evaluation) logs into the same W&B run."""
+    return run_dir / "wandb" / "lora-ft-run-id"
+
+
+def wandb_run_settings(cfg: RunConfig, run_dir: Path) -> dict:
+    """``wandb.init`` settings for the run's own W&B run: resumed by its saved id when it has one."""
+    id_file = wandb_id_file(run_dir)
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    return dict(id=run_id, resume="allow" if run_id else None, project=cfg.tracking.project,
+                name=cfg.tracking.run_name, tags=cfg.tracking.tags or None, dir=str(run_dir),
+                reinit="finish_previous")
+
+
 def start_trackers(cfg: RunConfig, run_dir: Path, resolved_config: dict, wandb_mode: str | None = None) -> Trackers:
     """Start the configured trackers with their files under the run directory; ``wandb_mode`` as
     :func:`preflight` decided (None: decide here from the environment alone)."""
@@ -301,13 +315,10 @@ def start_trackers(cfg: RunConfig, run_dir: Path, resolved_config: dict, wandb_m
             mode = "offline"
             trackers.notes.append("W&B: no API key found (WANDB_API_KEY or `wandb login`), so the run is "
                                   "logged offline")
-        # A resumed run goes on logging into the same W&B run: its id is kept under the run directory.
-        id_file = run_dir / "wandb" / "lora-ft-run-id"
+        id_file = wandb_id_file(run_dir)
         id_file.parent.mkdir(parents=True, exist_ok=True)
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        settings = dict(id=run_id, resume="allow" if run_id else None, project=cfg.tracking.project,
-                        name=cfg.tracking.run_name, tags=cfg.tracking.tags or None,
-                        config={"lora_ft": resolved_config}, dir=str(run_dir), reinit="finish_previous")
+        settings = wandb_run_settings(cfg, run_dir) | {"config": {"lora_ft": resolved_config}}
+        run_id = settings["id"]
         try:
             run = wandb.init(mode=mode, **settings)
         except Exception as exc:  # noqa: BLE001 - wandb raises its own error types (auth, comm, usage)
