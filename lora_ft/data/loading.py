@@ -67,23 +67,22 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _read_jsonl(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     shown = _display(path)
     with path.open("r", encoding="utf-8-sig", errors="strict", newline=None) as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             location = f"{shown}:{number}"
-            report.rows_read += 1
             try:
                 yield location, json.loads(line)
             except json.JSONDecodeError as exc:
-                report.drop(f"invalid JSON ({exc.msg})", location)
+                yield location, RowFault(f"invalid JSON ({exc.msg})")
             except RecursionError:
-                report.drop("nested too deeply to be a row (thousands of levels)", location)
+                yield location, RowFault("nested too deeply to be a row (thousands of levels)")
 
 
-def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
     shown = _display(path)
     text = path.read_text(encoding="utf-8-sig")
     try:
@@ -93,7 +92,7 @@ def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
                         fix="write one row per line (JSON Lines): a bad row is then dropped and named") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
-            yield from _read_jsonl(path, report)
+            yield from _read_jsonl(path)
             return
         raise UserError(f"{shown} is not valid JSON: {exc.msg}", where=f"{shown}:{exc.lineno}:{exc.colno}",
                         fix="fix the JSON there, or save the data as JSON Lines (one object per line)") from exc
@@ -119,26 +118,24 @@ def _read_json(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
         except (json.JSONDecodeError, IndexError):
             starts = []
     for index, row in enumerate(data):
-        report.rows_read += 1
         where = f"{shown}:{starts[index]}" if len(starts) == len(data) else f"{shown} item {index}"
         yield where, row
 
 
-def _read_csv(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
     shown = _display(path)
     with path.open("r", encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         line = reader.line_num + 1
         for row in reader:
-            report.rows_read += 1
             if None in row:
-                report.drop("more fields than the header has columns", f"{shown}:{line}")
+                yield f"{shown}:{line}", RowFault("more fields than the header has columns")
             else:
                 yield f"{shown}:{line}", {k: v for k, v in row.items() if k is not None}
             line = reader.line_num + 1
 
 
-def _read_parquet(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     shown = _display(path)
@@ -148,14 +145,13 @@ def _read_parquet(path: Path, report: DatasetReport) -> Iterator[tuple[str, Any]
         raise UserError(f"cannot read Parquet file {shown}: {exc}", fix="check that the file is a complete "
                         "Parquet file") from exc
     for index, row in enumerate(table.to_pylist()):
-        report.rows_read += 1
         yield f"{shown} row {index}", row
 
 
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
-def _read_hub(name: str, split: str, report: DatasetReport) -> Iterator[tuple[str, Any]]:
+def _read_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
     try:
         import datasets
 
@@ -165,7 +161,6 @@ def _read_hub(name: str, split: str, report: DatasetReport) -> Iterator[tuple[st
                         fix="check the name and your connection, or download it and point data.path at the files"
                         ) from exc
     for index, row in enumerate(dataset):
-        report.rows_read += 1
         yield f"{name}[{split}] row {index}", row
 
 
@@ -220,10 +215,8 @@ def _rename(row: Any, columns: dict[str, str]) -> Any:
     return renamed
 
 
-def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str | None) -> tuple[list[Sample],
-                                                                                                    DatasetReport]:
-    """Read one dataset entry: every usable row as a Sample, every other row counted in the report."""
-    files = data_files(source, loaded)
+def source_report(source: DatasetSource, files: list[Path]) -> DatasetReport:
+    """An empty report for one dataset entry, with the hash of its files' contents."""
     report = DatasetReport(path=source.path, column_map=dict(source.columns))
     if len(files) == 1:
         report.sha256 = file_sha256(files[0])
@@ -232,52 +225,76 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
         for f in files:
             digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
         report.sha256 = digest.hexdigest()
+    return report
 
-    def rows() -> Iterator[tuple[str, Any]]:
-        if not files:
-            yield from _read_hub(source.path, source.split, report)
-        for path in files:
-            try:
-                yield from READERS[path.suffix.lower()](path, report)
-            except UnicodeDecodeError as exc:
-                line, offset = first_non_utf8(path)
-                raise UserError(f"{_display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
-                                f"line {line} (byte {offset} of the file) is not valid UTF-8",
-                                where=f"{_display(path)}:{line}",
-                                fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)") from exc
 
+def source_rows(source: DatasetSource, files: list[Path]) -> Iterator[tuple[str, Any]]:
+    """Every row of a dataset entry, columns renamed as mapped: ``(location, row)``, or ``(location, RowFault)``
+    for a line that is no row at all."""
+    if not files:
+        yield from _read_hub(source.path, source.split)
+    for path in files:
+        try:
+            for location, raw in READERS[path.suffix.lower()](path):
+                yield location, raw if isinstance(raw, RowFault) else _rename(raw, source.columns)
+        except UnicodeDecodeError as exc:
+            line, offset = first_non_utf8(path)
+            raise UserError(f"{_display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
+                            f"line {line} (byte {offset} of the file) is not valid UTF-8",
+                            where=f"{_display(path)}:{line}",
+                            fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)") from exc
+
+
+def detected_format(row: dict, source: DatasetSource, method: str, location: str) -> str:
+    """The format of a dataset entry read from its first row's columns; refuses data of the wrong kind."""
+    kinds = METHOD_KINDS[method]
+    fmt = detect_format(row, kinds)
+    check_format_kind(detect_format(row), method, source.path, location, fmt)
+    if fmt is None:
+        example = ("for example columns: {prompt: question, chosen: good, rejected: bad}" if method != "sft"
+                   else "for example columns: {instruction: question, output: answer}")
+        raise UserError(
+            f"cannot tell the data format of {source.path} from its columns {sorted(row)} (method "
+            f"{method} reads {', '.join(format_names(kinds))})",
+            where=location,
+            fix=f"set format ({', '.join(format_names(kinds))}) and map columns, {example} (docs/data.md)",
+        )
+    return fmt
+
+
+def row_sample(row: Any, fmt: str, location: str, system_prompt: str | None) -> Sample:
+    """One row as a Sample, the system prompt added to a conversation that has none; RowFault if unusable."""
+    if isinstance(row, RowFault):
+        raise row
+    sample = normalize_row(row, fmt)
+    _check_encodable(sample)
+    sample.location = location
+    if system_prompt and sample.messages is not None and sample.messages[0]["role"] != "system":
+        sample.messages.insert(0, {"role": "system", "content": system_prompt})
+    return sample
+
+
+def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str | None) -> tuple[list[Sample],
+                                                                                                    DatasetReport]:
+    """Read one dataset entry: every usable row as a Sample, every other row counted in the report."""
+    files = data_files(source, loaded)
+    report = source_report(source, files)
     samples: list[Sample] = []
     method = loaded.config.method
-    kinds = METHOD_KINDS[method]
     fmt = None if source.format == "auto" else source.format
     if fmt is not None:
         check_format_kind(fmt, method, source.path, None)
-    for location, raw in rows():
-        row = _rename(raw, source.columns)
-        if fmt is None:
-            if not isinstance(row, dict):
-                report.drop("row is not an object", location)
-                continue
-            fmt = detect_format(row, kinds)
-            check_format_kind(detect_format(row), method, source.path, location, fmt)
-            if fmt is None:
-                example = ("for example columns: {prompt: question, chosen: good, rejected: bad}" if method != "sft"
-                           else "for example columns: {instruction: question, output: answer}")
-                raise UserError(
-                    f"cannot tell the data format of {source.path} from its columns {sorted(row)} (method "
-                    f"{method} reads {', '.join(format_names(kinds))})",
-                    where=location,
-                    fix=f"set format ({', '.join(format_names(kinds))}) and map columns, {example} (docs/data.md)",
-                )
+    for location, row in source_rows(source, files):
+        report.rows_read += 1
+        if fmt is None and isinstance(row, dict):
+            fmt = detected_format(row, source, method, location)
         try:
-            sample = normalize_row(row, fmt)
-            _check_encodable(sample)
+            if fmt is None:  # rows before the first object, whose columns tell the format
+                raise row if isinstance(row, RowFault) else RowFault("row is not an object")
+            sample = row_sample(row, fmt, location, system_prompt)
         except RowFault as fault:
             report.drop(str(fault), location)
             continue
-        sample.location = location
-        if system_prompt and sample.messages is not None and sample.messages[0]["role"] != "system":
-            sample.messages.insert(0, {"role": "system", "content": system_prompt})
         if method == "kto" and sample.chosen is not None and sample.rejected is not None:
             samples += [Sample(location, messages=sample.messages, chosen=sample.chosen),
                         Sample(location, messages=list(sample.messages), rejected=sample.rejected)]
