@@ -41,6 +41,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cache_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="tokenize the data again and keep it only for this command, instead of reusing and "
+                        "keeping it in the tokenized-data cache (data.cache_dir)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lora-ft",
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint; never: refuse a non-empty output_dir; PATH: start from that checkpoint folder")
     train.add_argument("--force-resume", action="store_true",
                        help="resume even though the config or data differ from what the checkpoint was trained on")
+    _add_cache_arg(train)
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train on N processes on this machine (one per GPU) through torchrun; several "
                        "machines: see docs/distributed.md")
@@ -76,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "train, and samples rendered with the chat template, trained tokens marked. Exit 2 when "
                           "`lora-ft train` would stop on this data.")
     _add_config_args(data)
+    _add_cache_arg(data)
     data.add_argument("--samples", type=COUNT, default=1, metavar="N",
                       help="training samples to show rendered, trained tokens marked (default 1)")
     data.add_argument("--json", metavar="FILE", help="also write the whole report as JSON (for CI)")
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "per epoch for the config on this machine or a named GPU size; say whether it fits and "
                           "which settings would make it fit. Exit code 2 when it does not fit.")
     _add_config_args(plan)
+    _add_cache_arg(plan)
     plan.add_argument("--gpu", metavar="GB", help="plan for a GPU of this size (24, 40, 48, 80, 141) instead of "
                       "this machine")
     plan.add_argument("--measure", action="store_true",

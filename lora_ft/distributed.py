@@ -151,5 +151,5 @@ def launch_training(args) -> int:
         raise UserError("--nproc was given inside a launcher that already started several processes",
                         fix="drop --nproc when running under torchrun or accelerate launch")
     argv = [args.config, *(a for o in args.overrides for a in ("--set", o)), "--resume", args.resume,
-            *(["--force-resume"] if args.force_resume else [])]
+            *(["--force-resume"] if args.force_resume else []), *(["--no-cache"] if args.no_cache else [])]
     return launch(argv, args.nproc)

@@ -73,7 +73,8 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
     from lora_ft.preparation import prepare
 
     config = eval_config(run, sft)
-    loaded_data, source = eval_data(run, data_file, config=config)
+    own_tokens = not data_file and config.method == "sft"  # the run's own eval split, from the tokenized cache
+    loaded_data, source = (None, None) if own_tokens else eval_data(run, data_file, config=config)
     tokenizer = inference.load_tokenizer(run)
     chat = ChatTokenizer(source=BaseModelSource(path=str(run.adapter_dir), display_name=run.base_name),
                          tokenizer=tokenizer, pad_note=f"pad token: {tokenizer.pad_token!r}",
@@ -81,6 +82,10 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
                          renderer=ChatRenderer(tokenizer, tokenizer.chat_template))
     with console.silenced():
         prepared = prepare(LoadedConfig(config, None, []), config, data=loaded_data, chat=chat, checks=False)
+    if own_tokens:
+        if prepared.data.eval is None or not len(prepared.data.eval):
+            raise UserError("the run has no eval data", fix="pass --data FILE with held-out samples")
+        source = prepared.data.eval_source
     return prepared, source
 
 
@@ -149,7 +154,7 @@ class _EvalSet:
 def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: int | None) -> _EvalSet:
     prepared, source = prepared_eval(run, data_file, sft=name == "general")
     tokens = prepared.eval_tokens
-    input_ids, labels = tokens.side("chosen") if prepared.is_preference else (tokens.input_ids, tokens.labels)
+    input_ids, labels = tokens.side("chosen") if prepared.is_preference else tokens.kept_tokens()
     if not input_ids:
         raise UserError(f"no {name} eval sample has an answer to score", where=source, fix="check the eval data")
     conversations = []

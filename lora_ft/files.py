@@ -14,12 +14,20 @@ from lora_ft.errors import UserError
 from lora_ft import console
 
 
+_HASHED: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file is read once per process
+
+
 def file_sha256(path: Path) -> str:
+    stat = Path(path).stat()
+    known = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if known in _HASHED:
+        return _HASHED[known]
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    _HASHED[known] = digest.hexdigest()
+    return _HASHED[known]
 
 
 def write_text_atomic(path: Path, text: str) -> None:

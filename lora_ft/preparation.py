@@ -12,76 +12,85 @@ from functools import cached_property
 
 from lora_ft import console, tokenization
 from lora_ft.config import LoadedConfig, RunConfig
-from lora_ft.data import LoadedData, load_data
+from lora_ft.data import LoadedData, check_drops, load_data
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
 from lora_ft.errors import UserError
 from lora_ft.model import ChatTokenizer, load_chat_tokenizer
+from lora_ft.tokenized import TokenizedData, tokenized_data, tokenized_samples
 
 
 @dataclass
 class Prepared:
-    """The data and tokenizer of a run, and (computed on first use) its tokenized train and eval sets."""
+    """The data and tokenizer of a run, and its tokenized train and eval sets.
+
+    SFT data is tokenized into memory-mapped Arrow files (:mod:`lora_ft.tokenized`, cached between commands), so
+    ``data`` is a :class:`TokenizedData` and the token sets are its :class:`TokenizedSplit` views. Preference
+    pairs are read into memory (:class:`LoadedData`) and tokenized on first use."""
 
     config: RunConfig
-    data: LoadedData
+    data: LoadedData | TokenizedData
     chat: ChatTokenizer
 
     @cached_property
-    def train_tokens(self) -> tokenization.TokenizedSet:
-        return self._tokenize(self.data.train)
+    def train_tokens(self):
+        return self.data.train if not self.is_preference else self._tokenize(self.data.train)
 
     @cached_property
-    def eval_tokens(self) -> tokenization.TokenizedSet:
-        return self._tokenize(self.data.eval)
+    def eval_tokens(self):
+        """The eval set's tokens; None for SFT without eval data."""
+        return self.data.eval if not self.is_preference else self._tokenize(self.data.eval)
 
     @property
     def is_preference(self) -> bool:
         return self.config.method != "sft"
 
     def _tokenize(self, samples):
-        data = self.config.data
-        if self.is_preference:
-            from lora_ft.preference_tokens import tokenize_preferences
+        from lora_ft.preference_tokens import tokenize_preferences
 
-            return tokenize_preferences(samples, self.chat.renderer, data.max_seq_length, data.overlength,
-                                        self.config.method_settings.max_prompt_length)
-        return tokenization.tokenize_samples(samples, self.chat.renderer, data.max_seq_length, data.train_on,
-                                             data.overlength)
+        data = self.config.data
+        return tokenize_preferences(samples, self.chat.renderer, data.max_seq_length, data.overlength,
+                                    self.config.method_settings.max_prompt_length)
 
     def fingerprint(self) -> dict:
         """What a resumed run must find unchanged: the tokens and labels, and the files they came from."""
         from lora_ft.rundir.resume import data_fingerprint
 
+        if not self.is_preference:
+            return {"tokens_sha256": self.data.tokens_sha256(), "files": {r.path: r.sha256 for r in self.data.reports}}
         return data_fingerprint(self.train_tokens.input_ids, self.train_tokens.labels, self.eval_tokens.input_ids,
                                 self.eval_tokens.labels, self.data.reports)
 
     def datasets(self):
         """The tokenized sets as the trainer takes them: (train, eval or None)."""
+        if not self.is_preference:
+            evaluation = self.eval_tokens
+            return self.train_tokens.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
+                else None
         from datasets import Dataset
 
         def dataset(tokens):
-            if self.is_preference:
-                return Dataset.from_dict(tokens.columns(self.config.method))
-            return Dataset.from_dict({"input_ids": tokens.input_ids, "labels": tokens.labels})
+            return Dataset.from_dict(tokens.columns(self.config.method))
 
         return dataset(self.train_tokens), dataset(self.eval_tokens) if self.eval_tokens.input_ids else None
 
+    def cache_record(self) -> dict | None:
+        """Where the tokenized data is kept, for the run's manifest."""
+        if self.is_preference:
+            return None
+        return {"cache_key": self.data.key, "path": str(self.data.path) if self.data.key else None,
+                "reused": self.data.reused, "tokenize_seconds": self.data.tokenize_seconds}
+
 
 def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedData | None = None,
-            chat: ChatTokenizer | None = None, checks: bool = True) -> Prepared:
-    """Read the data, load the tokenizer and chat template, tokenize; say what each step found.
+            chat: ChatTokenizer | None = None, checks: bool = True, cache: bool = True) -> Prepared:
+    """Load the tokenizer and chat template, read and tokenize the data; say what each step found.
 
     ``cfg``: the resolved config (default: the loaded one). ``data`` and ``chat``: given instead of read (an
     evaluation of a finished run brings its own samples and its saved tokenizer). ``checks``: stop on what would
     stop training (no trained token left, a template that never trains its end-of-turn token); off for the data
-    report, which lists such faults instead.
+    report, which lists such faults instead. ``cache``: reuse and keep the tokenized data (``--no-cache``: not).
     """
     cfg = cfg or loaded.config
-    console.section("data")
-    data = data or load_data(loaded)
-    for line in summary_lines(data):
-        console.say(line)
-
     console.section("model")
     chat = chat or load_chat_tokenizer(loaded, cfg.model)
     renderer = chat.renderer
@@ -89,35 +98,60 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     if checks:
         template_check(cfg.data.template_checks, tokenization.check_end_of_turn_trained, renderer, cfg.data.train_on)
     console.say(f"chat template: {chat.template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
+
+    console.section("data")
+    if cfg.method != "sft":
+        data = data or load_data(loaded)
+    elif data is not None:
+        data = tokenized_samples(data.train, data.eval, data.reports, data.eval_source, cfg, renderer)
+    else:
+        data = tokenized_data(loaded, cfg, renderer, cache=cache)
+        check_drops(data.reports, loaded.config.data.max_dropped_fraction)
+    for line in summary_lines(data):
+        console.say(line)
     prepared = Prepared(cfg, data, chat)
     if not checks:
         return prepared
 
     train_tokens, eval_tokens = prepared.train_tokens, prepared.eval_tokens
     max_length = cfg.data.max_seq_length
-    for name, tokens in (("train", train_tokens), ("eval", eval_tokens)):
-        if not tokens.input_ids and name == "eval" and not data.eval:
-            continue
-        if prepared.is_preference:
-            console.say(preference_line(name, tokens, cfg))
-            continue
-        dropped_long = f"{len(tokens.over_length)} dropped as longer than {max_length} tokens; " \
-            if cfg.data.overlength == "drop" else ""
-        console.say(f"{name}: {len(tokens.input_ids)} samples, {tokens.tokens:,} tokens, {tokens.trained_tokens:,} "
-                    f"trained; {tokens.truncated} truncated at {max_length} tokens (losing "
-                    f"{tokens.truncated_trained_tokens} trained tokens); {dropped_long}{len(tokens.dropped_no_label)} "
-                    "left with no trained token")
-    for line in tokenized_stats_lines(train_tokens):
-        console.say(line)
-    if not train_tokens.input_ids:
+    if prepared.is_preference:
+        for name, tokens in (("train", train_tokens), ("eval", eval_tokens)):
+            if tokens.input_ids or name == "train" or data.eval:
+                console.say(preference_line(name, tokens, cfg))
+    else:
+        for name, split in (("train", train_tokens), ("eval", eval_tokens)):
+            if split is not None:
+                console.say(split_line(name, split, cfg))
+        if cfg.data.overlength == "error":
+            over = [(split.over_length_locations(), split.over_length, split.longest())
+                    for split in (train_tokens, eval_tokens) if split is not None and split.over_length]
+            if over:
+                raise tokenization.overlength_error([loc for locations, _, _ in over for loc in locations],
+                                                    max_length, max(longest for _, _, longest in over),
+                                                    count=sum(count for _, count, _ in over))
+        for line in tokenized_stats_lines(train_tokens):
+            console.say(line)
+    if not (train_tokens.input_ids if prepared.is_preference else train_tokens.kept):
         raise UserError("no training sample has a trained token left" if not prepared.is_preference else
                         "no training pair is left after the length limits",
                         fix="raise data.max_seq_length, or check that the samples have answers")
     if renderer.end_of_turn_token_id() is not None and not prepared.is_preference:
-        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, train_tokens,
+        input_ids, labels = train_tokens.kept_tokens(limit=64)
+        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
                        renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
                        cfg.train.padding_free or cfg.train.packing)
     return prepared
+
+
+def split_line(name: str, split, cfg: RunConfig) -> str:
+    """What tokenization did to an SFT split, in one line."""
+    max_length = cfg.data.max_seq_length
+    dropped_long = f"{split.over_length} dropped as longer than {max_length} tokens; " \
+        if cfg.data.overlength == "drop" else ""
+    return (f"{name}: {split.kept} samples, {split.tokens:,} tokens, {split.trained_tokens:,} trained; "
+            f"{split.truncated} truncated at {max_length} tokens (losing {split.truncated_trained_tokens} trained "
+            f"tokens); {dropped_long}{split.no_trained_token} left with no trained token")
 
 
 def template_check(blocking: bool, check, *args) -> None:

@@ -351,8 +351,8 @@ def check_end_of_turn_trained(renderer: ChatRenderer, train_on: str) -> None:
                         fix="use model.chat_template: chatml, llama3 or alpaca")
 
 
-def check_collated_end_of_turn(tokens: TokenizedSet, end_of_turn_id: int, pad_token_id: int,
-                               padding_free: bool, sample_count: int = 8) -> None:
+def check_collated_end_of_turn(input_ids: list[list[int]], labels: list[list[int]], end_of_turn_id: int,
+                               pad_token_id: int, padding_free: bool, sample_count: int = 8) -> None:
     """Collate a few samples as training will and check each answer's closing end-of-turn token keeps its label.
 
     This is where a pad token equal to EOS would bite: a collator that masks padding by token id would also mask
@@ -360,8 +360,8 @@ def check_collated_end_of_turn(tokens: TokenizedSet, end_of_turn_id: int, pad_to
     """
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    chosen = [(ids, labels) for ids, labels in zip(tokens.input_ids, tokens.labels)
-              if end_of_turn_id in [t for t in labels if t != IGNORE]][:sample_count]
+    chosen = [(ids, row) for ids, row in zip(input_ids, labels)
+              if end_of_turn_id in [t for t in row if t != IGNORE]][:sample_count]
     if not chosen:
         return
     collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=padding_free)

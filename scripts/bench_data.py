@@ -1,13 +1,16 @@
-"""Benchmark reading and tokenizing large data: `lora-ft data` on synthetic alpaca rows, first run and second run.
+"""Benchmark reading and tokenizing large data: `lora-ft data` on synthetic alpaca rows, first run and cached run.
 
-    python scripts/bench_data.py                       # 20k and 200k rows
-    python scripts/bench_data.py --rows 20000 200000 1000000 --out bench-data
+    python scripts/bench_data.py                                     # 20k and 200k rows
+    python scripts/bench_data.py --rows 20000 200000 1000000 --baseline 3485540
 
 For each size it writes a synthetic alpaca JSONL (varied instructions, optional inputs and answers of realistic
-length, seeded), then runs `lora-ft data CONFIG` twice, each in a fresh process: the first run, and a second one
-that a tokenized-data cache would answer. Figures per run: wall seconds, rows per second, and peak RSS of the process
-(from the kernel's accounting of the finished child). The config is the legal one with the embedded model's
-tokenizer and chat template, max_seq_length 512, no eval file (5% held out).
+length, seeded), empties the tokenized-data cache, then runs `lora-ft data CONFIG` twice, each in a fresh process:
+the first run (reads and tokenizes) and the second (the cache answers). With --baseline, the same two runs of the
+code at that commit (a git worktree), in the same invocation, so both are measured on the same machine and hour.
+Figures per run: wall seconds, rows per second, and the peak memory of the process and its tokenizing workers
+together (the sum of their proportional set sizes, sampled every 50 ms: pages the forked workers share are counted
+once). The config is the legal one with the embedded model's tokenizer and chat template, max_seq_length 512, no
+eval file (5% held out).
 
 Prints the machine (CPU model, cores, bfloat16 flags) with the table, and writes RESULTS.json and RESULTS.md under
 --out.
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -63,30 +67,50 @@ data:
     - path: {data}
   system_prompt: You are a careful legal assistant.
   max_seq_length: 512
+  cache_dir: {path.parent / 'cache'}
 """)
 
 
-# Runs `lora-ft data` as its own child and reports that child's peak RSS: a fresh wrapper per measurement, so the
-# kernel's "largest child" figure belongs to that run alone.
-WRAPPER = """
-import json, resource, subprocess, sys
-done = subprocess.run([sys.executable, "-m", "lora_ft", "data", sys.argv[1]], capture_output=True, text=True)
-print(json.dumps({"rc": done.returncode, "out": done.stdout[-4000:], "err": done.stderr[-2000:],
-                  "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-"""
+def _tree(pid: int) -> list[int]:
+    """The process and every descendant (the tokenizing workers)."""
+    found, at = [pid], 0
+    while at < len(found):
+        try:
+            for task in Path(f"/proc/{found[at]}/task").iterdir():
+                found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        at += 1
+    return found
 
 
-def run_data(config: Path) -> dict:
-    """`lora-ft data CONFIG` in a fresh process: wall seconds and its peak RSS."""
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared between processes (forked workers) counted once in a sum."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_data(config: Path, source: Path, extra: list[str]) -> dict:
+    """`lora-ft data CONFIG` (from the tree ``source``) in a fresh process: wall seconds and the peak memory of
+    the process and its workers together (sum of PSS, sampled every 50 ms)."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
     started = time.perf_counter()
-    wrapper = subprocess.run([sys.executable, "-c", WRAPPER, str(config)], cwd=REPO, capture_output=True, text=True,
-                             check=True)
+    child = subprocess.Popen([sys.executable, "-m", "lora_ft", "data", str(config), *extra], cwd=source, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, sum(_pss_kib(pid) for pid in _tree(child.pid)))
+        time.sleep(0.05)
     seconds = time.perf_counter() - started
-    done = json.loads(wrapper.stdout.strip().splitlines()[-1])
-    if done["rc"] != 0:
-        raise SystemExit(f"lora-ft data failed ({done['rc']}):\n{done['out']}\n{done['err']}")
-    return {"seconds": seconds, "peak_rss_gib": done["peak_kib"] / 2**20,
-            "cached": "cache" in done["out"].lower() and "reus" in done["out"].lower()}
+    out, err = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"lora-ft data failed ({child.returncode}):\n{out[-4000:]}\n{err[-2000:]}")
+    return {"seconds": seconds, "peak_gib": peak / 2**20, "cached": "reused from the cache" in out}
 
 
 def machine() -> str:
@@ -100,14 +124,29 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {bf16}; Python {platform.python_version()}"
 
 
+def baseline_tree(ref: str, out: Path) -> Path:
+    """A checkout of ``ref`` (a commit before the change measured) to run side by side with this tree."""
+    tree = out / f"baseline-{ref}"
+    if not tree.is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=REPO, check=True,
+                       capture_output=True)
+    return tree
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--out", default="bench-data")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also run `lora-ft data` from this commit (before the change), in the same run")
+    parser.add_argument("--baseline-max-rows", type=int, default=200_000,
+                        help="largest set the baseline runs on (it holds every row in memory)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
+    trees = [("this tree", REPO)] + ([(f"baseline {args.baseline}", baseline_tree(args.baseline, out))]
+                                     if args.baseline else [])
     results = []
     for count in sorted(args.rows):
         work = out / f"rows-{count}"
@@ -115,21 +154,25 @@ def main() -> int:
         data = work / "train.jsonl"
         write_data(data, count)
         write_config(work / "run.yaml", data)
-        for attempt in ("first", "second"):
-            figures = run_data(work / "run.yaml")
-            results.append({"rows": count, "run": attempt, "megabytes": data.stat().st_size / 1e6, **figures,
-                            "rows_per_second": count / figures["seconds"]})
-            row = results[-1]
-            peak = f"{row['peak_rss_gib']:.2f}"
-            print(f"{count:>9,} rows ({row['megabytes']:.0f} MB), {attempt} run: {row['seconds']:.1f} s, "
-                  f"{row['rows_per_second']:,.0f} rows/s, peak RSS {peak} GiB"
-                  + (" (cache reused)" if row["cached"] else ""), flush=True)
-    lines = [f"Machine: {machine()}", "", "| rows | MB | run | seconds | rows/s | peak RSS GiB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+        for name, tree in trees:
+            if tree != REPO and count > args.baseline_max_rows:
+                continue
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            for attempt in ("first", "second"):
+                figures = run_data(work / "run.yaml", tree, [])
+                results.append({"code": name, "rows": count, "run": attempt, "megabytes": data.stat().st_size / 1e6,
+                                **figures, "rows_per_second": count / figures["seconds"]})
+                row = results[-1]
+                print(f"{name}: {count:>9,} rows ({row['megabytes']:.0f} MB), {attempt} run: {row['seconds']:.1f} s, "
+                      f"{row['rows_per_second']:,.0f} rows/s, peak {row['peak_gib']:.2f} GiB"
+                      + (" (cache reused)" if row["cached"] else ""), flush=True)
+            shutil.rmtree(work / "cache", ignore_errors=True)
+    lines = [f"Machine: {machine()}", "", "| code | rows | MB | run | seconds | rows/s | peak GiB (PSS, with workers) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results:
-        peak = f"{row['peak_rss_gib']:.2f}"
-        lines.append(f"| {row['rows']:,} | {row['megabytes']:.0f} | {row['run']} | {row['seconds']:.1f} | "
-                     f"{row['rows_per_second']:,.0f} | {peak} |")
+        run = row["run"] + (" (cached)" if row["cached"] else "")
+        lines.append(f"| {row['code']} | {row['rows']:,} | {row['megabytes']:.0f} | {run} | {row['seconds']:.1f} | "
+                     f"{row['rows_per_second']:,.0f} | {row['peak_gib']:.2f} |")
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (out / "RESULTS.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
     print("\n".join(lines))

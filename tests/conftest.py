@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # float32 on every CPU, so results do not depend on the machine; tests of the bfloat16 choice set it themselves
 os.environ.setdefault("LORA_FT_CPU_BF16", "0")
+# tokenized data cached for this session only, never in the user's cache folder
+if "LORA_FT_DATA_CACHE" not in os.environ:
+    os.environ["LORA_FT_DATA_CACHE"] = tempfile.mkdtemp(prefix="lora-ft-test-tokens-")
+    atexit.register(shutil.rmtree, os.environ["LORA_FT_DATA_CACHE"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -103,7 +103,7 @@ def test_collated_batches_keep_every_answers_end_of_turn_even_when_pad_is_eos(ch
                               1000, "answers")
     eot = renderer.end_of_turn_token_id()
     assert chat_tokenizer.pad_token_id == eot  # the tiny tokenizer pads with its EOS, the dangerous case
-    check_collated_end_of_turn(tokens, eot, pad_token_id=eot, padding_free=padding_free)
+    check_collated_end_of_turn(tokens.input_ids, tokens.labels, eot, pad_token_id=eot, padding_free=padding_free)
 
 
 def test_a_saved_template_that_differs_is_caught(chat_tokenizer, tmp_path):

@@ -23,7 +23,7 @@ def run(args) -> int:
         report_files.check_output_file(Path(args.json), "json")
     loaded = load_config(args.config, args.overrides)
     console.quiet_libraries()
-    report = data_report.build_report(loaded, samples=args.samples)
+    report = data_report.build_report(loaded, samples=args.samples, cache=not args.no_cache)
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     console.say(data_report.render_text(report, color=color))
     if args.json:

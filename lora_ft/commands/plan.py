@@ -17,10 +17,13 @@ def run(args) -> int:
     console.quiet_libraries()
     resolved = resolve(loaded, has_cuda=True if args.gpu else None)
     with console.silenced():
-        prepared = prepare(loaded, resolved.config)
+        prepared = prepare(loaded, resolved.config, cache=not args.no_cache)
     tokens = prepared.train_tokens
-    longest = max((len(ids) for ids in tokens.input_ids), default=0)
-    samples = len(tokens) if prepared.is_preference else len(tokens.input_ids)  # pairs, for a preference method
+    if prepared.is_preference:
+        longest, samples = max((len(ids) for ids in tokens.input_ids), default=0), len(tokens)  # pairs
+    else:
+        trained_lengths = tokens.lengths(kept_only=True)[0]
+        longest, samples = int(trained_lengths.max()) if len(trained_lengths) else 0, tokens.kept
     result = planning.make_plan(resolved.config, planning.read_shape(prepared.chat.source.path), tokens.tokens,
                                 samples, resolved.device, args.gpu, longest)
     if args.measure:

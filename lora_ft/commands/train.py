@@ -34,17 +34,19 @@ def run(args) -> int:
     loaded = load_config(args.config, args.overrides)
     if args.nproc != 1:
         return distributed.launch_training(args)
-    train(loaded, resume=args.resume, force_resume=args.force_resume)
+    train(loaded, resume=args.resume, force_resume=args.force_resume, cache=not args.no_cache)
     distributed.finish(distributed.current_world())
     return EXIT_OK
 
 
-def train(loaded: LoadedConfig, say=None, resume: str = "auto", force_resume: bool = False) -> RunResult:
+def train(loaded: LoadedConfig, say=None, resume: str = "auto", force_resume: bool = False,
+          cache: bool = True) -> RunResult:
     """Run a whole fine-tuning job from a validated config; return where its results are.
 
     ``resume``: ``auto`` continues an interrupted run in the output directory from its newest complete checkpoint,
     ``never`` needs a fresh directory, a path starts from that checkpoint (see :mod:`lora_ft.rundir.resume`).
     ``say``: where the run's story goes (default: the console); a process that is not the main one says nothing.
+    ``cache``: reuse and keep the tokenized data (:mod:`lora_ft.tokenized`).
     """
     started = time.time()
     resolved = resolve(loaded)
@@ -52,10 +54,11 @@ def train(loaded: LoadedConfig, say=None, resume: str = "auto", force_resume: bo
     distributed.check_supported(resolved.config, world)
     voice = console.capture(say) if say and world.is_main else nullcontext() if world.is_main else console.silenced()
     with voice, TrainingRunDir.held(resolved.config.output_dir, resume, world) as run_dir:
-        return _train(loaded, resolved, world, run_dir, started, resume, force_resume)
+        return _train(loaded, resolved, world, run_dir, started, resume, force_resume, cache)
 
 
-def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, resume: str, force_resume: bool):
+def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, resume: str, force_resume: bool,
+           cache: bool):
     from lora_ft import model as model_lib
     from lora_ft import preparation, training
     from lora_ft.rundir import failures, final
@@ -71,7 +74,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     wandb_mode = tracking.preflight(cfg) if world.is_main else None  # in seconds, before the model loads
     training.prepare_process(cfg)
 
-    prepared = preparation.prepare(loaded, cfg)
+    prepared = preparation.prepare(loaded, cfg, cache=cache)
     fingerprint = prepared.fingerprint()
     resume_lib.check_same_run(start, compared, fingerprint, force_resume)
 

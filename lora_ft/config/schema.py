@@ -171,6 +171,13 @@ class DataSection(Section):
     max_dropped_fraction: float = Field(
         0.2, ge=0, le=1, description="Stop when more than this fraction of rows is unusable."
     )
+    cache_dir: str | None = Field(
+        None, json_schema_extra=RESUME_MAY_CHANGE,
+        description="Where tokenized data is kept for the next command (relative to this file); the default is "
+        "`$LORA_FT_DATA_CACHE`, else `tokenized/` in lora-ft's cache folder (`$LORA_FT_CACHE`, else "
+        "`~/.cache/lora-ft`). Entries are keyed by everything that changes the tokens, so a stale one is never "
+        "read; `lora-ft data --no-cache` tokenizes without it.",
+    )
     template_checks: bool = Field(
         True, json_schema_extra=RESUME_MAY_CHANGE,
         description="Stop the run when a template check fails: an answer's end-of-turn token is not trained, "

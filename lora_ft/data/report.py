@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 from lora_ft import console, data, tokenization
 from lora_ft.data.statistics import (MAX_LISTED, Bucket, Duplicates, LengthStats,
-                                     Leakage, duplicate_lines, find_duplicates, find_leakage, histogram,
-                                     histogram_lines, length_table,
-                                     stats_lines, _listed)
+                                     Leakage, duplicate_lines, histogram, histogram_lines, length_table,
+                                     split_duplicates, split_leakage, stats_lines, _listed)
 from lora_ft.config import DataSection, LoadedConfig
 from lora_ft.data import DatasetReport, Sample
 from lora_ft.errors import UserError
 from lora_ft.tokenization import IGNORE, ChatRenderer
+from lora_ft.tokenized import TokenizedSplit
 
 
 GREEN, RED, DIM, RESET = "\x1b[1;32m", "\x1b[1;31m", "\x1b[2m", "\x1b[0m"
@@ -117,33 +117,27 @@ class DataReport:
 # Building it
 
 
-def analyse_split(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection) -> SplitReport:
-    """Tokenize one split and measure it; apply the over-length policy as training would (``error`` as truncate)."""
-    limit = cfg.max_seq_length
-    encoded = [(s.location, *pair) for s, pair in zip(samples, tokenization.encode_samples(
-        samples, renderer, cfg.train_on, total=len(samples)))]
-    totals = [len(ids) for _, ids, _ in encoded]
-    answers = [sum(1 for t in labels if t != IGNORE) for _, _, labels in encoded]
-    prompts = [total - answer for total, answer in zip(totals, answers)]
-    past_limit = sum(sum(1 for t in labels[limit:] if t != IGNORE) for _, _, labels in encoded)
-    in_over_length = sum(a for total, a in zip(totals, answers) if total > limit)
-    fitted = tokenization.fit_to_length(encoded, limit, "truncate" if cfg.overlength == "error" else cfg.overlength)
+def analyse_split(name: str, split: TokenizedSplit) -> SplitReport:
+    """Measure one tokenized split; the over-length policy applied as training applies it (``error`` as
+    truncate). Computed from the split's columns: exact, in memory of a few bytes a sample."""
+    totals, answers = split.lengths()
+    prompts = totals - answers
     return SplitReport(
         name=name,
-        samples=len(samples),
+        samples=len(split),
         prompt=LengthStats.of(prompts),
         answer=LengthStats.of(answers),
         total=LengthStats.of(totals),
         histogram=histogram(totals),
-        over_length=len(fitted.over_length),
-        over_length_locations=fitted.over_length[:MAX_LISTED],
-        trained_tokens_past_limit=past_limit,
-        trained_tokens_in_over_length=in_over_length,
-        no_trained_token=len(fitted.dropped_no_label),
-        no_trained_token_locations=fitted.dropped_no_label[:MAX_LISTED],
-        kept=len(fitted.input_ids),
-        tokens=fitted.tokens,
-        trained_tokens=fitted.trained_tokens,
+        over_length=split.over_length,
+        over_length_locations=split.over_length_locations(MAX_LISTED),
+        trained_tokens_past_limit=split.trained_tokens_past_limit,
+        trained_tokens_in_over_length=split.trained_tokens_in_over_length,
+        no_trained_token=split.no_trained_token,
+        no_trained_token_locations=split.no_trained_token_locations(MAX_LISTED),
+        kept=split.kept,
+        tokens=split.tokens,
+        trained_tokens=split.trained_tokens,
         prompt_lengths=prompts,
         answer_lengths=answers,
     )
@@ -196,7 +190,7 @@ def _error_text(exc: UserError) -> str:
     return exc.render().removeprefix("error: ")
 
 
-def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
+def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> DataReport:
     """Read the data and the tokenizer (no model weights) and report what the data becomes for training.
 
     Faults that would stop ``lora-ft train`` (too many unusable rows, over-length samples under
@@ -209,7 +203,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
     cfg = loaded.config
     problems: list[str] = []
     with console.silenced():  # the report says it all, below
-        prepared = prepare(_lenient(loaded), cfg, checks=False)
+        prepared = prepare(_lenient(loaded), cfg, checks=False, cache=cache)
     loaded_data, chat = prepared.data, prepared.chat
     try:
         data.check_drops(loaded_data.reports, cfg.data.max_dropped_fraction)
@@ -228,8 +222,8 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
         splits = [analyse_pairs(name, rows, renderer, cfg.data, limit)
                   for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
     else:
-        splits = [analyse_split(name, rows, renderer, cfg.data)
-                  for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
+        splits = [analyse_split(name, split)
+                  for name, split in (("train", loaded_data.train), ("eval", loaded_data.eval)) if split]
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
@@ -242,14 +236,18 @@ def build_report(loaded: LoadedConfig, samples: int = 1) -> DataReport:
         datasets=loaded_data.reports,
         eval_source=loaded_data.eval_source,
         splits=splits,
-        duplicates=[find_duplicates(loaded_data.train, "train")]
-        + ([find_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
-        leakage=find_leakage(loaded_data.train, loaded_data.eval),
-        samples=[shown for s in loaded_data.train[:samples] for shown in rendered_sides(s, renderer, cfg.data)],
+        duplicates=[split_duplicates(loaded_data.train, "train")]
+        + ([split_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
+        leakage=split_leakage(loaded_data.train, loaded_data.eval),
+        samples=[shown for s in _first(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
         problems=problems,
     )
     _judge(report)
     return report
+
+
+def _first(split, count: int) -> list[Sample]:
+    return split[:count] if isinstance(split, list) else split.head(count)
 
 
 def _judge(report: DataReport) -> None:

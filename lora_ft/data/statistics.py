@@ -6,11 +6,10 @@ from __future__ import annotations
 import hashlib
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lora_ft.data.loading import LoadedData, Sample
-from lora_ft.tokenization import IGNORE, TokenizedSet
+from lora_ft.data.loading import Sample
 
 MAX_LISTED = 20  # locations (or duplicate groups) kept per list in the report and its JSON
 SHOWN = 3  # locations printed per line in the text form
@@ -31,18 +30,20 @@ class LengthStats:
 
     @classmethod
     def of(cls, values: Sequence[int]) -> LengthStats:
-        if not values:
+        import numpy as np
+
+        ordered = np.sort(np.asarray(values, dtype=np.int64))
+        if not len(ordered):
             return cls()
-        ordered = sorted(values)
-        return cls(min=ordered[0], median=_percentile(ordered, 0.5), p90=_percentile(ordered, 0.9),
-                   p99=_percentile(ordered, 0.99), max=ordered[-1], mean=round(sum(ordered) / len(ordered), 1))
+        return cls(min=int(ordered[0]), median=_percentile(ordered, 0.5), p90=_percentile(ordered, 0.9),
+                   p99=_percentile(ordered, 0.99), max=int(ordered[-1]), mean=round(float(ordered.mean()), 1))
 
 
 def _percentile(ordered: Sequence[int], q: float) -> float:
     position = q * (len(ordered) - 1)
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (position - low), 1)
+    return round(float(ordered[low] + (ordered[high] - ordered[low]) * (position - low)), 1)
 
 
 @dataclass
@@ -84,8 +85,8 @@ class Leakage:
     first: list[Leak]
 
 
-def _key(sample: Sample) -> str:
-    """A digest of a sample's content after NFKC normalization and whitespace collapsing (case is kept)."""
+def content_key(sample: Sample) -> bytes:
+    """A 16-byte digest of a sample's content after NFKC normalization and whitespace collapsing (case is kept)."""
 
     def norm(text: str) -> str:
         return " ".join(unicodedata.normalize("NFKC", text).split())
@@ -95,44 +96,72 @@ def _key(sample: Sample) -> str:
         content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}" for m in turns)
     else:
         content = "text\x1f" + norm(sample.text or "")
-    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest()
 
 
 def find_duplicates(samples: list[Sample], split: str) -> Duplicates:
     """Groups of samples with the same normalized content, largest first."""
-    groups: dict[str, list[str]] = {}
-    for sample in samples:
-        groups.setdefault(_key(sample), []).append(sample.location)
-    repeated = sorted((locs for locs in groups.values() if len(locs) > 1), key=lambda locs: -len(locs))
-    return Duplicates(
-        split=split,
-        groups=len(repeated),
-        extra_copies=sum(len(locs) - 1 for locs in repeated),
-        first_groups=[DuplicateGroup(len(locs), locs[:MAX_LISTED]) for locs in repeated[:MAX_LISTED]],
-    )
+    return duplicates_of(key_array([content_key(s) for s in samples]), lambda i: samples[i].location, split)
 
 
 def find_leakage(train: list[Sample], evaluation: list[Sample]) -> Leakage:
     """Eval samples whose normalized content also occurs in train."""
-    first_in_train: dict[str, str] = {}
-    for sample in train:
-        first_in_train.setdefault(_key(sample), sample.location)
-    leaks = [Leak(s.location, first_in_train[k]) for s in evaluation if (k := _key(s)) in first_in_train]
-    return Leakage(count=len(leaks), first=leaks[:MAX_LISTED])
+    return leakage_of(key_array([content_key(s) for s in train]), key_array([content_key(s) for s in evaluation]),
+                      lambda i: train[i].location, lambda i: evaluation[i].location)
+
+
+def key_array(keys):
+    """Content keys (:func:`content_key`) as a numpy array of 16-byte strings: 16 bytes a sample."""
+    import numpy as np
+
+    return np.array(keys, dtype="S16") if len(keys) else np.zeros(0, dtype="S16")
+
+
+def duplicates_of(keys, location_of: Callable[[int], str], split: str) -> Duplicates:
+    """Duplicate groups among samples by their content keys, largest first (then in order of first
+    appearance), each with its first locations in order; exact, in memory of 16 bytes a sample."""
+    import numpy as np
+
+    if not len(keys):
+        return Duplicates(split, 0, 0, [])
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    repeated = np.nonzero(counts > 1)[0]
+    order = repeated[np.lexsort((first[repeated], -counts[repeated]))]
+    groups = []
+    for group in order[:MAX_LISTED]:
+        members = np.nonzero(inverse == group)[0][:MAX_LISTED]
+        groups.append(DuplicateGroup(int(counts[group]), [location_of(int(i)) for i in members]))
+    return Duplicates(split=split, groups=len(repeated), extra_copies=int((counts[repeated] - 1).sum()),
+                      first_groups=groups)
+
+
+def leakage_of(train_keys, eval_keys, train_location: Callable[[int], str],
+               eval_location: Callable[[int], str]) -> Leakage:
+    """Eval samples whose content key occurs in train, each paired with its first train copy."""
+    import numpy as np
+
+    if not len(train_keys) or not len(eval_keys):
+        return Leakage(0, [])
+    unique, first = np.unique(train_keys, return_index=True)
+    at = np.minimum(np.searchsorted(unique, eval_keys), len(unique) - 1)
+    leaked = np.nonzero(unique[at] == eval_keys)[0]
+    return Leakage(count=len(leaked), first=[Leak(eval_location(int(i)), train_location(int(first[at[i]])))
+                                             for i in leaked[:MAX_LISTED]])
 
 
 def histogram(values: Sequence[int], buckets: int = HISTOGRAM_BUCKETS) -> list[Bucket]:
     """At most ``buckets`` equal-width buckets of a round width (1, 2, 2.5, 4, 5 x 10^k, or a power of two)."""
-    if not values:
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.int64)
+    if not len(values):
         return []
-    low, high = min(values), max(values)
+    low, high = int(values.min()), int(values.max())
     widths = sorted({int(m * 10**k) for k in range(9) for m in (1, 2, 2.5, 4, 5)} | {2**k for k in range(31)})
     width = next(w for w in widths if (high - 1) // w - (low - 1) // w + 1 <= buckets)
     start = (low - 1) // width
-    counts = [0] * ((high - 1) // width - start + 1)
-    for value in values:
-        counts[(value - 1) // width - start] += 1
-    return [Bucket((start + i) * width + 1, (start + i + 1) * width, c) for i, c in enumerate(counts)]
+    counts = np.bincount((values - 1) // width - start, minlength=(high - 1) // width - start + 1)
+    return [Bucket((start + i) * width + 1, (start + i + 1) * width, int(c)) for i, c in enumerate(counts)]
 
 
 def _listed(locations: Sequence[str], total: int, shown: int = SHOWN) -> str:
@@ -165,12 +194,28 @@ def duplicate_lines(report_duplicates: list[Duplicates], leakage: Leakage, *, gr
     return lines
 
 
-def summary_lines(loaded_data: LoadedData) -> list[str]:
+def split_duplicates(split, name: str) -> Duplicates:
+    """:class:`Duplicates` of a split: a list of samples, or a tokenized split with its content keys."""
+    if isinstance(split, list):
+        return find_duplicates(split, name)
+    return duplicates_of(split.keys(), split.location, name)
+
+
+def split_leakage(train, evaluation) -> Leakage:
+    """:class:`Leakage` between two splits, lists of samples or tokenized splits."""
+    if evaluation is None or not len(evaluation):
+        return Leakage(0, [])
+    if isinstance(train, list):
+        return find_leakage(train, list(evaluation))
+    return leakage_of(train.keys(), evaluation.keys(), train.location, evaluation.location)
+
+
+def summary_lines(data) -> list[str]:
     """The short form printed at the start of ``lora-ft train``: datasets, eval split, duplicates, leakage."""
-    lines = [line for report in loaded_data.reports for line in report.summary_lines()]
-    lines.append(f"eval data: {loaded_data.eval_source}")
-    duplicates = find_duplicates(loaded_data.train, "train")
-    leakage = find_leakage(loaded_data.train, loaded_data.eval)
+    lines = [line for report in data.reports for line in report.summary_lines()]
+    lines.append(f"eval data: {data.eval_source}")
+    duplicates = split_duplicates(data.train, "train")
+    leakage = split_leakage(data.train, data.eval)
     if duplicates.extra_copies or leakage.count:
         lines += duplicate_lines([duplicates], leakage, groups=1)
     return lines
@@ -217,14 +262,11 @@ def length_table(rows: list[tuple[str, LengthStats]], title: str = "tokens") -> 
     return lines
 
 
-def tokenized_stats_lines(tokens: TokenizedSet) -> list[str]:
+def tokenized_stats_lines(split) -> list[str]:
     """The length table of samples as they will be trained (after the over-length policy)."""
-    totals = [len(ids) for ids in tokens.input_ids]
-    answers = [sum(1 for t in labels if t != IGNORE) for labels in tokens.labels]
-    prompts = [t - a for t, a in zip(totals, answers)]
-    if not totals:
+    totals, answers = split.lengths(kept_only=True)
+    if not len(totals):
         return []
+    prompts = totals - answers
     return stats_lines(LengthStats.of(prompts), LengthStats.of(answers), LengthStats.of(totals),
                        "train tokens, as trained")
-
-

@@ -43,6 +43,7 @@ def write_finished_run(trainer, prepared, loaded, resolved, model, outcome, star
         manifest = artifacts.run_manifest(loaded, cfg, resolved, chat.source, upstream, rows, chat.template_origin,
                                           chat.renderer, chat.tokenizer, model.trainable, model.total, outcome, start,
                                           trackers, started, run_dir, adapter_dir)
+        manifest["tokenized_data"] = prepared.cache_record()
         artifacts.write_manifest(run_dir, manifest)
     except OSError as exc:
         raise final_save_failed(run_dir, outcome.steps, exc, artifacts.adapter_bytes(

@@ -1,0 +1,179 @@
+"""Data files to an Arrow file of tokens, on every core: the main process reads rows, worker processes turn
+chunks of them into tokens (:mod:`lora_ft.tokenized.encoding`), and the main process writes their record batches
+in order, counting what each dataset kept and dropped as training always has.
+
+Memory stays flat whatever the size of the data: a few chunks are in flight at a time, and the rows go to disk as
+they come back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from lora_ft.config import DatasetSource, LoadedConfig
+from lora_ft.data.loading import (DatasetReport, check_format_kind, data_files, detected_format, source_report,
+                                  source_rows)
+from lora_ft.data.samples import RowFault, Sample
+from lora_ft.tokenization import Progress
+from lora_ft.tokenized.encoding import ROWS_PER_CHUNK, EncodedChunk, Settings, encode_rows, schema, use_settings
+
+PARALLEL_FROM_BYTES = 4 << 20  # data files smaller than this are tokenized in the main process: starting workers
+# costs more than it saves
+IN_FLIGHT_PER_WORKER = 2
+
+
+def worker_count(files_bytes: int, requested: int | None = None) -> int:
+    """Processes to tokenize with: one per core available to this process, one for small data."""
+    if requested is not None:
+        return max(1, requested)
+    if files_bytes < PARALLEL_FROM_BYTES:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 32))
+
+
+class Encoders:
+    """:func:`encode_rows` over chunks, in the main process or on a pool of processes, results in order."""
+
+    def __init__(self, settings: Settings, workers: int):
+        use_settings(settings)
+        self.pool, self.workers = None, workers
+        if workers > 1:
+            import multiprocessing
+
+            # fork: the workers start with the tokenizer already loaded. Each is one tokenizing thread; the
+            # tokenizer's own thread pool would only compete with the other workers.
+            self._parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            self.pool = context.Pool(workers, initializer=use_settings, initargs=(settings,))
+
+    def map(self, chunks: Iterator[tuple[str | None, list]]) -> Iterator[EncodedChunk]:
+        if self.pool is None:
+            for fmt, items in chunks:
+                yield encode_rows(fmt, items)
+            return
+        pending: deque = deque()
+        for fmt, items in chunks:
+            pending.append(self.pool.apply_async(encode_rows, (fmt, items)))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+            if self._parallelism is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = self._parallelism
+
+
+def _lines(files: list[Path]) -> int | None:
+    """Rows to expect, for the progress line: the lines of JSON Lines and CSV files; None for other formats."""
+    if not files or any(f.suffix.lower() not in (".jsonl", ".csv") for f in files):
+        return None
+    total = 0
+    for path in files:
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 24):
+                total += block.count(b"\n")
+    return total
+
+
+class SplitWriter:
+    """Writes one split's samples (:func:`lora_ft.tokenized.encoding.schema`) to an Arrow stream file."""
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+
+        self.path = path
+        self.sink = pa.OSFile(str(path), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, schema())
+        self.rows = 0
+
+    def write(self, batch) -> None:
+        if batch.num_rows:
+            self.writer.write_batch(batch)
+            self.rows += batch.num_rows
+
+    def close(self) -> None:
+        self.writer.close()
+        self.sink.close()
+
+
+def write_sources(sources: list[DatasetSource], loaded: LoadedConfig, settings: Settings, out: SplitWriter,
+                  workers: int | None = None) -> list[DatasetReport]:
+    """Read, tokenize and write every dataset entry of one split; one report per entry."""
+    reports = []
+    for source in sources:
+        files = data_files(source, loaded)
+        size = sum(f.stat().st_size for f in files)
+        encoders = Encoders(settings, worker_count(size, workers))
+        try:
+            reports.append(_write_source(source, files, loaded.config.method, encoders, out))
+        finally:
+            encoders.close()
+    return reports
+
+
+def write_samples(samples: list[Sample], settings: Settings, out: SplitWriter) -> None:
+    """Tokenize and write samples a command brings itself (an evaluation's own set)."""
+    encoders = Encoders(settings, 1)
+    chunks = ((None, samples[at:at + ROWS_PER_CHUNK]) for at in range(0, len(samples), ROWS_PER_CHUNK))
+    for encoded in encoders.map(chunks):
+        out.write(encoded.batch)
+
+
+def _write_source(source: DatasetSource, files: list[Path], method: str, encoders: Encoders,
+                  out: SplitWriter) -> DatasetReport:
+    report = source_report(source, files)
+    fmt = None if source.format == "auto" else source.format
+    if fmt is not None:
+        check_format_kind(fmt, method, source.path, None)
+    progress = Progress(_lines(files) if encoders.workers > 1 else None, "tokenizing", "rows")
+
+    def chunks() -> Iterator[tuple[str | None, list]]:
+        nonlocal fmt
+        chunk: list = []
+        for location, row in source_rows(source, files):
+            if fmt is None:  # rows before the first object, whose columns tell the format
+                if not isinstance(row, dict):
+                    report.rows_read += 1
+                    report.drop(str(row if isinstance(row, RowFault) else RowFault("row is not an object")),
+                                location)
+                    continue
+                fmt = detected_format(row, source, method, location)
+            chunk.append((location, row))
+            if len(chunk) == ROWS_PER_CHUNK:
+                yield fmt, chunk
+                chunk = []
+        if chunk:
+            yield fmt, chunk
+
+    kept = 0
+    for encoded in encoders.map(chunks()):
+        take = len(encoded.positions)
+        items = encoded.items
+        if source.max_samples and kept + take >= source.max_samples:  # stop at the row that fills it
+            take = source.max_samples - kept
+            items = encoded.positions[take - 1] + 1
+        report.rows_read += items
+        for position, location, reason in encoded.faults:
+            if position < items:
+                report.drop(reason, location)
+        out.write(encoded.batch.slice(0, take))
+        kept += take
+        progress.update(report.rows_read)
+        if source.max_samples and kept >= source.max_samples:
+            break
+    report.format = fmt or source.format
+    report.kept = kept
+    return report
