@@ -92,6 +92,7 @@ class DataReport:
     samples: list[RenderedSample]
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what would stop `lora-ft train`
+    tokenized: str = ""  # where the tokens came from: tokenized now, or the cache
 
     @property
     def ok(self) -> bool:
@@ -227,6 +228,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
+        tokenized=tokenized_note(loaded_data),
         pad_token=pad_note,
         chat_template=origin,
         end_of_turn=renderer.end_of_turn,
@@ -244,6 +246,16 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     )
     _judge(report)
     return report
+
+
+def tokenized_note(data) -> str:
+    """Where the tokens came from, in words: tokenized by this command (cached or not), or the cache."""
+    if not hasattr(data, "reused"):
+        return ""
+    if data.reused:
+        return f"reused from the cache ({data.path}); tokenized in {data.tokenize_seconds:.0f} s the first time"
+    return f"tokenized in {data.tokenize_seconds:.1f} s; " + (
+        f"cached in {data.path}" if data.key else "not cached (--no-cache)")
 
 
 def _first(split, count: int) -> list[Sample]:
@@ -354,6 +366,7 @@ def render_text(report: DataReport, color: bool = False) -> str:
     lines = [
         f"data report for {report.config}",
         f"tokenizer       {report.tokenizer}; {report.pad_token}",
+        *([f"tokens          {report.tokenized}"] if report.tokenized else []),
         f"chat template   {report.chat_template}; answers end with {report.end_of_turn!r}",
         (f"settings        max_seq_length {report.max_seq_length:,}, overlength {report.overlength}, "
          f"train_on {report.train_on}"),
