@@ -58,7 +58,10 @@ def write_data(path: Path, count: int) -> None:
             out.write(json.dumps(row) + "\n")
 
 
-def write_config(path: Path, data: Path) -> None:
+def write_config(path: Path, data: Path, cache: bool = True) -> None:
+    """The legal settings on the synthetic data; ``cache``: with this tree's data.cache_dir (the baseline's code
+    has no such key)."""
+    cache_line = f"  cache_dir: {path.parent / 'cache'}\n" if cache else ""
     path.write_text(f"""output_dir: {path.parent / 'run'}
 model:
   base: embedded
@@ -67,8 +70,7 @@ data:
     - path: {data}
   system_prompt: You are a careful legal assistant.
   max_seq_length: 512
-  cache_dir: {path.parent / 'cache'}
-""")
+{cache_line}""")
 
 
 def _tree(pid: int) -> list[int]:
@@ -154,12 +156,13 @@ def main() -> int:
         data = work / "train.jsonl"
         write_data(data, count)
         write_config(work / "run.yaml", data)
+        write_config(work / "baseline.yaml", data, cache=False)
         for name, tree in trees:
             if tree != REPO and count > args.baseline_max_rows:
                 continue
             shutil.rmtree(work / "cache", ignore_errors=True)
             for attempt in ("first", "second"):
-                figures = run_data(work / "run.yaml", tree, [])
+                figures = run_data(work / ("run.yaml" if tree == REPO else "baseline.yaml"), tree, [])
                 results.append({"code": name, "rows": count, "run": attempt, "megabytes": data.stat().st_size / 1e6,
                                 **figures, "rows_per_second": count / figures["seconds"]})
                 row = results[-1]

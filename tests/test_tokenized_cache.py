@@ -41,6 +41,11 @@ def setup(tmp_path, tiny_llama):
     return path, tmp_path / "cache"
 
 
+def _entries(cache_dir) -> list:
+    """The cache's entries (its lock files aside)."""
+    return [p for p in cache_dir.iterdir() if p.is_dir()]
+
+
 def _load(path, cache_dir, *overrides):
     loaded = load_config(path, [f"data.cache_dir={cache_dir}", *overrides])
     chat = load_chat_tokenizer(loaded, loaded.config.model)
@@ -87,7 +92,7 @@ def test_the_cache_holds_the_same_tokens_as_reading_into_memory_and_is_reused(se
     second, said = _tokenized(path, cache_dir, "data.max_seq_length=64")
     assert second.reused and second.key == first.key and "reused from the cache" in said
     _same_as_in_memory(second, path, cache_dir, "data.max_seq_length=64")
-    assert [p.name for p in cache_dir.iterdir()] == [first.key]
+    assert [p.name for p in _entries(cache_dir)] == [first.key]
 
 
 def test_parallel_tokenizing_writes_what_one_process_writes(setup):
@@ -173,7 +178,7 @@ def test_a_half_written_entry_is_never_read(setup, monkeypatch):
     monkeypatch.setattr(writing.SplitWriter, "write", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         _tokenized(path, cache_dir, workers=1)
-    assert not [p for p in cache_dir.iterdir()]  # nothing left that a later run could take for an entry
+    assert not _entries(cache_dir)  # nothing left that a later run could take for an entry
     monkeypatch.setattr(writing.SplitWriter, "write", real_write)
     # a writer killed outright leaves its temporary folder; an entry without its meta file is not one either
     (cache_dir / ".writing-dead").mkdir()
@@ -200,14 +205,14 @@ def test_no_cache_leaves_no_entry_and_the_data_command_says_where_the_cache_is(s
 
     path, cache_dir = setup
     assert cli.main(["data", str(path), "--set", f"data.cache_dir={cache_dir}", "--no-cache"]) == 0
-    assert not cache_dir.exists() or not list(cache_dir.iterdir())
+    assert not cache_dir.exists() or not _entries(cache_dir)
     first = capsys.readouterr().out
     assert cli.main(["data", str(path), "--set", f"data.cache_dir={cache_dir}"]) == 0
     assert cli.main(["data", str(path), "--set", f"data.cache_dir={cache_dir}"]) == 0
     cached = capsys.readouterr().out
     body = first.split("== train", 1)[1]
     assert body in cached  # the same report, from the cache
-    meta = json.loads(next(cache_dir.iterdir()).joinpath(cache_lib.META_FILE).read_text())
+    meta = json.loads(_entries(cache_dir)[0].joinpath(cache_lib.META_FILE).read_text())
     assert meta["parts"]["max_seq_length"] == 128 and meta["reports"][0]["rows_read"] == 2500
 
 
@@ -217,4 +222,28 @@ def test_training_records_the_cache_key_and_resume_finds_the_same_data(tmp_path,
     path = write_config(tmp_path / "cfg.yaml", tiny_llama, legal_data)
     result = train(load_config(path, [f"data.cache_dir={tmp_path / 'cache'}"]))
     record = result.manifest["tokenized_data"]
-    assert record["cache_key"] == next((tmp_path / "cache").iterdir()).name and not record["reused"]
+    assert record["cache_key"] == _entries(tmp_path / "cache")[0].name and not record["reused"]
+
+
+def test_a_second_process_waits_for_the_one_tokenizing_the_same_data(setup):
+    import threading
+
+    path, cache_dir = setup
+    loaded, chat = _load(path, cache_dir)
+    key = cache_lib.key_of(cache_lib.key_parts(loaded, loaded.config, chat.renderer))
+    held = threading.Event()
+    release = threading.Event()
+
+    def other_process():  # holds the lock as a process tokenizing the same data would
+        with cache_lib._writing_lock(cache_dir, key):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    held.wait(10)
+    threading.Timer(1.0, release.set).start()
+    data, said = _tokenized(path, cache_dir)
+    thread.join()
+    assert "waiting for it" in said and not data.reused
+    _same_as_in_memory(data, path, cache_dir)

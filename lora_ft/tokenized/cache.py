@@ -20,6 +20,7 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -171,7 +172,40 @@ def tokenized_data(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer,
     parts = key_parts(loaded, cfg, renderer)
     key = key_of(parts)
     root = cache_root(loaded, cfg)
-    entry = root / key
+    if not cache:
+        return _tokenized(loaded, cfg, renderer, parts, key, None, workers)
+    with _writing_lock(root, key):
+        return _tokenized(loaded, cfg, renderer, parts, key, root, workers)
+
+
+@contextmanager
+def _writing_lock(root: Path, key: str):
+    """One process at a time tokenizes the same data (the ranks of a distributed run, two commands at once):
+    the others wait, then read the entry it wrote."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = (root / f".{key}.lock").open("a")
+    except OSError as exc:
+        raise UserError(f"cannot create the tokenized data cache in {root}: {exc.strerror or exc}",
+                        fix="set data.cache_dir to a writable folder, or pass --no-cache") from exc
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: writers rely on the atomic rename alone
+        fcntl = None
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                console.say("tokenized data: another process is tokenizing the same data; waiting for it")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, parts: dict, key: str,
+               root: Path | None, workers: int | None) -> TokenizedData:
+    cache = root is not None
+    entry = root / key if cache else None
     if cache and (entry / META_FILE).is_file():
         try:
             meta = json.loads((entry / META_FILE).read_text())
@@ -249,6 +283,11 @@ def _clean(root: Path, keep: Path) -> None:
     now = time.time()
     for path in root.iterdir():
         try:
+            if path.name.startswith(".") and path.name.endswith(".lock"):
+                entry = root / path.name[1:-len(".lock")]
+                if not entry.exists() and now - path.stat().st_mtime > STALE_TEMP_HOURS * 3600:
+                    path.unlink(missing_ok=True)
+                continue
             if path == keep or not path.is_dir():
                 continue
             if path.name.startswith(".writing-"):

@@ -117,10 +117,13 @@ def write_sources(sources: list[DatasetSource], loaded: LoadedConfig, settings: 
         files = data_files(source, loaded)
         size = sum(f.stat().st_size for f in files)
         encoders = Encoders(settings, worker_count(size, workers))
+        report = source_report(source, files)
         try:
-            reports.append(_write_source(source, files, loaded.config.method, encoders, out))
+            for batch in source_batches(source, files, loaded.config.method, encoders, report):
+                out.write(batch)
         finally:
             encoders.close()
+        reports.append(report)
     return reports
 
 
@@ -132,9 +135,10 @@ def write_samples(samples: list[Sample], settings: Settings, out: SplitWriter) -
         out.write(encoded.batch)
 
 
-def _write_source(source: DatasetSource, files: list[Path], method: str, encoders: Encoders,
-                  out: SplitWriter) -> DatasetReport:
-    report = source_report(source, files)
+def source_batches(source: DatasetSource, files: list[Path], method: str, encoders: Encoders,
+                   report: DatasetReport) -> Iterator:
+    """One dataset entry's samples as record batches, in order, counting in ``report`` what was read, kept and
+    dropped (and why, where) as they come; stops at ``max_samples``."""
     fmt = None if source.format == "auto" else source.format
     if fmt is not None:
         check_format_kind(fmt, method, source.path, None)
@@ -169,11 +173,10 @@ def _write_source(source: DatasetSource, files: list[Path], method: str, encoder
         for position, location, reason in encoded.faults:
             if position < items:
                 report.drop(reason, location)
-        out.write(encoded.batch.slice(0, take))
         kept += take
+        report.kept, report.format = kept, fmt or source.format
         progress.update(report.rows_read)
+        yield encoded.batch.slice(0, take)
         if source.max_samples and kept >= source.max_samples:
             break
     report.format = fmt or source.format
-    report.kept = kept
-    return report
