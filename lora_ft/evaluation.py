@@ -81,7 +81,8 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
                          template_origin="saved with the adapter",
                          renderer=ChatRenderer(tokenizer, tokenizer.chat_template))
     with console.silenced():
-        prepared = prepare(LoadedConfig(config, None, []), config, data=loaded_data, chat=chat, checks=False)
+        prepared = prepare(LoadedConfig(config, None, []), config, data=loaded_data, chat=chat, checks=False,
+                           stream=own_tokens)  # a streamed run's eval set alone, not its whole training data
     if own_tokens:
         if prepared.data.eval is None or not len(prepared.data.eval):
             raise UserError("the run has no eval data", fix="pass --data FILE with held-out samples")

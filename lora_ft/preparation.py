@@ -17,6 +17,7 @@ from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
 from lora_ft.errors import UserError
 from lora_ft.model import ChatTokenizer, load_chat_tokenizer
 from lora_ft.tokenized import TokenizedData, tokenized_data, tokenized_samples
+from lora_ft.tokenized.streaming import StreamedData, first_rows, stream_note, streamed_data
 
 
 @dataclass
@@ -28,8 +29,13 @@ class Prepared:
     pairs are read into memory (:class:`LoadedData`) and tokenized on first use."""
 
     config: RunConfig
-    data: LoadedData | TokenizedData
+    data: LoadedData | TokenizedData | StreamedData
     chat: ChatTokenizer
+
+    @property
+    def is_streamed(self) -> bool:
+        """Training rows read as training takes them (``data.streaming``): no tokens to count before."""
+        return isinstance(self.data, StreamedData)
 
     @cached_property
     def train_tokens(self):
@@ -55,6 +61,8 @@ class Prepared:
         """What a resumed run must find unchanged: the tokens and labels, and the files they came from."""
         from lora_ft.rundir.resume import data_fingerprint
 
+        if self.is_streamed:
+            return self.data.fingerprint()
         if not self.is_preference:
             return {"tokens_sha256": self.data.tokens_sha256(), "files": {r.path: r.sha256 for r in self.data.reports}}
         return data_fingerprint(self.train_tokens.input_ids, self.train_tokens.labels, self.eval_tokens.input_ids,
@@ -62,6 +70,10 @@ class Prepared:
 
     def datasets(self):
         """The tokenized sets as the trainer takes them: (train, eval or None)."""
+        if self.is_streamed:
+            evaluation = self.eval_tokens
+            return self.data.train.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
+                else None
         if not self.is_preference:
             evaluation = self.eval_tokens
             return self.train_tokens.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
@@ -77,18 +89,24 @@ class Prepared:
         """Where the tokenized data is kept, for the run's manifest."""
         if self.is_preference:
             return None
+        if self.is_streamed:
+            evaluation = self.data.eval_data
+            return {"streamed": self.data.train.key, "eval_cache_key": evaluation.key if evaluation else None}
         return {"cache_key": self.data.key, "path": str(self.data.path) if self.data.key else None,
                 "reused": self.data.reused, "tokenize_seconds": self.data.tokenize_seconds}
 
 
 def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedData | None = None,
-            chat: ChatTokenizer | None = None, checks: bool = True, cache: bool = True) -> Prepared:
+            chat: ChatTokenizer | None = None, checks: bool = True, cache: bool = True,
+            stream: bool = False) -> Prepared:
     """Load the tokenizer and chat template, read and tokenize the data; say what each step found.
 
     ``cfg``: the resolved config (default: the loaded one). ``data`` and ``chat``: given instead of read (an
     evaluation of a finished run brings its own samples and its saved tokenizer). ``checks``: stop on what would
     stop training (no trained token left, a template that never trains its end-of-turn token); off for the data
     report, which lists such faults instead. ``cache``: reuse and keep the tokenized data (``--no-cache``: not).
+    ``stream``: stream the training rows when the config asks for it (``data.streaming``; training only: the data
+    report and the plan read every row).
     """
     cfg = cfg or loaded.config
     console.section("model")
@@ -104,6 +122,10 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
         data = data or load_data(loaded)
     elif data is not None:
         data = tokenized_samples(data.train, data.eval, data.reports, data.eval_source, cfg, renderer)
+    elif stream and cfg.data.streaming:
+        prepared = Prepared(cfg, streamed_data(loaded, cfg, renderer, cache), chat)
+        _check_streamed(prepared, checks)
+        return prepared
     else:
         data = tokenized_data(loaded, cfg, renderer, cache=cache)
         check_drops(data.reports, loaded.config.data.max_dropped_fraction)
@@ -142,6 +164,25 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
                        renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
                        cfg.train.padding_free or cfg.train.packing)
     return prepared
+
+
+def _check_streamed(prepared: Prepared, checks: bool) -> None:
+    """What can be said and checked of a stream before training: its eval set, and its first rows."""
+    cfg, data, renderer = prepared.config, prepared.data, prepared.chat.renderer
+    console.say(stream_note(cfg))
+    console.say(f"eval data: {data.eval_source}")
+    if data.eval is not None:
+        console.say(split_line("eval", data.eval, cfg))
+    if not checks:
+        return
+    input_ids, labels = first_rows(data.train, 64)
+    if not input_ids:
+        raise UserError("no training sample has a trained token left",
+                        fix="raise data.max_seq_length, or check that the samples have answers")
+    if renderer.end_of_turn_token_id() is not None:
+        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
+                       renderer.end_of_turn_token_id(), prepared.chat.tokenizer.pad_token_id,
+                       cfg.train.padding_free or cfg.train.packing)
 
 
 def split_line(name: str, split, cfg: RunConfig) -> str:

@@ -74,7 +74,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     wandb_mode = tracking.preflight(cfg) if world.is_main else None  # in seconds, before the model loads
     training.prepare_process(cfg)
 
-    prepared = preparation.prepare(loaded, cfg, cache=cache)
+    prepared = preparation.prepare(loaded, cfg, cache=cache, stream=True)
     fingerprint = prepared.fingerprint()
     resume_lib.check_same_run(start, compared, fingerprint, force_resume)
 
@@ -88,18 +88,22 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
         trainer = training.build_trainer(model.model, prepared.chat.tokenizer, cfg, train_set, eval_set,
                                          run_dir.checkpoint_dir, trackers.report_to, callbacks.for_trainer())
         console.section("training")
-        console.say(training.plan_line(trainer, cfg, len(train_set), world))
+        console.say(training.plan_line(trainer, cfg, None if prepared.is_streamed else len(train_set), world))
         for note in trackers.notes:
             console.say(note)
         with failures.translated(run_dir.checkpoint_dir, trainer, cfg):
             outcome = training.run_training(trainer, callbacks, resolved.device, cfg.train.eval_before_training,
-                                            eval_set is not None, prepared.train_tokens.trained_tokens,
+                                            eval_set is not None,
+                                            0 if prepared.is_streamed else prepared.train_tokens.trained_tokens,
                                             resume_from=start.checkpoint.path if start.checkpoint else None,
                                             start_adapter=cfg.model.adapter, method=cfg.method)
     finally:
         trackers.finish()
         if model.per_sample_attention:
             model_lib.use_per_sample_attention(model.model, False)  # the returned model attends as the library does
+    if prepared.is_streamed:
+        for line in prepared.data.train.summary_lines():  # what the stream met, now that it has been read
+            console.say(line)
     if outcome.interrupted_by is not None:
         raise failures.interrupted(outcome, loaded, run_dir.path)
     training.drop_reference(trainer.model)  # the adapter saved is the trained one alone

@@ -174,7 +174,17 @@ def check_consistency(
             if not local.exists() and not looks_like_hub_id(ds.path):
                 add(("data", section, index, "path"), f"data file not found: {ds.path}",
                     _missing_path_fix(local, ds.path))
-    has_eval = bool(cfg.data.eval) or cfg.data.eval_fraction > 0
+    if cfg.data.streaming:
+        if cfg.train.max_steps is None:
+            add(("data", "streaming"), "a streamed run needs train.max_steps: the number of rows, and so of "
+                "steps per epoch, is not known before they are read", "set train.max_steps")
+        if cfg.method != "sft":
+            add(("data", "streaming"), f"data.streaming is for SFT; method {cfg.method} reads its pairs whole",
+                "remove data.streaming")
+        if "eval_fraction" in cfg.data.model_fields_set and cfg.data.eval_fraction > 0:
+            add(("data", "eval_fraction"), "a streamed run cannot hold rows out of data it has not read",
+                "give data.eval files instead, or remove data.eval_fraction")
+    has_eval = bool(cfg.data.eval) or (cfg.data.eval_fraction > 0 and not cfg.data.streaming)
     if cfg.train.eval_steps is not None and not has_eval:
         add(("train", "eval_steps"), "train.eval_steps is set but there is no eval data to evaluate on",
             "add data.eval files or set data.eval_fraction above 0, or remove train.eval_steps")

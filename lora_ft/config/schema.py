@@ -171,6 +171,13 @@ class DataSection(Section):
     max_dropped_fraction: float = Field(
         0.2, ge=0, le=1, description="Stop when more than this fraction of rows is unusable."
     )
+    streaming: bool = Field(
+        False,
+        description="Read and tokenize the training rows as training takes them, never all at once: for data too "
+        "large to tokenize up front or to keep a tokenized copy of. Needs `train.max_steps`; rows are mixed in a "
+        "seeded shuffle buffer of 10,000; bad rows are counted as they are met; a resume goes on from the exact "
+        "row. Eval comes from `data.eval` files (nothing is held out). SFT only.",
+    )
     cache_dir: str | None = Field(
         None, json_schema_extra=RESUME_MAY_CHANGE,
         description="Where tokenized data is kept for the next command (relative to this file); the default is "

@@ -97,7 +97,7 @@ def prepare_process(cfg: RunConfig) -> None:
     torch.manual_seed(cfg.train.seed)
 
 
-def plan_line(trainer, cfg: RunConfig, samples: int, world) -> str:
+def plan_line(trainer, cfg: RunConfig, samples: int | None, world) -> str:
     """What is about to be trained, in one line: samples, effective batch, steps, checkpoints."""
     steps = f"{trainer.args.max_steps} steps" if trainer.args.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
     saves = (f"a checkpoint every {trainer.args.save_steps} steps" if trainer.args.save_strategy != "no"
@@ -105,7 +105,7 @@ def plan_line(trainer, cfg: RunConfig, samples: int, world) -> str:
     minutes = f" and every {cfg.train.save_every_minutes:g} min" if cfg.train.save_every_minutes else ""
     processes = (f" ({cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation x "
                  f"{world.size} processes, {cfg.distributed.strategy})" if world.distributed else "")
-    return (f"{samples} samples, effective batch "
+    return (f"{samples if samples is not None else 'streamed'} samples, effective batch "
             f"{cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world.size}{processes}, {steps}; "
             f"{saves}{minutes}, newest {cfg.train.keep_last} kept")
 
@@ -150,7 +150,8 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
 
     has_eval = eval_dataset is not None
     processes = distributed.current_world().size
-    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, len(train_dataset), processes), has_eval)
+    samples = len(train_dataset) if hasattr(train_dataset, "__len__") else 0  # a stream has max_steps instead
+    save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, samples, processes), has_eval)
     if cfg.method == "sft":
         args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
     else:
