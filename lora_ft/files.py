@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,16 +18,35 @@ from lora_ft import console
 _HASHED: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file is read once per process
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """The SHA-256 of a file's contents. ``memo``: a JSON file that keeps hashes across processes, keyed like
+    git's index by the file's path, size, modification time (ns) and inode, so an unchanged large file is not read
+    again; any change to one of them reads it again."""
     stat = Path(path).stat()
     known = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if known in _HASHED:
         return _HASHED[known]
+    remembered = {}
+    if memo is not None:
+        try:
+            remembered = json.loads(Path(memo).read_text())
+        except (OSError, ValueError):
+            remembered = {}
+        entry = remembered.get(known[0])
+        if isinstance(entry, list) and tuple(entry[:3]) == known[1:]:
+            _HASHED[known] = entry[3]
+            return entry[3]
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     _HASHED[known] = digest.hexdigest()
+    if memo is not None:
+        remembered[known[0]] = [*known[1:], _HASHED[known]]
+        try:
+            write_text_atomic(Path(memo), json.dumps(remembered))
+        except OSError:
+            pass  # only a memo: the next command reads the file again
     return _HASHED[known]
 
 

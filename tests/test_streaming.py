@@ -82,6 +82,12 @@ def test_a_streamed_run_killed_mid_way_resumes_at_the_exact_row(tiny_llama, data
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "from checkpoint-4 (step 4)" in resumed.stdout
     assert _history(run_dir) == _history(reference)
+    # `lora-ft eval` of a streamed run reads its eval files alone, tokenized as in training
+    from lora_ft.evaluation import prepared_eval
+    from lora_ft.rundir.finished import open_run
+
+    prepared, source = prepared_eval(open_run(reference), None)
+    assert prepared.is_streamed and source == "4 rows from data.eval" and len(prepared.data.eval) == 4
     ours = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     theirs = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

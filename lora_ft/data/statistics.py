@@ -198,7 +198,7 @@ def split_duplicates(split, name: str) -> Duplicates:
     """:class:`Duplicates` of a split: a list of samples, or a tokenized split with its content keys."""
     if isinstance(split, list):
         return find_duplicates(split, name)
-    return duplicates_of(split.keys(), split.location, name)
+    return split.duplicates(name)
 
 
 def split_leakage(train, evaluation) -> Leakage:

@@ -54,12 +54,15 @@ def cache_root(loaded: LoadedConfig, cfg: RunConfig) -> Path:
 
 
 def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer) -> dict:
-    """Everything that changes the tokenized rows, as plain data."""
+    """Everything that changes the tokenized rows, as plain data. The files' hashes are kept in the cache folder
+    (:func:`lora_ft.files.file_sha256`'s memo), so a cached run does not read a large file again."""
+    memo = cache_root(loaded, cfg) / "file-hashes.json"
 
     def source(entry) -> dict:
         files = data_files(entry, loaded)
         return {"path": entry.path if not files else str(loaded.resolve_path(entry.path)),
-                "files": [[str(f), f.stat().st_size, file_sha256(f)] for f in files],
+                "files": [[str(f), f.stat().st_size, file_sha256(f, memo if memo.parent.is_dir() else None)]
+                          for f in files],
                 "format": entry.format, "columns": dict(entry.columns), "split": entry.split,
                 "max_samples": entry.max_samples}
 

@@ -28,6 +28,7 @@ class TokenizedSplit:
         self.rows = np.arange(len(table), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self.max_length, self.overlength = max_length, overlength
         self._columns: dict[str, np.ndarray] = {}
+        self._duplicates: dict = {}
 
     def column(self, name: str) -> np.ndarray:
         """A fixed-width column for this split's samples, in their order."""
@@ -118,6 +119,14 @@ class TokenizedSplit:
             return (np.minimum(self.column("length"), self.max_length)[self.kept_mask],
                     self.column("trained_kept")[self.kept_mask])
         return self.column("length"), self.column("trained")
+
+    def duplicates(self, name: str):
+        """Exact duplicates among this split's samples (computed once: the run summary and the report share it)."""
+        from lora_ft.data.statistics import duplicates_of
+
+        if name not in self._duplicates:
+            self._duplicates[name] = duplicates_of(self.keys(), self.location, name)
+        return self._duplicates[name]
 
     def keys(self) -> np.ndarray:
         return np.asarray(self.table.data.column("content_key").to_numpy(zero_copy_only=False),
