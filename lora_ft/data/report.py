@@ -253,7 +253,7 @@ def tokenized_note(data) -> str:
     if not hasattr(data, "reused"):
         return ""
     if data.reused:
-        return f"reused from the cache ({data.path}); tokenized in {data.tokenize_seconds:.0f} s the first time"
+        return f"reused from the cache ({data.path}); tokenized in {data.tokenize_seconds:.1f} s the first time"
     return f"tokenized in {data.tokenize_seconds:.1f} s; " + (
         f"cached in {data.path}" if data.key else "not cached (--no-cache)")
 

@@ -219,7 +219,7 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
             shutil.rmtree(entry, ignore_errors=True)
         else:
             data.reused = True
-            console.say(f"tokenized data: reused from the cache ({entry}; tokenized in {data.tokenize_seconds:.0f} "
+            console.say(f"tokenized data: reused from the cache ({entry}; tokenized in {data.tokenize_seconds:.1f} "
                         "s the first time)")
             return data
     folder = _temporary_folder(root if cache else None)
@@ -236,7 +236,7 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
     meta = json.loads((folder / META_FILE).read_text())
     if not cache:
         data = _open(folder, meta, cfg, None)
-        console.say(f"tokenized data: {data.tokenize_seconds:.0f} s, not cached (--no-cache)")
+        console.say(f"tokenized data: {data.tokenize_seconds:.1f} s, not cached (--no-cache)")
         return data
     try:
         folder.rename(entry)
@@ -244,7 +244,7 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
         shutil.rmtree(folder, ignore_errors=True)
     _clean(root, keep=entry)
     data = _open(entry, meta, cfg, key)
-    console.say(f"tokenized data: {data.tokenize_seconds:.0f} s; cached in {entry} (the next command reuses it)")
+    console.say(f"tokenized data: {data.tokenize_seconds:.1f} s; cached in {entry} (the next command reuses it)")
     return data
 
 
