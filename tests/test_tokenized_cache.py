@@ -247,3 +247,33 @@ def test_a_second_process_waits_for_the_one_tokenizing_the_same_data(setup):
     thread.join()
     assert "waiting for it" in said and not data.reused
     _same_as_in_memory(data, path, cache_dir)
+
+
+def test_a_full_disk_while_writing_is_a_clear_error_that_leaves_no_entry(setup, monkeypatch):
+    import errno
+
+    from lora_ft.errors import UserError
+
+    path, cache_dir = setup
+
+    def full(self, batch):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writing.SplitWriter, "write", full)
+    with pytest.raises(UserError) as caught:
+        _tokenized(path, cache_dir, workers=1)
+    message = caught.value.render()
+    assert "No space left on device" in message and "--no-cache" in message and "data.cache_dir" in message
+    assert not _entries(cache_dir)
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_clear_error(setup, tmp_path):
+    from lora_ft.errors import UserError
+
+    path, _ = setup
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError) as caught:
+        _tokenized(path, blocker / "cache")
+    assert "cannot create the tokenized data cache" in caught.value.render()
+    assert "--no-cache" in caught.value.render()
