@@ -70,11 +70,7 @@ class Prepared:
 
     def datasets(self):
         """The tokenized sets as the trainer takes them: (train, eval or None)."""
-        if self.is_streamed:
-            evaluation = self.eval_tokens
-            return self.data.train.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
-                else None
-        if not self.is_preference:
+        if not self.is_preference:  # a tokenized split, or a stream (data.streaming)
             evaluation = self.eval_tokens
             return self.train_tokens.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
                 else None
@@ -158,31 +154,37 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
         raise UserError("no training sample has a trained token left" if not prepared.is_preference else
                         "no training pair is left after the length limits",
                         fix="raise data.max_seq_length, or check that the samples have answers")
-    if renderer.end_of_turn_token_id() is not None and not prepared.is_preference:
-        input_ids, labels = train_tokens.kept_tokens(limit=64)
-        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
-                       renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
-                       cfg.train.padding_free or cfg.train.packing)
+    if not prepared.is_preference:
+        _check_collated(prepared, *train_tokens.kept_tokens(limit=COLLATED_CHECK_ROWS))
     return prepared
+
+
+COLLATED_CHECK_ROWS = 64  # rows the collated end-of-turn check looks among
+
+
+def _check_collated(prepared: Prepared, input_ids: list[list[int]], labels: list[list[int]]) -> None:
+    """Collate the first training rows as the trainer will and check that each answer keeps its end-of-turn."""
+    cfg, chat = prepared.config, prepared.chat
+    if chat.renderer.end_of_turn_token_id() is not None:
+        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
+                       chat.renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
+                       cfg.train.padding_free or cfg.train.packing)
 
 
 def _check_streamed(prepared: Prepared, checks: bool) -> None:
     """What can be said and checked of a stream before training: its eval set, and its first rows."""
-    cfg, data, renderer = prepared.config, prepared.data, prepared.chat.renderer
+    cfg, data = prepared.config, prepared.data
     console.say(stream_note(cfg))
     console.say(f"eval data: {data.eval_source}")
     if data.eval is not None:
         console.say(split_line("eval", data.eval, cfg))
     if not checks:
         return
-    input_ids, labels = first_rows(data.train, 64)
+    input_ids, labels = first_rows(data.train, COLLATED_CHECK_ROWS)
     if not input_ids:
         raise UserError("no training sample has a trained token left",
                         fix="raise data.max_seq_length, or check that the samples have answers")
-    if renderer.end_of_turn_token_id() is not None:
-        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
-                       renderer.end_of_turn_token_id(), prepared.chat.tokenizer.pad_token_id,
-                       cfg.train.padding_free or cfg.train.packing)
+    _check_collated(prepared, input_ids, labels)
 
 
 def split_line(name: str, split, cfg: RunConfig) -> str:

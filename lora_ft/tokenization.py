@@ -73,13 +73,11 @@ class ChatRenderer:
             messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def check_fast_render(self, messages: list[dict[str, str]]) -> bool:
-        """Whether the compiled template renders ``messages`` exactly as the library does; if not, every later
+    def check_fast_render(self, messages: list[dict[str, str]]) -> None:
+        """Check that the compiled template renders ``messages`` exactly as the library does; if not, every later
         render goes through the library. Called on one conversation per chunk of a large set."""
         if self._compiled is not None and self.render(messages) != self.library_render(messages):
             self._compiled = None
-            return False
-        return True
 
     def _compiled_template(self):
         """The chat template compiled once by transformers' own Jinja environment, rendered without the per-call

@@ -370,18 +370,22 @@ def load_data(loaded: LoadedConfig) -> LoadedData:
         evaluation += samples
         reports.append(report)
     check_drops(reports, cfg.max_dropped_fraction)
-    rng = random.Random(loaded.config.train.seed)
     if cfg.eval:
         eval_source = f"{len(evaluation)} rows from data.eval"
     elif cfg.eval_fraction > 0 and len(train) >= 2:
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        n_eval = min(len(train) - 1, max(1, round(cfg.eval_fraction * len(train))))
-        held = set(order[:n_eval])
-        evaluation = [s for i, s in enumerate(train) if i in held]
-        train = [s for i, s in enumerate(train) if i not in held]
-        eval_source = f"{n_eval} rows held out of the training data ({cfg.eval_fraction:.0%}, seed " \
-                      f"{loaded.config.train.seed})"
+        held, eval_source = held_out(len(train), cfg.eval_fraction, loaded.config.train.seed)
+        kept = set(held)
+        evaluation = [s for i, s in enumerate(train) if i in kept]
+        train = [s for i, s in enumerate(train) if i not in kept]
     else:
         eval_source = "none"
     return LoadedData(train=train, eval=evaluation, reports=reports, eval_source=eval_source)
+
+
+def held_out(count: int, fraction: float, seed: int) -> tuple[list[int], str]:
+    """The rows (in order) held out of ``count`` training rows as the eval split, and the split in words: a seeded
+    shuffle's first ``fraction``, at least one row and never all of them."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_eval = min(count - 1, max(1, round(fraction * count)))
+    return sorted(order[:n_eval]), f"{n_eval} rows held out of the training data ({fraction:.0%}, seed {seed})"

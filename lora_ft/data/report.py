@@ -228,7 +228,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
-        tokenized=tokenized_note(loaded_data),
+        tokenized=loaded_data.describe() if hasattr(loaded_data, "describe") else "",
         pad_token=pad_note,
         chat_template=origin,
         end_of_turn=renderer.end_of_turn,
@@ -246,16 +246,6 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     )
     _judge(report)
     return report
-
-
-def tokenized_note(data) -> str:
-    """Where the tokens came from, in words: tokenized by this command (cached or not), or the cache."""
-    if not hasattr(data, "reused"):
-        return ""
-    if data.reused:
-        return f"reused from the cache ({data.path}); tokenized in {data.tokenize_seconds:.1f} s the first time"
-    return f"tokenized in {data.tokenize_seconds:.1f} s; " + (
-        f"cached in {data.path}" if data.key else "not cached (--no-cache)")
 
 
 def _first(split, count: int) -> list[Sample]:

@@ -16,17 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lora_ft import console
 from lora_ft.config import LoadedConfig, RunConfig
-from lora_ft.data.loading import DatasetReport, data_files
+from lora_ft.data.loading import DatasetReport, data_files, held_out
 from lora_ft.data.samples import Sample
 from lora_ft.errors import UserError
 from lora_ft.files import file_sha256
@@ -98,7 +97,13 @@ class TokenizedData:
     key: str | None = None  # None: not cached (--no-cache, or samples a command brought)
     reused: bool = False
     tokenize_seconds: float = 0.0
-    _fingerprints: dict = field(default_factory=dict, repr=False)
+
+    def describe(self) -> str:
+        """Where the tokens came from, in words: the cache, or tokenized by this command (cached or not)."""
+        if self.reused:
+            return f"reused from the cache ({self.path}); tokenized in {self.tokenize_seconds:.1f} s the first time"
+        return f"tokenized in {self.tokenize_seconds:.1f} s; " + (
+            f"cached in {self.path} (the next command reuses it)" if self.key else "not cached (--no-cache)")
 
     def tokens_sha256(self) -> str:
         """The hash of exactly what trains, as :func:`lora_ft.rundir.resume.data_fingerprint` defines it; kept in
@@ -130,19 +135,13 @@ def _open(path: Path, meta: dict, cfg: RunConfig, key: str | None) -> TokenizedD
         evaluation = TokenizedSplit(Dataset.from_file(str(path / "eval.arrow")), None, limit, policy)
         eval_source = f"{len(evaluation)} rows from data.eval"
     elif cfg.data.eval_fraction > 0 and len(train_table) >= 2 and not meta.get("given"):
-        count = len(train_table)
-        order = list(range(count))
-        random.Random(cfg.train.seed).shuffle(order)  # the same rows as reading the samples into memory holds out
-        n_eval = min(count - 1, max(1, round(cfg.data.eval_fraction * count)))
-        held = sorted(order[:n_eval])
         import numpy as np
 
-        mask = np.ones(count, dtype=bool)
+        held, eval_source = held_out(len(train_table), cfg.data.eval_fraction, cfg.train.seed)
+        mask = np.ones(len(train_table), dtype=bool)
         mask[held] = False
         train_rows = np.nonzero(mask)[0]
         evaluation = TokenizedSplit(train_table, np.asarray(held), limit, policy)
-        eval_source = f"{n_eval} rows held out of the training data ({cfg.data.eval_fraction:.0%}, seed " \
-                      f"{cfg.train.seed})"
     else:
         eval_source = meta.get("eval_source", "none")
     reports = [DatasetReport(**r) for r in meta["reports"]]
@@ -189,8 +188,7 @@ def _writing_lock(root: Path, key: str):
         root.mkdir(parents=True, exist_ok=True)
         handle = (root / f".{key}.lock").open("a")
     except OSError as exc:
-        raise UserError(f"cannot create the tokenized data cache in {root}: {exc.strerror or exc}",
-                        fix="set data.cache_dir to a writable folder, or pass --no-cache") from exc
+        raise _unwritable(root, exc) from exc
     try:
         import fcntl
     except ImportError:  # not a POSIX system: writers rely on the atomic rename alone
@@ -219,12 +217,12 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
             shutil.rmtree(entry, ignore_errors=True)
         else:
             data.reused = True
-            console.say(f"tokenized data: reused from the cache ({entry}; tokenized in {data.tokenize_seconds:.1f} "
-                        "s the first time)")
+            console.say(f"tokenized data: {data.describe()}")
             return data
     folder = _temporary_folder(root if cache else None)
+    meta = {"key": key, "parts": parts}
     try:
-        _write(folder, loaded, cfg, renderer, {"key": key, "parts": parts}, workers)
+        _write(folder, loaded, cfg, renderer, meta, workers)
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"cannot write the tokenized data in {folder.parent}: {exc.strerror or exc}",
@@ -233,10 +231,9 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    meta = json.loads((folder / META_FILE).read_text())
     if not cache:
         data = _open(folder, meta, cfg, None)
-        console.say(f"tokenized data: {data.tokenize_seconds:.1f} s, not cached (--no-cache)")
+        console.say(f"tokenized data: {data.describe()}")
         return data
     try:
         folder.rename(entry)
@@ -244,7 +241,7 @@ def _tokenized(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, par
         shutil.rmtree(folder, ignore_errors=True)
     _clean(root, keep=entry)
     data = _open(entry, meta, cfg, key)
-    console.say(f"tokenized data: {data.tokenize_seconds:.1f} s; cached in {entry} (the next command reuses it)")
+    console.say(f"tokenized data: {data.describe()}")
     return data
 
 
@@ -274,11 +271,14 @@ def _temporary_folder(root: Path | None) -> Path:
         atexit.register(shutil.rmtree, folder, True)
         return folder
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
+        return Path(tempfile.mkdtemp(prefix=".writing-", dir=root))  # the root exists: its lock is held
     except OSError as exc:
-        raise UserError(f"cannot create the tokenized data cache in {root}: {exc.strerror or exc}",
-                        fix="set data.cache_dir to a writable folder, or pass --no-cache") from exc
+        raise _unwritable(root, exc) from exc
+
+
+def _unwritable(root: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot create the tokenized data cache in {root}: {exc.strerror or exc}",
+                     fix="set data.cache_dir to a writable folder, or pass --no-cache")
 
 
 def _clean(root: Path, keep: Path) -> None:

@@ -19,8 +19,6 @@ from lora_ft.data.samples import RowFault, Sample
 from lora_ft.data.statistics import content_key
 from lora_ft.tokenization import IGNORE, ChatRenderer, encode_chunk
 
-ROWS_PER_CHUNK = 1024
-
 
 def schema():
     import pyarrow as pa

@@ -129,8 +129,11 @@ class TokenizedSplit:
         return self._duplicates[name]
 
     def keys(self) -> np.ndarray:
-        return np.asarray(self.table.data.column("content_key").to_numpy(zero_copy_only=False),
-                          dtype="S16")[self.rows]
+        """The samples' content digests (16 bytes each), read once."""
+        if "content_key" not in self._columns:
+            whole = self.table.data.column("content_key").to_numpy(zero_copy_only=False)
+            self._columns["content_key"] = np.asarray(whole, dtype="S16")[self.rows]
+        return self._columns["content_key"]
 
     def locations(self, positions) -> list[str]:
         """The file:line of samples at these positions of the split."""
@@ -151,9 +154,8 @@ class TokenizedSplit:
             yield self._sample(position)
 
     def _sample(self, position: int) -> Sample:
-        row = int(self.rows[position])
-        return sample_from_json(self.table.data.column("location")[row].as_py(),
-                                self.table.data.column("sample")[row].as_py())
+        return sample_from_json(self.location(position),
+                                self.table.data.column("sample")[int(self.rows[position])].as_py())
 
     def kept_tokens(self, limit: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(input_ids, labels) of the samples that train, in order (the first ``limit``), as lists."""
