@@ -277,3 +277,24 @@ def test_a_cache_folder_that_cannot_be_made_is_a_clear_error(setup, tmp_path):
         _tokenized(path, blocker / "cache")
     assert "cannot create the tokenized data cache" in caught.value.render()
     assert "--no-cache" in caught.value.render()
+
+
+def test_the_clean_up_removes_only_old_entries_it_wrote(setup, tmp_path):
+    import os
+    import time
+
+    path, cache_dir = setup
+    first, _ = _tokenized(path, cache_dir)
+    month_ago = time.time() - 31 * 86400
+    stale = cache_dir / ("0" * cache_lib.KEY_LENGTH)  # an entry of ours, unused for a month
+    shutil.copytree(first.path, stale)
+    meta = json.loads((stale / cache_lib.META_FILE).read_text())
+    (stale / cache_lib.META_FILE).write_text(json.dumps({**meta, "key": stale.name}))
+    users = cache_dir / "my-notes"  # the user's own folder, with a file of the same name, just as old
+    users.mkdir()
+    (users / cache_lib.META_FILE).write_text("{}")
+    for old in (stale / cache_lib.META_FILE, users / cache_lib.META_FILE):
+        os.utime(old, (month_ago, month_ago))
+    changed, _ = _tokenized(path, cache_dir, "data.max_seq_length=48")  # a new entry is written: the clean-up runs
+    assert not stale.exists() and (users / cache_lib.META_FILE).is_file() and first.path.is_dir()
+    assert changed.path.is_dir()

@@ -81,8 +81,11 @@ def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer) -> d
     }
 
 
+KEY_LENGTH = 24  # hex characters of an entry's key
+
+
 def key_of(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
 
 @dataclass
@@ -281,12 +284,26 @@ def _unwritable(root: Path, exc: OSError) -> UserError:
                      fix="set data.cache_dir to a writable folder, or pass --no-cache")
 
 
+def _is_key(name: str) -> bool:
+    return len(name) == KEY_LENGTH and all(c in "0123456789abcdef" for c in name)
+
+
+def _is_entry(path: Path) -> bool:
+    """A folder this cache wrote: named by a key, its meta file naming the same key (data.cache_dir may point
+    into a folder that also holds the user's own files; those are never touched)."""
+    try:
+        return _is_key(path.name) and json.loads((path / META_FILE).read_text()).get("key") == path.name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _clean(root: Path, keep: Path) -> None:
-    """Remove entries unused for :data:`UNUSED_DAYS` and the temporary folders of writers that died."""
+    """Remove entries unused for :data:`UNUSED_DAYS`, and the temporary folders and locks of writers that died;
+    nothing else in the folder."""
     now = time.time()
     for path in root.iterdir():
         try:
-            if path.name.startswith(".") and path.name.endswith(".lock"):
+            if path.name.startswith(".") and path.name.endswith(".lock") and _is_key(path.name[1:-len(".lock")]):
                 entry = root / path.name[1:-len(".lock")]
                 if not entry.exists() and now - path.stat().st_mtime > STALE_TEMP_HOURS * 3600:
                     path.unlink(missing_ok=True)
@@ -296,7 +313,7 @@ def _clean(root: Path, keep: Path) -> None:
             if path.name.startswith(".writing-"):
                 if now - path.stat().st_mtime > STALE_TEMP_HOURS * 3600:
                     shutil.rmtree(path, ignore_errors=True)
-            elif (path / META_FILE).is_file() and now - (path / META_FILE).stat().st_mtime > UNUSED_DAYS * 86400:
+            elif _is_entry(path) and now - (path / META_FILE).stat().st_mtime > UNUSED_DAYS * 86400:
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
