@@ -153,6 +153,10 @@ def test_eval_logs_into_the_runs_own_wandb_run(tiny_llama, legal_data, tmp_path,
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--no-general", "--max-answers", "2", "--max-new-tokens", "4"]) == 0
     assert "results logged to the run's W&B run (offline" in capsys.readouterr().out
+    # W&B's service writes a run's file after finish() returns, and completes it when the process ends: end it
+    # here as the command's exit does, so the file is read whole
+    import wandb
+    wandb.teardown()
     # the eval went into a resumed W&B run with the training run's id, with its figures and its answers table
     logs = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(logs) == 2
