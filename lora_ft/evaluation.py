@@ -44,25 +44,17 @@ def eval_config(run: FinishedRun, sft: bool = False):
     return config
 
 
-def eval_data(run: FinishedRun, data_file: str | None, sft: bool = False,
-              config=None) -> tuple[data_lib.LoadedData, str]:
-    """The data to evaluate on, as the eval split: a given file, or the run's own eval data (files or the same
-    held-out split); and what it is, in words. ``config``: :func:`eval_config`'s, when the caller has it."""
-    config = config or eval_config(run, sft)
-    if data_file:
-        if not Path(data_file).exists():
-            raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
-        source = DatasetSource(path=str(Path(data_file).resolve()))
-        samples, report = data_lib.read_dataset(source, LoadedConfig(config, None, []), config.data.system_prompt)
-        data_lib.check_drops([report], config.data.max_dropped_fraction)
-        if report.dropped:
-            for line in report.summary_lines():
-                console.say(line)
-        return data_lib.LoadedData(train=[], eval=samples, reports=[report], eval_source=data_file), data_file
-    loaded_data = data_lib.load_data(LoadedConfig(config, None, []))
-    if not loaded_data.eval:
-        raise UserError("the run has no eval data", fix="pass --data FILE with held-out samples")
-    return loaded_data, loaded_data.eval_source
+def eval_data(data_file: str, config) -> data_lib.LoadedData:
+    """A given data file to evaluate on, as the eval split, read with the run's settings (:func:`eval_config`)."""
+    if not Path(data_file).exists():
+        raise UserError(f"--data {data_file} does not exist", fix="give a data file (jsonl, json, csv, parquet)")
+    source = DatasetSource(path=str(Path(data_file).resolve()))
+    samples, report = data_lib.read_dataset(source, LoadedConfig(config, None, []), config.data.system_prompt)
+    data_lib.check_drops([report], config.data.max_dropped_fraction)
+    if report.dropped:
+        for line in report.summary_lines():
+            console.say(line)
+    return data_lib.LoadedData(train=[], eval=samples, reports=[report], eval_source=data_file)
 
 
 def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
@@ -73,8 +65,8 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
     from lora_ft.preparation import prepare
 
     config = eval_config(run, sft)
-    own_tokens = not data_file and config.method == "sft"  # the run's own eval split, from the tokenized cache
-    loaded_data, source = (None, None) if own_tokens else eval_data(run, data_file, config=config)
+    own_tokens = not data_file  # the run's own eval data (its files, or the same held-out split), from the cache
+    loaded_data, source = (None, None) if own_tokens else (eval_data(data_file, config), data_file)
     tokenizer = inference.load_tokenizer(run)
     chat = ChatTokenizer(source=BaseModelSource(path=str(run.adapter_dir), display_name=run.base_name),
                          tokenizer=tokenizer, pad_note=f"pad token: {tokenizer.pad_token!r}",

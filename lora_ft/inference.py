@@ -134,10 +134,11 @@ STEPS_PER_CALL = 32  # new tokens per generate call before rows that have stoppe
 
 def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], kwargs: dict,
                    max_new_tokens: int) -> list[list[int]]:
-    """Each row's new tokens, through its first stop token where it has one. Generated for one left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the
-    rows that reached a stop token leave the batch and their KV cache entries are dropped, and the others go on
-    from the cache (the same computation as one uninterrupted call: the cache holds every token but the last,
-    which the next call reads). So a batch costs what its live rows cost, not what its longest answer costs."""
+    """Each row's new tokens, through its first stop token where it has one. Generated for one left-padded batch,
+    ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the rows that reached a stop token leave the
+    batch and their KV cache entries are dropped, and the others go on from the cache (the same computation as one
+    uninterrupted call: the cache holds every token but the last, which the next call reads). So a batch costs what
+    its live rows cost, not what its longest answer costs."""
     import torch
 
     width = max(len(p) for p in prompts)

@@ -12,11 +12,11 @@ from functools import cached_property
 
 from lora_ft import console, tokenization
 from lora_ft.config import LoadedConfig, RunConfig
-from lora_ft.data import LoadedData, check_drops, load_data
+from lora_ft.data import LoadedData, check_drops
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
 from lora_ft.errors import UserError
 from lora_ft.model import ChatTokenizer, load_chat_tokenizer
-from lora_ft.tokenized import TokenizedData, tokenized_data, tokenized_samples
+from lora_ft.tokenized import PreferenceData, TokenizedData, tokenized_data, tokenized_samples
 from lora_ft.tokenized.streaming import StreamedData, first_rows, stream_note, streamed_data
 
 
@@ -24,12 +24,13 @@ from lora_ft.tokenized.streaming import StreamedData, first_rows, stream_note, s
 class Prepared:
     """The data and tokenizer of a run, and its tokenized train and eval sets.
 
-    SFT data is tokenized into memory-mapped Arrow files (:mod:`lora_ft.tokenized`, cached between commands), so
+    Data is tokenized into memory-mapped Arrow files (:mod:`lora_ft.tokenized`, cached between commands). SFT:
     ``data`` is a :class:`TokenizedData` and the token sets are its :class:`TokenizedSplit` views. Preference
-    pairs are read into memory (:class:`LoadedData`) and tokenized on first use."""
+    pairs: ``data`` is a :class:`PreferenceData` (or, for pairs a command brings, a :class:`LoadedData`), and the
+    token sets are its pairs with the run's length limits applied, on first use."""
 
     config: RunConfig
-    data: LoadedData | TokenizedData | StreamedData
+    data: LoadedData | TokenizedData | PreferenceData | StreamedData
     chat: ChatTokenizer
 
     @property
@@ -39,23 +40,33 @@ class Prepared:
 
     @cached_property
     def train_tokens(self):
-        return self.data.train if not self.is_preference else self._tokenize(self.data.train)
+        return self.data.train if not self.is_preference else self._fit("train")
 
     @cached_property
     def eval_tokens(self):
         """The eval set's tokens; None for SFT without eval data."""
-        return self.data.eval if not self.is_preference else self._tokenize(self.data.eval)
+        return self.data.eval if not self.is_preference else self._fit("eval")
 
     @property
     def is_preference(self) -> bool:
         return self.config.method != "sft"
 
-    def _tokenize(self, samples):
-        from lora_ft.preference_tokens import tokenize_preferences
+    def encoded_pairs(self, split: str):
+        """A preference split's pairs as ``(location, prompt, chosen, rejected)`` tokens, before the length limits:
+        read from the tokenized data, or (pairs a command brought) tokenized now."""
+        from lora_ft.preference_tokens import encode_preference
+
+        if isinstance(self.data, PreferenceData):
+            pairs = self.data.pairs.get(split)
+            return pairs.encoded() if pairs is not None else iter(())
+        return ((s.location, *encode_preference(s, self.chat.renderer)) for s in getattr(self.data, split))
+
+    def _fit(self, split: str):
+        from lora_ft.preference_tokens import fit_preferences
 
         data = self.config.data
-        return tokenize_preferences(samples, self.chat.renderer, data.max_seq_length, data.overlength,
-                                    self.config.method_settings.max_prompt_length)
+        return fit_preferences(self.encoded_pairs(split), data.max_seq_length, data.overlength,
+                               self.config.method_settings.max_prompt_length)
 
     def fingerprint(self) -> dict:
         """What a resumed run must find unchanged: the tokens and labels, and the files they came from."""
@@ -83,13 +94,10 @@ class Prepared:
 
     def cache_record(self) -> dict | None:
         """Where the tokenized data is kept, for the run's manifest."""
-        if self.is_preference:
-            return None
         if self.is_streamed:
             evaluation = self.data.eval_data
             return {"streamed": self.data.train.key, "eval_cache_key": evaluation.key if evaluation else None}
-        return {"cache_key": self.data.key, "path": str(self.data.path) if self.data.key else None,
-                "reused": self.data.reused, "tokenize_seconds": self.data.tokenize_seconds}
+        return self.data.record() if isinstance(self.data, (TokenizedData, PreferenceData)) else None
 
 
 def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedData | None = None,
@@ -114,17 +122,15 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     console.say(f"chat template: {chat.template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
 
     console.section("data")
-    if cfg.method != "sft":
-        data = data or load_data(loaded)
-    elif data is not None:
-        data = tokenized_samples(data.train, data.eval, data.reports, data.eval_source, cfg, renderer)
-    elif stream and cfg.data.streaming:
+    if data is None and stream and cfg.data.streaming:
         prepared = Prepared(cfg, streamed_data(loaded, cfg, renderer, cache), chat)
         _check_streamed(prepared, checks)
         return prepared
-    else:
+    if data is None:
         data = tokenized_data(loaded, cfg, renderer, cache=cache)
         check_drops(data.reports, loaded.config.data.max_dropped_fraction)
+    elif cfg.method == "sft":  # samples a command brought (pairs it brought are tokenized on first use)
+        data = tokenized_samples(data.train, data.eval, data.reports, data.eval_source, cfg, renderer)
     for line in summary_lines(data):
         console.say(line)
     prepared = Prepared(cfg, data, chat)

@@ -170,7 +170,8 @@ def main() -> int:
                       f"{row['rows_per_second']:,.0f} rows/s, peak {row['peak_gib']:.2f} GiB"
                       + (" (cache reused)" if row["cached"] else ""), flush=True)
             shutil.rmtree(work / "cache", ignore_errors=True)
-    lines = [f"Machine: {machine()}", "", "| code | rows | MB | run | seconds | rows/s | peak GiB (PSS, with workers) |",
+    lines = [f"Machine: {machine()}", "",
+             "| code | rows | MB | run | seconds | rows/s | peak GiB (PSS, with workers) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results:
         run = row["run"] + (" (cached)" if row["cached"] else "")

@@ -79,7 +79,8 @@ def test_bfloat16_base_weights_train_float32_adapters_to_the_same_loss(tiny_llam
     results = {}
     for fast in ("0", "1"):
         monkeypatch.setenv("LORA_FT_CPU_BF16", fast)
-        config = write_config(tmp_path / f"run-{fast}.yaml", tiny_llama, legal_data, output_dir=tmp_path / f"run-{fast}")
+        config = write_config(tmp_path / f"run-{fast}.yaml", tiny_llama, legal_data,
+                              output_dir=tmp_path / f"run-{fast}")
         assert cli.main(["train", str(config), "--set", "train.max_steps=4"]) == 0
         manifest = json.loads((tmp_path / f"run-{fast}" / "manifest.json").read_text())
         results[fast] = (manifest["metrics"], (tmp_path / f"run-{fast}" / "config.yaml").read_text())

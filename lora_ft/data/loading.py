@@ -295,16 +295,21 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
         except RowFault as fault:
             report.drop(str(fault), location)
             continue
-        if method == "kto" and sample.chosen is not None and sample.rejected is not None:
-            samples += [Sample(location, messages=sample.messages, chosen=sample.chosen),
-                        Sample(location, messages=list(sample.messages), rejected=sample.rejected)]
-        else:
-            samples.append(sample)
+        samples += unpaired(sample) if method == "kto" else [sample]
         if source.max_samples and len(samples) >= source.max_samples:
+            del samples[source.max_samples:]  # exactly max_samples: a KTO pair may give only its first half
             break
     report.format = fmt or source.format
     report.kept = len(samples)
     return samples, report
+
+
+def unpaired(sample: Sample) -> list[Sample]:
+    """A sample as KTO trains on it: a pair becomes its chosen answer and its rejected one, each with the prompt."""
+    if sample.chosen is None or sample.rejected is None:
+        return [sample]
+    return [Sample(sample.location, messages=sample.messages, chosen=sample.chosen),
+            Sample(sample.location, messages=list(sample.messages), rejected=sample.rejected)]
 
 
 def check_format_kind(fmt: str | None, method: str, path: str, location: str | None,

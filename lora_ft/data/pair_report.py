@@ -10,14 +10,14 @@ from lora_ft.data.statistics import MAX_LISTED, LengthStats, histogram
 from lora_ft.tokenization import ChatRenderer
 
 
-def analyse_pairs(name: str, samples: list[Sample], renderer: ChatRenderer, cfg: DataSection,
-                  max_prompt_length: int | None) -> SplitReport:
-    """The same for preference data: prompt, chosen and rejected lengths; what the length limit cuts, and which
-    pairs it cuts before their answers differ (those carry no preference and are left out)."""
-    from lora_ft.preference_tokens import encode_preference, fit_preferences
+def analyse_pairs(name: str, encoded: list[tuple], cfg: DataSection, max_prompt_length: int | None) -> SplitReport:
+    """The same for preference data, from each pair's ``(location, prompt, chosen, rejected)`` tokens before the
+    length limits (:meth:`lora_ft.preparation.Prepared.encoded_pairs`): prompt, chosen and rejected lengths; what
+    the length limit cuts, and which pairs it cuts before their answers differ (those carry no preference and are
+    left out)."""
+    from lora_ft.preference_tokens import fit_preferences
 
     limit = cfg.max_seq_length
-    encoded = [(s.location, *encode_preference(s, renderer)) for s in samples]
     prompts = [len(p) for _, p, _, _ in encoded]
     chosen = [len(c) for _, _, c, _ in encoded if c is not None]
     rejected = [len(r) for _, _, _, r in encoded if r is not None]
@@ -29,7 +29,7 @@ def analyse_pairs(name: str, samples: list[Sample], renderer: ChatRenderer, cfg:
                for a in (c, r) if a is not None)
     in_over = sum(len(a) for loc, _, c, r in encoded if loc in over for a in (c, r) if a is not None)
     return SplitReport(
-        name=name, samples=len(samples), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
+        name=name, samples=len(encoded), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
         total=LengthStats.of(totals), histogram=histogram(totals), over_length=len(fitted.over_length),
         over_length_locations=fitted.over_length[:MAX_LISTED], trained_tokens_past_limit=past,
         trained_tokens_in_over_length=in_over, no_trained_token=len(fitted.prompt_fills_length),

@@ -1,11 +1,11 @@
 """The data report: what the data will become, before anything trains (``lora-ft data CONFIG``).
 
-It reads the data exactly as ``lora-ft train`` does (:func:`lora_ft.data.load_data`) and tokenizes it with the run's
-tokenizer and chat template (:mod:`lora_ft.tokenization`), but never loads model weights, so it takes seconds. It
-says, per dataset, what was read, kept and dropped and where; per split, token-length statistics and a histogram,
-what ``data.max_seq_length`` and ``data.overlength`` do to the long samples and which samples keep no trained
-token; which rows are exact duplicates and which eval rows also appear in train; and shows samples rendered with
-the chat template, trained tokens marked. The report is a dataclass, rendered as text, JSON or a PNG plot.
+It reads the data exactly as ``lora-ft train`` does (:func:`lora_ft.preparation.prepare`) and tokenizes it with the
+run's tokenizer and chat template (:mod:`lora_ft.tokenization`), but never loads model weights, so it takes seconds.
+It says, per dataset, what was read, kept and dropped and where; per split, token-length statistics and a histogram,
+what ``data.max_seq_length`` and ``data.overlength`` do to the long samples and which samples keep no trained token;
+which rows are exact duplicates and which eval rows also appear in train; and shows samples rendered with the chat
+template, trained tokens marked. The report is a dataclass, rendered as text, JSON or a PNG plot.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
 
     if prepared.is_preference:
         limit = cfg.method_settings.max_prompt_length
-        splits = [analyse_pairs(name, rows, renderer, cfg.data, limit)
+        splits = [analyse_pairs(name, list(prepared.encoded_pairs(name)), cfg.data, limit)
                   for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
     else:
         splits = [analyse_split(name, split)

@@ -6,6 +6,8 @@ dataset's format, column mapping, split and ``max_samples``, the system prompt, 
 the tokenizer (its whole serialized form) and the chat template, the training method, and this module's format.
 Change any of them and the key changes, so a stale entry is never read. What only selects among the tokenized
 rows (``overlength``, ``eval_fraction`` and the seed) is applied when the entry is opened, without tokenizing again.
+Preference pairs (``dpo``, ``orpo``, ``kto``) are kept with their whole prompts and answers
+(:mod:`lora_ft.tokenized.pairs`), so their length limits are applied when they are read and are not in the key.
 
 An entry is written in a temporary folder and renamed into place once complete, so a run killed while writing it
 leaves no entry that could be read, and two runs writing the same entry at once both end with a whole one.
@@ -20,7 +22,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lora_ft import console
@@ -31,6 +33,7 @@ from lora_ft.errors import UserError
 from lora_ft.files import file_sha256
 from lora_ft.tokenization import ChatRenderer
 from lora_ft.tokenized.encoding import Settings
+from lora_ft.tokenized.pairs import PairsSplit
 from lora_ft.tokenized.split import TokenizedSplit, update_digest
 from lora_ft.tokenized.writing import SplitWriter, write_samples, write_sources
 
@@ -72,8 +75,9 @@ def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer) -> d
         "train": [source(s) for s in cfg.data.train],
         "eval": [source(s) for s in cfg.data.eval],
         "system_prompt": cfg.data.system_prompt,
-        "train_on": cfg.data.train_on,
-        "max_seq_length": cfg.data.max_seq_length,
+        # preference tokens are kept whole and always train on the answers: the limits apply when they are read
+        "train_on": cfg.data.train_on if cfg.method == "sft" else None,
+        "max_seq_length": cfg.data.max_seq_length if cfg.method == "sft" else None,
         "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "tokenizer_class": type(tokenizer).__name__,
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
@@ -88,18 +92,13 @@ def key_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
 
-@dataclass
-class TokenizedData:
-    """A run's tokenized train and eval splits, memory-mapped, and what reading the files found."""
+class _Entry:
+    """What tokenized data says of where it came from (the fields of the entry classes below)."""
 
-    train: TokenizedSplit
-    eval: TokenizedSplit | None
-    reports: list[DatasetReport]
-    eval_source: str
     path: Path  # the entry's folder
-    key: str | None = None  # None: not cached (--no-cache, or samples a command brought)
-    reused: bool = False
-    tokenize_seconds: float = 0.0
+    key: str | None  # None: not cached (--no-cache, or samples a command brought)
+    reused: bool
+    tokenize_seconds: float
 
     def describe(self) -> str:
         """Where the tokens came from, in words: the cache, or tokenized by this command (cached or not)."""
@@ -107,6 +106,25 @@ class TokenizedData:
             return f"reused from the cache ({self.path}); tokenized in {self.tokenize_seconds:.1f} s the first time"
         return f"tokenized in {self.tokenize_seconds:.1f} s; " + (
             f"cached in {self.path} (the next command reuses it)" if self.key else "not cached (--no-cache)")
+
+    def record(self) -> dict:
+        """Where the tokenized data is kept, for the run's manifest."""
+        return {"cache_key": self.key, "path": str(self.path) if self.key else None, "reused": self.reused,
+                "tokenize_seconds": self.tokenize_seconds}
+
+
+@dataclass
+class TokenizedData(_Entry):
+    """A run's tokenized train and eval splits, memory-mapped, and what reading the files found."""
+
+    train: TokenizedSplit
+    eval: TokenizedSplit | None
+    reports: list[DatasetReport]
+    eval_source: str
+    path: Path
+    key: str | None = None
+    reused: bool = False
+    tokenize_seconds: float = 0.0
 
     def tokens_sha256(self) -> str:
         """The hash of exactly what trains, as :func:`lora_ft.rundir.resume.data_fingerprint` defines it; kept in
@@ -127,45 +145,72 @@ class TokenizedData:
         return known[selection]
 
 
-def _open(path: Path, meta: dict, cfg: RunConfig, key: str | None) -> TokenizedData:
+@dataclass
+class PreferenceData(_Entry):
+    """A run's preference pairs: their samples, as :class:`lora_ft.data.LoadedData` holds them, and their tokens
+    before the length limits, memory-mapped (``pairs``: the train and eval :class:`PairsSplit`)."""
+
+    train: list[Sample]
+    eval: list[Sample]
+    reports: list[DatasetReport]
+    eval_source: str
+    path: Path
+    key: str | None = None
+    reused: bool = False
+    tokenize_seconds: float = 0.0
+    pairs: dict[str, PairsSplit | None] = field(default_factory=dict)
+
+
+def _selection(count: int, has_eval_file: bool, meta: dict, cfg: RunConfig) -> tuple:
+    """``(train rows or None for all, held-out eval rows or None, the eval data in words)`` of ``count`` rows."""
+    if has_eval_file or not (cfg.data.eval_fraction > 0 and count >= 2 and not meta.get("given")):
+        return None, None, meta.get("eval_source", "none")
+    import numpy as np
+
+    held, eval_source = held_out(count, cfg.data.eval_fraction, cfg.train.seed)
+    mask = np.ones(count, dtype=bool)
+    mask[held] = False
+    return np.nonzero(mask)[0], np.asarray(held), eval_source
+
+
+def _open(path: Path, meta: dict, cfg: RunConfig, key: str | None) -> TokenizedData | PreferenceData:
     from datasets import Dataset
 
-    limit, policy = cfg.data.max_seq_length, cfg.data.overlength
     train_table = Dataset.from_file(str(path / "train.arrow"))
-    train_rows = None
-    evaluation = None
-    if (path / "eval.arrow").is_file():
-        evaluation = TokenizedSplit(Dataset.from_file(str(path / "eval.arrow")), None, limit, policy)
-        eval_source = f"{len(evaluation)} rows from data.eval"
-    elif cfg.data.eval_fraction > 0 and len(train_table) >= 2 and not meta.get("given"):
-        import numpy as np
-
-        held, eval_source = held_out(len(train_table), cfg.data.eval_fraction, cfg.train.seed)
-        mask = np.ones(len(train_table), dtype=bool)
-        mask[held] = False
-        train_rows = np.nonzero(mask)[0]
-        evaluation = TokenizedSplit(train_table, np.asarray(held), limit, policy)
-    else:
-        eval_source = meta.get("eval_source", "none")
+    eval_table = Dataset.from_file(str(path / "eval.arrow")) if (path / "eval.arrow").is_file() else None
+    train_rows, held, eval_source = _selection(len(train_table), eval_table is not None, meta, cfg)
+    if eval_table is not None:
+        eval_source = f"{len(eval_table)} rows from data.eval"
     reports = [DatasetReport(**r) for r in meta["reports"]]
+    if meta.get("preference"):
+        train = PairsSplit(train_table, train_rows)
+        evaluation = PairsSplit(eval_table) if eval_table is not None else \
+            PairsSplit(train_table, held) if held is not None else None
+        return PreferenceData(train.samples(), evaluation.samples() if evaluation is not None else [], reports,
+                              eval_source, path, key, tokenize_seconds=meta.get("seconds", 0.0),
+                              pairs={"train": train, "eval": evaluation})
+    limit, policy = cfg.data.max_seq_length, cfg.data.overlength
+    evaluation = TokenizedSplit(eval_table, None, limit, policy) if eval_table is not None else \
+        TokenizedSplit(train_table, held, limit, policy) if held is not None else None
     return TokenizedData(TokenizedSplit(train_table, train_rows, limit, policy), evaluation, reports, eval_source,
                          path, key, tokenize_seconds=meta.get("seconds", 0.0))
 
 
 def _write(folder: Path, loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, meta: dict,
            workers: int | None) -> None:
-    settings = Settings(renderer, cfg.data.train_on, cfg.data.max_seq_length, cfg.data.system_prompt)
+    settings = Settings(renderer, cfg.data.train_on, cfg.data.max_seq_length, cfg.data.system_prompt, cfg.method)
     started = time.monotonic()
     reports = []
     for name, sources in (("train", cfg.data.train), ("eval", cfg.data.eval)):
         if not sources:
             continue
-        writer = SplitWriter(folder / f"{name}.arrow")
+        writer = SplitWriter(folder / f"{name}.arrow", settings.schema())
         try:
             reports += write_sources(sources, loaded, settings, writer, workers)
         finally:
             writer.close()
-    meta.update(reports=[asdict(r) for r in reports], seconds=round(time.monotonic() - started, 2),
+    meta.update(reports=[asdict(r) for r in reports], preference=settings.preference,
+                seconds=round(time.monotonic() - started, 2),
                 written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 

@@ -5,7 +5,9 @@ command brings itself). Each row becomes a sample as :func:`lora_ft.data.loading
 cannot be used comes back as a fault with its reason), then tokens and labels as
 :func:`lora_ft.tokenization.encode_chunk` makes them, cut at ``data.max_seq_length``, with what the data report
 and the statistics need per sample: its length and trained tokens before the cut, and a digest of its content for
-the duplicate and leakage checks.
+the duplicate and leakage checks. Preference data (``dpo``, ``orpo``, ``kto``) keeps per pair its prompt's tokens and
+each answer's, before any length limit (:func:`lora_ft.preference_tokens.encode_preference`): the limits are applied
+when the split is opened, so changing them does not tokenize again.
 """
 
 from __future__ import annotations
@@ -14,15 +16,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from lora_ft.data.loading import row_sample
+from lora_ft.data.loading import row_sample, unpaired
 from lora_ft.data.samples import RowFault, Sample
 from lora_ft.data.statistics import content_key
 from lora_ft.tokenization import IGNORE, ChatRenderer, encode_chunk
 
 
-def schema():
+def schema(preference: bool = False):
+    """The columns of a tokenized split: an SFT one, or (``preference``) a preference one."""
     import pyarrow as pa
 
+    if preference:
+        return pa.schema([
+            ("location", pa.string()),
+            ("sample", pa.string()),  # {"messages": prompt turns, "chosen": [...] or null, "rejected": [...] or null}
+            ("prompt_ids", pa.list_(pa.int32())),  # untruncated; the answers run through their end-of-turn token
+            ("chosen_ids", pa.list_(pa.int32())),  # null for a KTO row with only a rejected answer
+            ("rejected_ids", pa.list_(pa.int32())),  # null for a KTO row with only a chosen answer
+        ])
     return pa.schema([
         ("location", pa.string()),  # file:line
         ("sample", pa.string()),  # the sample as JSON: {"messages": [...]} or {"text": "..."}
@@ -43,12 +54,21 @@ class Settings:
     train_on: str
     max_length: int
     system_prompt: str | None
+    method: str = "sft"  # sft, or a preference method (dpo, orpo, kto), whose rows are pairs
+
+    @property
+    def preference(self) -> bool:
+        return self.method != "sft"
+
+    def schema(self):
+        return schema(self.preference)
 
 
 @dataclass
 class EncodedChunk:
     items: int  # rows in the chunk
-    positions: list[int]  # of the rows that became samples, in order; row i of ``batch`` is positions[i]
+    positions: list[int]  # of the rows that became samples, in order; row i of ``batch`` is positions[i] (a KTO
+    # pair is two samples of one row)
     faults: list[tuple[int, str, str]]  # (position, location, reason) of the rows that did not
     batch: Any  # pyarrow.RecordBatch
 
@@ -62,13 +82,17 @@ def use_settings(settings: Settings) -> None:
 
 
 def sample_json(sample: Sample) -> str:
-    return json.dumps({"messages": sample.messages} if sample.messages is not None else {"text": sample.text},
-                      ensure_ascii=False)
+    if sample.is_preference:
+        value = {"messages": sample.messages, "chosen": sample.chosen, "rejected": sample.rejected}
+    else:
+        value = {"messages": sample.messages} if sample.messages is not None else {"text": sample.text}
+    return json.dumps(value, ensure_ascii=False)
 
 
 def sample_from_json(location: str, text: str) -> Sample:
     value = json.loads(text)
-    return Sample(location, messages=value.get("messages"), text=value.get("text"))
+    return Sample(location, messages=value.get("messages"), text=value.get("text"), chosen=value.get("chosen"),
+                  rejected=value.get("rejected"))
 
 
 def encode_rows(fmt: str | None, items: list) -> EncodedChunk:
@@ -82,11 +106,15 @@ def encode_rows(fmt: str | None, items: list) -> EncodedChunk:
             continue
         location, row = item
         try:
-            samples.append(row_sample(row, fmt, location, settings.system_prompt))
-            positions.append(position)
+            sample = row_sample(row, fmt, location, settings.system_prompt)
         except RowFault as fault:
             faults.append((position, location, str(fault)))
-    return EncodedChunk(len(items), positions, faults, encoded_batch(samples, settings))
+            continue
+        for one in unpaired(sample) if settings.method == "kto" else (sample,):
+            samples.append(one)
+            positions.append(position)
+    batch = (preference_batch if settings.preference else encoded_batch)(samples, settings)
+    return EncodedChunk(len(items), positions, faults, batch)
 
 
 def encoded_batch(samples: list[Sample], settings: Settings):
@@ -112,3 +140,24 @@ def encoded_batch(samples: list[Sample], settings: Settings):
         pa.array(trained_kept, pa.int32()),
         pa.array([content_key(s) for s in samples], pa.binary(16)),
     ], schema=schema())
+
+
+def preference_batch(samples: list[Sample], settings: Settings):
+    """Preference samples' columns (:func:`schema` with ``preference``) as one record batch."""
+    import pyarrow as pa
+
+    from lora_ft.preference_tokens import encode_preference
+
+    renderer = settings.renderer
+    if samples:  # the compiled template, checked against the library on the chunk's first pair
+        first = samples[0]
+        renderer.check_fast_render(first.messages + (first.chosen or first.rejected))
+    encoded = [encode_preference(s, renderer) for s in samples]
+    ids = pa.list_(pa.int32())
+    return pa.RecordBatch.from_arrays([
+        pa.array([s.location for s in samples], pa.string()),
+        pa.array([sample_json(s) for s in samples], pa.string()),
+        pa.array([e[0] for e in encoded], ids),
+        pa.array([e[1] for e in encoded], ids),
+        pa.array([e[2] for e in encoded], ids),
+    ], schema=schema(preference=True))

@@ -90,14 +90,15 @@ def _lines(files: list[Path]) -> int | None:
 
 
 class SplitWriter:
-    """Writes one split's samples (:func:`lora_ft.tokenized.encoding.schema`) to an Arrow stream file."""
+    """Writes one split's samples to an Arrow stream file, with ``columns`` (an SFT split's by default:
+    :func:`lora_ft.tokenized.encoding.schema`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, columns=None):
         import pyarrow as pa
 
         self.path = path
         self.sink = pa.OSFile(str(path), "wb")
-        self.writer = pa.ipc.new_stream(self.sink, schema())
+        self.writer = pa.ipc.new_stream(self.sink, columns or schema())
         self.rows = 0
 
     def write(self, batch) -> None:

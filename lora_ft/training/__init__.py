@@ -11,6 +11,7 @@ from lora_ft.training.preference import drop_reference
 
 __all__ = ["CheckpointKeeper", "CheckpointNoSpace", "LogHistory", "LoopCallbacks", "NonFiniteGradients",
            "NonFiniteGuard", "ProgressBar", "StopAtPlannedEnd", "StopRequest", "TrainOutcome",
-           "TrainingAlreadyComplete", "build_trainer", "checkpoint_interval", "drop_reference", "fsdp_active", "keeps_best",
+           "TrainingAlreadyComplete", "build_trainer", "checkpoint_interval", "drop_reference", "fsdp_active",
+           "keeps_best",
            "loop_callbacks", "mixed_precision", "optimizer_steps", "peak_memory", "plan_line", "prepare_process",
            "reuse_freed_memory", "run_training", "sft_config", "trainable_dtype"]
