@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lora_ft.data import Sample
-from lora_ft.tokenization import IGNORE, ChatRenderer, Overlength, encode_conversation, overlength_error
+from lora_ft.tokenization import (IGNORE, ChatRenderer, Overlength, encode_conversation, encodings,
+                                  first_token_from, overlength_error)
 
 
 @dataclass
@@ -107,12 +108,48 @@ def encode_answer(prompt: list[dict[str, str]], answer: list[dict[str, str]],
 
 def encode_preference(sample: Sample, renderer: ChatRenderer):
     """A sample's ``(prompt_ids, chosen_ids or None, rejected_ids or None)``, untruncated."""
-    sides = [None if turns is None else encode_answer(sample.messages, turns, renderer)
-             for turns in (sample.chosen, sample.rejected)]
+    return _joined([None if turns is None else encode_answer(sample.messages, turns, renderer)
+                    for turns in (sample.chosen, sample.rejected)])
+
+
+def _joined(sides: list[tuple[list[int], list[int]] | None]):
+    """``(prompt, chosen or None, rejected or None)`` from each side's ``(prompt_ids, answer_ids)``: the prompt is
+    the sides' common start (the same unless tokens merged across the prompt's end), the rest goes to the answer."""
     prompts = [side[0] for side in sides if side is not None]
     keep = common_prefix(prompts[0], prompts[-1])  # the same unless tokens merged across the prompt's end
     answers = [None if side is None else side[0][keep:] + side[1] for side in sides]
     return prompts[0][:keep], answers[0], answers[1]
+
+
+def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tuple]:
+    """:func:`encode_preference` for each sample, with the same result, faster: each side rendered once with its
+    answer's character span (the prompt's generation prompt ends where the answer's span begins), every side of
+    the chunk tokenized in one batch call, and the prompt's end and the answer's end found by a binary search of
+    the token offsets. The compiled chat template is checked against the library on the first pair."""
+    if samples:
+        renderer.check_fast_render(samples[0].messages + (samples[0].chosen or samples[0].rejected))
+    texts, marks = [], []
+    for sample in samples:
+        answer_turn = sum(1 for m in sample.messages if m["role"] == "assistant")  # the answer's first span
+        for turns in (sample.chosen, sample.rejected):
+            if turns is not None:
+                text, spans = renderer.trained_spans(sample.messages + turns)
+                texts.append(text)
+                marks.append((spans[answer_turn][0], spans[-1][1]))
+    encoded = iter(zip(encodings(renderer.tokenizer, texts), marks))
+    out = []
+    for sample in samples:
+        sides = []
+        for turns in (sample.chosen, sample.rejected):
+            if turns is None:
+                sides.append(None)
+                continue
+            encoding, (answer_start, answer_end) = next(encoded)
+            count = len(encoding.ids)
+            start = first_token_from(encoding, answer_start, count)
+            sides.append((encoding.ids[:start], encoding.ids[start:first_token_from(encoding, answer_end, count)]))
+        out.append(_joined(sides))
+    return out
 
 
 def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, list[int] | None]], max_length: int,
@@ -154,5 +191,5 @@ def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, li
 def tokenize_preferences(samples: list[Sample], renderer: ChatRenderer, max_length: int,
                          overlength: Overlength = "truncate",
                          max_prompt_length: int | None = None) -> PreferenceTokens:
-    encoded = ((s.location, *encode_preference(s, renderer)) for s in samples)
+    encoded = ((s.location, *pair) for s, pair in zip(samples, encode_preferences(samples, renderer)))
     return fit_preferences(encoded, max_length, overlength, max_prompt_length)

@@ -54,12 +54,13 @@ class Prepared:
     def encoded_pairs(self, split: str):
         """A preference split's pairs as ``(location, prompt, chosen, rejected)`` tokens, before the length limits:
         read from the tokenized data, or (pairs a command brought) tokenized now."""
-        from lora_ft.preference_tokens import encode_preference
+        from lora_ft.preference_tokens import encode_preferences
 
         if isinstance(self.data, PreferenceData):
             pairs = self.data.pairs.get(split)
             return pairs.encoded() if pairs is not None else iter(())
-        return ((s.location, *encode_preference(s, self.chat.renderer)) for s in getattr(self.data, split))
+        samples = getattr(self.data, split)
+        return ((s.location, *pair) for s, pair in zip(samples, encode_preferences(samples, self.chat.renderer)))
 
     def _fit(self, split: str):
         from lora_ft.preference_tokens import fit_preferences

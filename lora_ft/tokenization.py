@@ -200,7 +200,18 @@ class Progress:
                        f"about {(self.total - done) / max(rate, 1e-9):.0f} s left")
 
 
-def _first_token_from(encoding, char: int, tokens: int) -> int:
+def encodings(tokenizer, texts: list[str]) -> list:
+    """The fast tokenizer's encodings (ids and character offsets) of rendered texts, no special tokens added, in
+    one batch call."""
+    if not texts:
+        return []
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is None and backend.padding is None:  # else the library's call unsets them
+        return backend.encode_batch(texts, add_special_tokens=False)
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True).encodings
+
+
+def first_token_from(encoding, char: int, tokens: int) -> int:
     """The first token that starts at or after character ``char`` (token starts only grow): a binary search."""
     low, high = 0, tokens
     while low < high:
@@ -219,7 +230,7 @@ def _labels_of(encoding, spans: list[tuple[int, int]], train_on: str) -> list[in
         return list(ids)
     labels = [IGNORE] * len(ids)
     for begin, end in spans:
-        first, last = _first_token_from(encoding, begin, len(ids)), _first_token_from(encoding, end, len(ids))
+        first, last = first_token_from(encoding, begin, len(ids)), first_token_from(encoding, end, len(ids))
         labels[first:last] = ids[first:last]
     return labels
 
@@ -234,10 +245,7 @@ def encode_chunk(chunk: list[Sample], renderer: ChatRenderer, train_on: str) -> 
     rendered = [renderer.trained_spans(s.messages) if s.messages is not None else None for s in chunk]
     chats = [r[0] for r in rendered if r is not None]
     texts = [s.text or "" for s in chunk if s.messages is None]
-    backend = tokenizer.backend_tokenizer
-    direct = backend.truncation is None and backend.padding is None  # else the library's call unsets them
-    chat_encoded = (backend.encode_batch(chats, add_special_tokens=False) if direct else
-                    tokenizer(chats, add_special_tokens=False, return_offsets_mapping=True).encodings) if chats else []
+    chat_encoded = encodings(tokenizer, chats)
     text_encoded = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
     out, chat_at, text_at = [], 0, 0
     for done in rendered:

@@ -2,6 +2,7 @@
 
     python scripts/bench_data.py                                     # 20k and 200k rows
     python scripts/bench_data.py --rows 20000 200000 1000000 --baseline 3485540
+    python scripts/bench_data.py --method dpo --rows 20000 --baseline REF   # preference pairs
 
 For each size it writes a synthetic alpaca JSONL (varied instructions, optional inputs and answers of realistic
 length, seeded), empties the tokenized-data cache, then runs `lora-ft data CONFIG` twice, each in a fresh process:
@@ -10,7 +11,8 @@ code at that commit (a git worktree), in the same invocation, so both are measur
 Figures per run: wall seconds, rows per second, and the peak memory of the process and its tokenizing workers
 together (the sum of their proportional set sizes, sampled every 50 ms: pages the forked workers share are counted
 once). The config is the legal one with the embedded model's tokenizer and chat template, max_seq_length 512, no
-eval file (5% held out).
+eval file (5% held out). ``--method dpo``: the same rows as preference pairs (the answer chosen, another row's answer
+rejected), under method: dpo.
 
 Prints the machine (CPU model, cores, bfloat16 flags) with the table, and writes RESULTS.json and RESULTS.md under
 --out.
@@ -50,19 +52,30 @@ def synthetic_rows(count: int, seed: int = 0):
         yield {"instruction": instruction, "input": passage, "output": answer}
 
 
-def write_data(path: Path, count: int) -> None:
+def synthetic_pairs(count: int, seed: int = 0):
+    """The rows as preference pairs: the prompt, its answer chosen, the previous row's answer rejected."""
+    previous = None
+    for row in synthetic_rows(count + 1, seed):
+        if previous is not None:
+            prompt = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
+            yield {"prompt": prompt, "chosen": row["output"], "rejected": previous}
+        previous = row["output"]
+
+
+def write_data(path: Path, count: int, method: str = "sft") -> None:
     if path.is_file() and sum(1 for _ in path.open()) == count:
         return
     with path.open("w") as out:
-        for row in synthetic_rows(count):
+        for row in synthetic_rows(count) if method == "sft" else synthetic_pairs(count):
             out.write(json.dumps(row) + "\n")
 
 
-def write_config(path: Path, data: Path, cache: bool = True) -> None:
+def write_config(path: Path, data: Path, cache: bool = True, method: str = "sft") -> None:
     """The legal settings on the synthetic data; ``cache``: with this tree's data.cache_dir (the baseline's code
     has no such key)."""
     cache_line = f"  cache_dir: {path.parent / 'cache'}\n" if cache else ""
-    path.write_text(f"""output_dir: {path.parent / 'run'}
+    path.write_text(f"""method: {method}
+output_dir: {path.parent / 'run'}
 model:
   base: embedded
 data:
@@ -138,6 +151,8 @@ def baseline_tree(ref: str, out: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
+    parser.add_argument("--method", choices=("sft", "dpo"), default="sft",
+                        help="sft: instruction rows; dpo: the same rows as preference pairs")
     parser.add_argument("--out", default="bench-data")
     parser.add_argument("--baseline", metavar="GIT_REF",
                         help="also run `lora-ft data` from this commit (before the change), in the same run")
@@ -146,17 +161,17 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine()}; method: {args.method}", flush=True)
     trees = [("this tree", REPO)] + ([(f"baseline {args.baseline}", baseline_tree(args.baseline, out))]
                                      if args.baseline else [])
     results = []
     for count in sorted(args.rows):
-        work = out / f"rows-{count}"
+        work = out / (f"rows-{count}" if args.method == "sft" else f"{args.method}-{count}")
         work.mkdir(exist_ok=True)
         data = work / "train.jsonl"
-        write_data(data, count)
-        write_config(work / "run.yaml", data)
-        write_config(work / "baseline.yaml", data, cache=False)
+        write_data(data, count, args.method)
+        write_config(work / "run.yaml", data, method=args.method)
+        write_config(work / "baseline.yaml", data, cache=False, method=args.method)
         for name, tree in trees:
             if tree != REPO and count > args.baseline_max_rows:
                 continue
@@ -170,15 +185,17 @@ def main() -> int:
                       f"{row['rows_per_second']:,.0f} rows/s, peak {row['peak_gib']:.2f} GiB"
                       + (" (cache reused)" if row["cached"] else ""), flush=True)
             shutil.rmtree(work / "cache", ignore_errors=True)
-    lines = [f"Machine: {machine()}", "",
+    lines = [f"Machine: {machine()}; method: {args.method}", "",
              "| code | rows | MB | run | seconds | rows/s | peak GiB (PSS, with workers) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results:
         run = row["run"] + (" (cached)" if row["cached"] else "")
         lines.append(f"| {row['code']} | {row['rows']:,} | {row['megabytes']:.0f} | {run} | {row['seconds']:.1f} | "
                      f"{row['rows_per_second']:,.0f} | {row['peak_gib']:.2f} |")
-    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    (out / "RESULTS.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
+    name = "RESULTS" if args.method == "sft" else f"RESULTS-{args.method}"
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"machine": machine(), "method": args.method, "results": results},
+                                                 indent=2) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -146,6 +146,31 @@ def test_pairs_are_tokenized_with_the_template_through_the_end_of_turn(chat_toke
     assert prompt_cut.prompt_ids == [[3, 4]] and prompt_cut.prompts_cut == 1
 
 
+@pytest.mark.parametrize("template", ["chatml", "llama3", "alpaca"])
+def test_pairs_encoded_in_a_batch_are_those_encoded_one_by_one(chat_tokenizer, template):
+    from lora_ft.data import Sample
+    from lora_ft.preference_tokens import encode_preference, encode_preferences
+    from lora_ft.templates import read_chat_template
+    from lora_ft.tokenization import ChatRenderer
+
+    renderer = ChatRenderer(chat_tokenizer, read_chat_template(template))
+
+    def turn(role, content):
+        return [{"role": role, "content": content}]
+
+    samples = []
+    for i in range(40):
+        prompt = turn("user", f"What is clause {i}?" + " Explain it." * (i % 4))
+        if i % 3 == 0:  # a conversation so far, with an earlier answer, under a system prompt
+            prompt = turn("system", "Be careful.") + turn("user", "Hi") + turn("assistant", f"Hello {i}") + prompt
+        chosen, rejected = turn("assistant", f"It binds both parties {i}."), turn("assistant", "No idea" + "!" * i)
+        samples.append(Sample(f"f:{i}", messages=prompt, chosen=None if i % 5 == 1 else chosen,
+                              rejected=None if i % 5 == 2 else rejected))
+    samples.append(Sample("f:x", messages=turn("user", "Ünïcödé ✓ 合同?"), chosen=turn("assistant", " lead space"),
+                          rejected=turn("assistant", "\n\nnewlines\n")))
+    assert encode_preferences(samples, renderer) == [encode_preference(s, renderer) for s in samples]
+
+
 # --- training ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])

@@ -6,7 +6,7 @@ cannot be used comes back as a fault with its reason), then tokens and labels as
 :func:`lora_ft.tokenization.encode_chunk` makes them, cut at ``data.max_seq_length``, with what the data report
 and the statistics need per sample: its length and trained tokens before the cut, and a digest of its content for
 the duplicate and leakage checks. Preference data (``dpo``, ``orpo``, ``kto``) keeps per pair its prompt's tokens and
-each answer's, before any length limit (:func:`lora_ft.preference_tokens.encode_preference`): the limits are applied
+each answer's, before any length limit (:func:`lora_ft.preference_tokens.encode_preferences`): the limits are applied
 when the split is opened, so changing them does not tokenize again.
 """
 
@@ -146,13 +146,9 @@ def preference_batch(samples: list[Sample], settings: Settings):
     """Preference samples' columns (:func:`schema` with ``preference``) as one record batch."""
     import pyarrow as pa
 
-    from lora_ft.preference_tokens import encode_preference
+    from lora_ft.preference_tokens import encode_preferences
 
-    renderer = settings.renderer
-    if samples:  # the compiled template, checked against the library on the chunk's first pair
-        first = samples[0]
-        renderer.check_fast_render(first.messages + (first.chosen or first.rejected))
-    encoded = [encode_preference(s, renderer) for s in samples]
+    encoded = encode_preferences(samples, settings.renderer)
     ids = pa.list_(pa.int32())
     return pa.RecordBatch.from_arrays([
         pa.array([s.location for s in samples], pa.string()),
