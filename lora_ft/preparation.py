@@ -57,7 +57,7 @@ class Prepared:
         from lora_ft.preference_tokens import encode_preferences
 
         if isinstance(self.data, PreferenceData):
-            pairs = self.data.pairs.get(split)
+            pairs = getattr(self.data, split)
             return pairs.encoded() if pairs is not None else iter(())
         samples = getattr(self.data, split)
         return ((s.location, *pair) for s, pair in zip(samples, encode_preferences(samples, self.chat.renderer)))

@@ -11,6 +11,7 @@ import pytest
 from lora_ft import cli, console
 from lora_ft.config import load_config
 from lora_ft.data import load_data
+from lora_ft.data.statistics import find_duplicates, find_leakage, split_duplicates, split_leakage
 from lora_ft.model import load_chat_tokenizer
 from lora_ft.preference_tokens import tokenize_preferences
 from lora_ft.preparation import prepare
@@ -24,12 +25,15 @@ def _pairs(n: int, offset: int = 0) -> list[dict]:
     rows = []
     for i in range(offset, offset + n):
         long = " ".join(["the party shall pay on demand within thirty days of notice"] * (i % 9))
-        rows.append({"prompt": f"What is consideration in contract {i}? {long}",
-                     "chosen": f"Consideration is something of value exchanged by each party {i}.",
-                     "rejected": f"The tenant shall pay rent on the first day {i}. {long}"})
+        chosen = f"Consideration is something of value exchanged by each party {i}."
+        rejected = f"{chosen} Except on Sundays." if i % 10 == 4 else f"The tenant shall pay rent on day {i}. {long}"
+        rows.append({"prompt": f"What is consideration in contract {i}? {long}", "chosen": chosen,
+                     "rejected": rejected})
     rows[3] = {"prompt": "no answers here"}  # dropped: neither answer
     rows[7] = {"prompt": "same", "chosen": "", "rejected": "x"}  # dropped: an empty answer
     rows[11]["system"] = "You are a careful legal assistant."
+    for copy in range(20, len(rows), 100):  # exact duplicates, some of which a held-out eval split will share
+        rows[copy] = dict(rows[19])
     return rows
 
 
@@ -37,8 +41,9 @@ def _pairs(n: int, offset: int = 0) -> list[dict]:
 def pairs_config(tmp_path, tiny_llama):
     data_dir = tmp_path / "pairs"
     data_dir.mkdir()
-    write_jsonl(data_dir / "train.jsonl", _pairs(2300))
-    write_jsonl(data_dir / "eval.jsonl", _pairs(40, offset=5000))
+    train = _pairs(2300)
+    write_jsonl(data_dir / "train.jsonl", train)
+    write_jsonl(data_dir / "eval.jsonl", _pairs(40, offset=5000) + [train[19]])  # one leaks from train
 
     def config(method: str, eval_file: str | None = None, extra: str = ""):
         path = write_config(tmp_path / f"{method}.yaml", tiny_llama, data_dir, eval_file=eval_file,
@@ -71,8 +76,12 @@ def _same_as_in_memory(prepared, path, cache_dir, *overrides):
     memory, (train, evaluation) = _in_memory(path, cache_dir, *overrides)
     assert asdict(prepared.train_tokens) == asdict(train)
     assert asdict(prepared.eval_tokens) == asdict(evaluation)
-    assert prepared.data.train == memory.train and prepared.data.eval == memory.eval  # the samples themselves
+    assert list(prepared.data.train) == memory.train  # the samples themselves
+    assert list(prepared.data.eval or []) == memory.eval
     assert prepared.data.eval_source == memory.eval_source
+    # duplicates and leakage from the stored content keys, as from the samples
+    assert split_duplicates(prepared.data.train, "train") == find_duplicates(memory.train, "train")
+    assert split_leakage(prepared.data.train, prepared.data.eval) == find_leakage(memory.train, memory.eval)
     assert [asdict(r) for r in prepared.data.reports] == [asdict(r) for r in memory.reports]
 
 
@@ -83,6 +92,8 @@ def test_pairs_are_cached_with_the_tokens_of_reading_into_memory_and_reused(pair
     first, said = _prepared(path, cache_dir)
     assert isinstance(first.data, PreferenceData) and not first.data.reused and "cached in" in said
     assert first.data.reports[0].dropped and first.train_tokens.over_length  # bad rows named; long pairs cut
+    assert split_duplicates(first.data.train, "train").extra_copies >= 10
+    assert split_leakage(first.data.train, first.data.eval).count >= 1
     if method == "kto":  # a pair is two labelled answers, each with the prompt
         report = first.data.reports[0]
         assert len(first.data.train) == report.kept == 2 * (report.rows_read - report.dropped_count)
@@ -115,8 +126,8 @@ def test_pairs_tokenized_in_parallel_are_those_of_one_process(pairs_config, monk
         prepared, _ = _prepared(path, cache_dir, cache=False)
         results.append(prepared)
     one, two = results
-    assert len(one.data.pairs["train"]) + len(one.data.eval) == 2001 > 1.5 * writing.ROWS_PER_CHUNK
-    assert asdict(one.train_tokens) == asdict(two.train_tokens) and one.data.train == two.data.train
+    assert len(one.data.train) + len(one.data.eval) == 2001 > 1.5 * writing.ROWS_PER_CHUNK
+    assert asdict(one.train_tokens) == asdict(two.train_tokens) and list(one.data.train) == list(two.data.train)
     assert [asdict(r) for r in one.data.reports] == [asdict(r) for r in two.data.reports]
     _same_as_in_memory(two, path, cache_dir)  # max_samples cuts a KTO pair's halves where memory does
 
@@ -135,3 +146,30 @@ def test_a_dpo_run_and_its_data_report_share_one_tokenization(pairs_config, caps
     manifest = json.loads((path.parent / "run-dpo" / "manifest.json").read_text())
     record = manifest["tokenized_data"]
     assert record["reused"] and record["cache_key"] == [p.name for p in cache_dir.iterdir() if p.is_dir()][0]
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_the_pair_report_reads_pairs_a_chunk_at_a_time_with_the_figures_of_training(pairs_config, monkeypatch,
+                                                                                       method):
+    from lora_ft.data import pair_report
+
+    config, cache_dir = pairs_config
+    overrides = ["data.max_seq_length=48", f"{method}.max_prompt_length=40"]
+    prepared, _ = _prepared(config(method, "eval.jsonl"), cache_dir, *overrides)
+    cfg = prepared.config
+
+    def report():
+        return asdict(pair_report.analyse_pairs("train", prepared.encoded_pairs("train"), cfg.data,
+                                                cfg.method_settings.max_prompt_length))
+
+    whole = report()
+    monkeypatch.setattr(pair_report, "CHUNK_PAIRS", 7)
+    assert report() == whole
+    tokens = prepared.train_tokens  # what training takes
+    assert whole["kept"] == len(tokens) and whole["tokens"] == tokens.tokens
+    assert whole["trained_tokens"] == tokens.trained_tokens and whole["over_length"] == len(tokens.over_length)
+    assert whole["cut_before_difference"] == len(tokens.cut_before_difference)
+    assert (whole["cut_before_difference"] > 0) == (method == "dpo")  # KTO's answers are unpaired
+    assert whole["over_length_locations"] == tokens.over_length[:len(whole["over_length_locations"])]
+    # what the limit cuts off the answers: of the pairs kept cut, and of those then left out as equal
+    assert whole["trained_tokens_past_limit"] >= tokens.truncated_trained_tokens > 0

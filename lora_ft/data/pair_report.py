@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
+
 from lora_ft.config import DataSection
 from lora_ft.data import Sample
 from lora_ft.data.report import RenderedSample, SplitReport, render_sample
@@ -10,34 +13,56 @@ from lora_ft.data.statistics import MAX_LISTED, LengthStats, histogram
 from lora_ft.tokenization import ChatRenderer
 
 
-def analyse_pairs(name: str, encoded: list[tuple], cfg: DataSection, max_prompt_length: int | None) -> SplitReport:
+def analyse_pairs(name: str, encoded: Iterable[tuple], cfg: DataSection, max_prompt_length: int | None) -> SplitReport:
     """The same for preference data, from each pair's ``(location, prompt, chosen, rejected)`` tokens before the
     length limits (:meth:`lora_ft.preparation.Prepared.encoded_pairs`): prompt, chosen and rejected lengths; what
     the length limit cuts, and which pairs it cuts before their answers differ (those carry no preference and are
-    left out)."""
+    left out). The pairs are read a chunk at a time: memory holds their lengths, not their tokens."""
     from lora_ft.preference_tokens import fit_preferences
 
-    limit = cfg.max_seq_length
-    prompts = [len(p) for _, p, _, _ in encoded]
-    chosen = [len(c) for _, _, c, _ in encoded if c is not None]
-    rejected = [len(r) for _, _, _, r in encoded if r is not None]
-    totals = [len(p) + max(len(a) for a in (c, r) if a is not None) for _, p, c, r in encoded]
-    fitted = fit_preferences(encoded, limit, "truncate" if cfg.overlength == "error" else cfg.overlength,
-                             max_prompt_length)
-    over = set(fitted.over_length)
-    past = sum(max(0, len(a) - max(0, limit - len(p))) for loc, p, c, r in encoded if loc in over
-               for a in (c, r) if a is not None)
-    in_over = sum(len(a) for loc, _, c, r in encoded if loc in over for a in (c, r) if a is not None)
+    limit, policy = cfg.max_seq_length, "truncate" if cfg.overlength == "error" else cfg.overlength
+    prompts, chosen, rejected, totals = [], [], [], []
+    over, fills, cut_before = _Listed(), _Listed(), _Listed()
+    kept = tokens = trained = past = in_over = 0
+    encoded = iter(encoded)
+    while chunk := list(islice(encoded, CHUNK_PAIRS)):
+        for _, prompt, *sides in chunk:
+            answers = [len(a) for a in sides if a is not None]
+            prompts.append(len(prompt))
+            totals.append(len(prompt) + max(answers))
+            chosen += [len(sides[0])] if sides[0] is not None else []
+            rejected += [len(sides[1])] if sides[1] is not None else []
+            kept_prompt = min(len(prompt), max_prompt_length) if max_prompt_length is not None else len(prompt)
+            if kept_prompt + max(answers) > limit:  # over the length limit, as fit_preferences judges it
+                in_over += sum(answers)
+                past += sum(max(0, a - max(0, limit - kept_prompt)) for a in answers)
+        fitted = fit_preferences(chunk, limit, policy, max_prompt_length)
+        kept, tokens, trained = kept + len(fitted), tokens + fitted.tokens, trained + fitted.trained_tokens
+        over.add(fitted.over_length)
+        fills.add(fitted.prompt_fills_length)
+        cut_before.add(fitted.cut_before_difference)
     return SplitReport(
-        name=name, samples=len(encoded), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
-        total=LengthStats.of(totals), histogram=histogram(totals), over_length=len(fitted.over_length),
-        over_length_locations=fitted.over_length[:MAX_LISTED], trained_tokens_past_limit=past,
-        trained_tokens_in_over_length=in_over, no_trained_token=len(fitted.prompt_fills_length),
-        no_trained_token_locations=fitted.prompt_fills_length[:MAX_LISTED], kept=len(fitted),
-        tokens=fitted.tokens, trained_tokens=fitted.trained_tokens, prompt_lengths=prompts, answer_lengths=chosen,
-        rejected=LengthStats.of(rejected) if rejected else None,
-        cut_before_difference=len(fitted.cut_before_difference),
-        cut_before_difference_locations=fitted.cut_before_difference[:MAX_LISTED])
+        name=name, samples=len(prompts), prompt=LengthStats.of(prompts), answer=LengthStats.of(chosen),
+        total=LengthStats.of(totals), histogram=histogram(totals), over_length=over.count,
+        over_length_locations=over.first, trained_tokens_past_limit=past, trained_tokens_in_over_length=in_over,
+        no_trained_token=fills.count, no_trained_token_locations=fills.first, kept=kept, tokens=tokens,
+        trained_tokens=trained, prompt_lengths=prompts, answer_lengths=chosen,
+        rejected=LengthStats.of(rejected) if rejected else None, cut_before_difference=cut_before.count,
+        cut_before_difference_locations=cut_before.first)
+
+
+CHUNK_PAIRS = 4096  # pairs whose tokens are in memory at a time
+
+
+class _Listed:
+    """A count of locations, and the first :data:`MAX_LISTED` of them."""
+
+    def __init__(self):
+        self.count, self.first = 0, []
+
+    def add(self, locations: list[str]) -> None:
+        self.count += len(locations)
+        self.first += locations[:MAX_LISTED - len(self.first)]
 
 
 def rendered_sides(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> list[RenderedSample]:

@@ -220,7 +220,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
 
     if prepared.is_preference:
         limit = cfg.method_settings.max_prompt_length
-        splits = [analyse_pairs(name, list(prepared.encoded_pairs(name)), cfg.data, limit)
+        splits = [analyse_pairs(name, prepared.encoded_pairs(name), cfg.data, limit)
                   for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
     else:
         splits = [analyse_split(name, split)

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lora_ft import console
@@ -147,18 +147,16 @@ class TokenizedData(_Entry):
 
 @dataclass
 class PreferenceData(_Entry):
-    """A run's preference pairs: their samples, as :class:`lora_ft.data.LoadedData` holds them, and their tokens
-    before the length limits, memory-mapped (``pairs``: the train and eval :class:`PairsSplit`)."""
+    """A run's preference pairs, memory-mapped: each split's samples and their tokens before the length limits."""
 
-    train: list[Sample]
-    eval: list[Sample]
+    train: PairsSplit
+    eval: PairsSplit | None
     reports: list[DatasetReport]
     eval_source: str
     path: Path
     key: str | None = None
     reused: bool = False
     tokenize_seconds: float = 0.0
-    pairs: dict[str, PairsSplit | None] = field(default_factory=dict)
 
 
 def _selection(count: int, has_eval_file: bool, meta: dict, cfg: RunConfig) -> tuple:
@@ -183,12 +181,10 @@ def _open(path: Path, meta: dict, cfg: RunConfig, key: str | None) -> TokenizedD
         eval_source = f"{len(eval_table)} rows from data.eval"
     reports = [DatasetReport(**r) for r in meta["reports"]]
     if meta.get("preference"):
-        train = PairsSplit(train_table, train_rows)
         evaluation = PairsSplit(eval_table) if eval_table is not None else \
             PairsSplit(train_table, held) if held is not None else None
-        return PreferenceData(train.samples(), evaluation.samples() if evaluation is not None else [], reports,
-                              eval_source, path, key, tokenize_seconds=meta.get("seconds", 0.0),
-                              pairs={"train": train, "eval": evaluation})
+        return PreferenceData(PairsSplit(train_table, train_rows), evaluation, reports, eval_source, path, key,
+                              tokenize_seconds=meta.get("seconds", 0.0))
     limit, policy = cfg.data.max_seq_length, cfg.data.overlength
     evaluation = TokenizedSplit(eval_table, None, limit, policy) if eval_table is not None else \
         TokenizedSplit(train_table, held, limit, policy) if held is not None else None

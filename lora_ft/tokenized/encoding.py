@@ -33,6 +33,7 @@ def schema(preference: bool = False):
             ("prompt_ids", pa.list_(pa.int32())),  # untruncated; the answers run through their end-of-turn token
             ("chosen_ids", pa.list_(pa.int32())),  # null for a KTO row with only a rejected answer
             ("rejected_ids", pa.list_(pa.int32())),  # null for a KTO row with only a chosen answer
+            ("content_key", pa.binary(16)),
         ])
     return pa.schema([
         ("location", pa.string()),  # file:line
@@ -156,4 +157,5 @@ def preference_batch(samples: list[Sample], settings: Settings):
         pa.array([e[0] for e in encoded], ids),
         pa.array([e[1] for e in encoded], ids),
         pa.array([e[2] for e in encoded], ids),
+        pa.array([content_key(s) for s in samples], pa.binary(16)),
     ], schema=schema(preference=True))

@@ -1,5 +1,6 @@
-"""One tokenized split (train or eval) read from its Arrow file, memory-mapped: the rows that train, the figures
-the run and the data report print, and its samples decoded on demand.
+"""One tokenized SFT split (train or eval) read from its Arrow file, memory-mapped: the rows that train, the figures
+the run and the data report print, and its samples decoded on demand (:class:`StoredSplit`, which preference splits
+share).
 
 A split is a table of every sample read (:func:`lora_ft.tokenized.encoding.schema`) and the row numbers that
 belong to it (all of them, or those a held-out eval split leaves to train). Which samples train follows from their
@@ -20,15 +21,18 @@ from lora_ft.tokenized.encoding import sample_from_json
 MAX_LOCATIONS = 20  # over-length and untrained locations kept for messages and reports
 
 
-class TokenizedSplit:
-    """Samples of one split, as a view on the table they were written to."""
+class StoredSplit:
+    """The samples of one split, as a view on the table they were written to (all its rows, or those given): their
+    locations, content keys and samples, read on demand. The base of SFT and preference splits."""
 
-    def __init__(self, table, rows: np.ndarray | None, max_length: int, overlength: str):
+    def __init__(self, table, rows: np.ndarray | None = None):
         self.table = table  # a datasets.Dataset, memory-mapped from its Arrow file
         self.rows = np.arange(len(table), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.max_length, self.overlength = max_length, overlength
         self._columns: dict[str, np.ndarray] = {}
         self._duplicates: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def column(self, name: str) -> np.ndarray:
         """A fixed-width column for this split's samples, in their order."""
@@ -36,8 +40,48 @@ class TokenizedSplit:
             self._columns[name] = self.table.data.column(name).to_numpy()[self.rows]
         return self._columns[name]
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    def duplicates(self, name: str):
+        """Exact duplicates among this split's samples (computed once: the run summary and the report share it)."""
+        from lora_ft.data.statistics import duplicates_of
+
+        if name not in self._duplicates:
+            self._duplicates[name] = duplicates_of(self.keys(), self.location, name)
+        return self._duplicates[name]
+
+    def keys(self) -> np.ndarray:
+        """The samples' content digests (16 bytes each), read once."""
+        if "content_key" not in self._columns:
+            whole = self.table.data.column("content_key").to_numpy(zero_copy_only=False)
+            self._columns["content_key"] = np.asarray(whole, dtype="S16")[self.rows]
+        return self._columns["content_key"]
+
+    def locations(self, positions) -> list[str]:
+        """The file:line of samples at these positions of the split."""
+        rows = [int(self.rows[p]) for p in positions]
+        column = self.table.data.column("location")
+        return [column[r].as_py() for r in rows]
+
+    def location(self, position: int) -> str:
+        return self.locations([position])[0]
+
+    def head(self, count: int) -> list[Sample]:
+        return [self._sample(p) for p in range(min(count, len(self)))]
+
+    def __iter__(self) -> Iterator[Sample]:
+        for position in range(len(self)):
+            yield self._sample(position)
+
+    def _sample(self, position: int) -> Sample:
+        return sample_from_json(self.location(position),
+                                self.table.data.column("sample")[int(self.rows[position])].as_py())
+
+
+class TokenizedSplit(StoredSplit):
+    """The samples of one SFT split, their tokens and what training takes of them."""
+
+    def __init__(self, table, rows: np.ndarray | None, max_length: int, overlength: str):
+        super().__init__(table, rows)
+        self.max_length, self.overlength = max_length, overlength
 
     # what training takes
 
@@ -119,43 +163,6 @@ class TokenizedSplit:
             return (np.minimum(self.column("length"), self.max_length)[self.kept_mask],
                     self.column("trained_kept")[self.kept_mask])
         return self.column("length"), self.column("trained")
-
-    def duplicates(self, name: str):
-        """Exact duplicates among this split's samples (computed once: the run summary and the report share it)."""
-        from lora_ft.data.statistics import duplicates_of
-
-        if name not in self._duplicates:
-            self._duplicates[name] = duplicates_of(self.keys(), self.location, name)
-        return self._duplicates[name]
-
-    def keys(self) -> np.ndarray:
-        """The samples' content digests (16 bytes each), read once."""
-        if "content_key" not in self._columns:
-            whole = self.table.data.column("content_key").to_numpy(zero_copy_only=False)
-            self._columns["content_key"] = np.asarray(whole, dtype="S16")[self.rows]
-        return self._columns["content_key"]
-
-    def locations(self, positions) -> list[str]:
-        """The file:line of samples at these positions of the split."""
-        rows = [int(self.rows[p]) for p in positions]
-        column = self.table.data.column("location")
-        return [column[r].as_py() for r in rows]
-
-    def location(self, position: int) -> str:
-        return self.locations([position])[0]
-
-    # samples
-
-    def head(self, count: int) -> list[Sample]:
-        return [self._sample(p) for p in range(min(count, len(self)))]
-
-    def __iter__(self) -> Iterator[Sample]:
-        for position in range(len(self)):
-            yield self._sample(position)
-
-    def _sample(self, position: int) -> Sample:
-        return sample_from_json(self.location(position),
-                                self.table.data.column("sample")[int(self.rows[position])].as_py())
 
     def kept_tokens(self, limit: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
         """(input_ids, labels) of the samples that train, in order (the first ``limit``), as lists."""
