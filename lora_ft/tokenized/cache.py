@@ -34,7 +34,7 @@ from lora_ft.files import file_sha256
 from lora_ft.tokenization import ChatRenderer
 from lora_ft.tokenized.encoding import Settings
 from lora_ft.tokenized.pairs import PairsSplit
-from lora_ft.tokenized.split import TokenizedSplit, update_digest
+from lora_ft.tokenized.split import StoredSplit, TokenizedSplit, update_digest
 from lora_ft.tokenized.writing import SplitWriter, write_samples, write_sources
 
 CACHE_FORMAT = 1  # bump when the tokens or the columns written for the same inputs change
@@ -92,13 +92,19 @@ def key_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
 
-class _Entry:
-    """What tokenized data says of where it came from (the fields of the entry classes below)."""
+@dataclass
+class StoredData:
+    """A run's train and eval splits on disk, memory-mapped, what reading the files found, and where the tokens came
+    from. :class:`TokenizedData` (SFT) and :class:`PreferenceData` say which kind of split they hold."""
 
+    train: StoredSplit
+    eval: StoredSplit | None
+    reports: list[DatasetReport]
+    eval_source: str
     path: Path  # the entry's folder
-    key: str | None  # None: not cached (--no-cache, or samples a command brought)
-    reused: bool
-    tokenize_seconds: float
+    key: str | None = None  # None: not cached (--no-cache, or samples a command brought)
+    reused: bool = False
+    tokenize_seconds: float = 0.0
 
     def describe(self) -> str:
         """Where the tokens came from, in words: the cache, or tokenized by this command (cached or not)."""
@@ -113,18 +119,11 @@ class _Entry:
                 "tokenize_seconds": self.tokenize_seconds}
 
 
-@dataclass
-class TokenizedData(_Entry):
-    """A run's tokenized train and eval splits, memory-mapped, and what reading the files found."""
+class TokenizedData(StoredData):
+    """SFT data: the splits are :class:`TokenizedSplit`, each sample's tokens and labels cut at max_seq_length."""
 
     train: TokenizedSplit
     eval: TokenizedSplit | None
-    reports: list[DatasetReport]
-    eval_source: str
-    path: Path
-    key: str | None = None
-    reused: bool = False
-    tokenize_seconds: float = 0.0
 
     def tokens_sha256(self) -> str:
         """The hash of exactly what trains, as :func:`lora_ft.rundir.resume.data_fingerprint` defines it; kept in
@@ -145,18 +144,11 @@ class TokenizedData(_Entry):
         return known[selection]
 
 
-@dataclass
-class PreferenceData(_Entry):
-    """A run's preference pairs, memory-mapped: each split's samples and their tokens before the length limits."""
+class PreferenceData(StoredData):
+    """Preference pairs: the splits are :class:`PairsSplit`, each pair's tokens before the length limits."""
 
     train: PairsSplit
     eval: PairsSplit | None
-    reports: list[DatasetReport]
-    eval_source: str
-    path: Path
-    key: str | None = None
-    reused: bool = False
-    tokenize_seconds: float = 0.0
 
 
 def _selection(count: int, has_eval_file: bool, meta: dict, cfg: RunConfig) -> tuple:
