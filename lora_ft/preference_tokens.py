@@ -107,7 +107,8 @@ def encode_answer(prompt: list[dict[str, str]], answer: list[dict[str, str]],
 
 
 def encode_preference(sample: Sample, renderer: ChatRenderer):
-    """A sample's ``(prompt_ids, chosen_ids or None, rejected_ids or None)``, untruncated."""
+    """A sample's ``(prompt_ids, chosen_ids or None, rejected_ids or None)``, untruncated, one render and tokenizer
+    call per step: the plain definition that :func:`encode_preferences` is tested against."""
     return _joined([None if turns is None else encode_answer(sample.messages, turns, renderer)
                     for turns in (sample.chosen, sample.rejected)])
 
@@ -122,10 +123,11 @@ def _joined(sides: list[tuple[list[int], list[int]] | None]):
 
 
 def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tuple]:
-    """:func:`encode_preference` for each sample, with the same result, faster: each side rendered once with its
-    answer's character span (the prompt's generation prompt ends where the answer's span begins), every side of
-    the chunk tokenized in one batch call, and the prompt's end and the answer's end found by a binary search of
-    the token offsets. The compiled chat template is checked against the library on the first pair."""
+    """Each sample's ``(location, prompt, chosen, rejected)``: its location and the tokens :func:`encode_preference`
+    gives, faster: each side rendered once with its answer's character span (the prompt's generation prompt ends
+    where the answer's span begins), every side of the chunk tokenized in one batch call, and the prompt's end and
+    the answer's end found by a binary search of the token offsets. The compiled chat template is checked against
+    the library on the first pair."""
     if samples:
         renderer.check_fast_render(samples[0].messages + (samples[0].chosen or samples[0].rejected))
     texts, marks = [], []
@@ -148,7 +150,7 @@ def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tu
             count = len(encoding.ids)
             start = first_token_from(encoding, answer_start, count)
             sides.append((encoding.ids[:start], encoding.ids[start:first_token_from(encoding, answer_end, count)]))
-        out.append(_joined(sides))
+        out.append((sample.location, *_joined(sides)))
     return out
 
 
@@ -186,10 +188,3 @@ def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, li
     if overlength == "error" and out.over_length:
         raise overlength_error(out.over_length, max_length, longest)
     return out
-
-
-def tokenize_preferences(samples: list[Sample], renderer: ChatRenderer, max_length: int,
-                         overlength: Overlength = "truncate",
-                         max_prompt_length: int | None = None) -> PreferenceTokens:
-    encoded = ((s.location, *pair) for s, pair in zip(samples, encode_preferences(samples, renderer)))
-    return fit_preferences(encoded, max_length, overlength, max_prompt_length)

@@ -56,11 +56,10 @@ class Prepared:
         read from the tokenized data, or (pairs a command brought) tokenized now."""
         from lora_ft.preference_tokens import encode_preferences
 
+        pairs = getattr(self.data, split)
         if isinstance(self.data, PreferenceData):
-            pairs = getattr(self.data, split)
             return pairs.encoded() if pairs is not None else iter(())
-        samples = getattr(self.data, split)
-        return ((s.location, *pair) for s, pair in zip(samples, encode_preferences(samples, self.chat.renderer)))
+        return iter(encode_preferences(pairs, self.chat.renderer))
 
     def _fit(self, split: str):
         from lora_ft.preference_tokens import fit_preferences
@@ -91,7 +90,7 @@ class Prepared:
         def dataset(tokens):
             return Dataset.from_dict(tokens.columns(self.config.method))
 
-        return dataset(self.train_tokens), dataset(self.eval_tokens) if self.eval_tokens.input_ids else None
+        return dataset(self.train_tokens), dataset(self.eval_tokens) if len(self.eval_tokens) else None
 
     def cache_record(self) -> dict | None:
         """Where the tokenized data is kept, for the run's manifest."""
@@ -142,7 +141,7 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     max_length = cfg.data.max_seq_length
     if prepared.is_preference:
         for name, tokens in (("train", train_tokens), ("eval", eval_tokens)):
-            if tokens.input_ids or name == "train" or data.eval:
+            if len(tokens) or name == "train" or data.eval:
                 console.say(preference_line(name, tokens, cfg))
     else:
         for name, split in (("train", train_tokens), ("eval", eval_tokens)):
@@ -157,7 +156,7 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
                                                     count=sum(count for _, count, _ in over))
         for line in tokenized_stats_lines(train_tokens):
             console.say(line)
-    if not (train_tokens.input_ids if prepared.is_preference else train_tokens.kept):
+    if not (len(train_tokens) if prepared.is_preference else train_tokens.kept):
         raise UserError("no training sample has a trained token left" if not prepared.is_preference else
                         "no training pair is left after the length limits",
                         fix="raise data.max_seq_length, or check that the samples have answers")

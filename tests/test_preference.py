@@ -124,14 +124,14 @@ def test_data_of_the_wrong_kind_for_the_method_is_refused(tmp_path, tiny_llama, 
 
 def test_pairs_are_tokenized_with_the_template_through_the_end_of_turn(chat_tokenizer):
     from lora_ft.data import Sample
-    from lora_ft.preference_tokens import fit_preferences, tokenize_preferences
+    from lora_ft.preference_tokens import encode_preferences, fit_preferences
     from lora_ft.tokenization import ChatRenderer
 
     renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
     sample = Sample("f:1", messages=[{"role": "user", "content": "What is a contract?"}],
                     chosen=[{"role": "assistant", "content": "A binding agreement."}],
                     rejected=[{"role": "assistant", "content": "A lease."}])
-    tokens = tokenize_preferences([sample], renderer, 512)
+    tokens = fit_preferences(encode_preferences([sample], renderer), 512)
     prompt, chosen, rejected = tokens.prompt_ids[0], tokens.chosen_ids[0], tokens.rejected_ids[0]
     eot = renderer.end_of_turn_token_id()
     assert chat_tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
@@ -168,7 +168,7 @@ def test_pairs_encoded_in_a_batch_are_those_encoded_one_by_one(chat_tokenizer, t
                               rejected=None if i % 5 == 2 else rejected))
     samples.append(Sample("f:x", messages=turn("user", "Ünïcödé ✓ 合同?"), chosen=turn("assistant", " lead space"),
                           rejected=turn("assistant", "\n\nnewlines\n")))
-    assert encode_preferences(samples, renderer) == [encode_preference(s, renderer) for s in samples]
+    assert encode_preferences(samples, renderer) == [(s.location, *encode_preference(s, renderer)) for s in samples]
 
 
 # --- training ---------------------------------------------------------------------------------------------------

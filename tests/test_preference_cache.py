@@ -13,7 +13,7 @@ from lora_ft.config import load_config
 from lora_ft.data import load_data
 from lora_ft.data.statistics import find_duplicates, find_leakage, split_duplicates, split_leakage
 from lora_ft.model import load_chat_tokenizer
-from lora_ft.preference_tokens import tokenize_preferences
+from lora_ft.preference_tokens import encode_preferences, fit_preferences
 from lora_ft.preparation import prepare
 from lora_ft.tokenized import PreferenceData, writing
 
@@ -67,8 +67,8 @@ def _in_memory(path, cache_dir, *overrides):
     loaded = load_config(path, [f"data.cache_dir={cache_dir}", *overrides])
     renderer = load_chat_tokenizer(loaded, loaded.config.model).renderer
     data, cfg = load_data(loaded), loaded.config
-    tokens = [tokenize_preferences(samples, renderer, cfg.data.max_seq_length, cfg.data.overlength,
-                                   cfg.method_settings.max_prompt_length) for samples in (data.train, data.eval)]
+    tokens = [fit_preferences(encode_preferences(samples, renderer), cfg.data.max_seq_length, cfg.data.overlength,
+                              cfg.method_settings.max_prompt_length) for samples in (data.train, data.eval)]
     return data, tokens
 
 

@@ -20,7 +20,7 @@ def run(args) -> int:
         prepared = prepare(loaded, resolved.config, cache=not args.no_cache)
     tokens = prepared.train_tokens
     if prepared.is_preference:
-        longest, samples = max((len(ids) for ids in tokens.input_ids), default=0), len(tokens)  # pairs
+        longest, samples = max((len(ids) for ids, _ in tokens.sequences()), default=0), len(tokens)  # pairs
     else:
         trained_lengths = tokens.lengths(kept_only=True)[0]
         longest, samples = int(trained_lengths.max()) if len(trained_lengths) else 0, tokens.kept

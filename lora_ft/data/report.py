@@ -228,7 +228,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
-        tokenized=loaded_data.describe() if hasattr(loaded_data, "describe") else "",
+        tokenized=loaded_data.describe(),
         pad_token=pad_note,
         chat_template=origin,
         end_of_turn=renderer.end_of_turn,

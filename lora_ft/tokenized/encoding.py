@@ -154,8 +154,8 @@ def preference_batch(samples: list[Sample], settings: Settings):
     return pa.RecordBatch.from_arrays([
         pa.array([s.location for s in samples], pa.string()),
         pa.array([sample_json(s) for s in samples], pa.string()),
-        pa.array([e[0] for e in encoded], ids),
         pa.array([e[1] for e in encoded], ids),
         pa.array([e[2] for e in encoded], ids),
+        pa.array([e[3] for e in encoded], ids),
         pa.array([content_key(s) for s in samples], pa.binary(16)),
     ], schema=schema(preference=True))
