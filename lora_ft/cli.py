@@ -32,8 +32,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def PATH(value: str) -> str:
+    """A path given on the command line: ``~`` is the home folder even where the shell left it (quoted, or after
+    ``=``), as it is in a config."""
+    import os.path
+
+    return os.path.expanduser(value)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="the run's YAML config file")
+    parser.add_argument("config", type=PATH, help="the run's YAML config file")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable; lists by index: "
@@ -86,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_arg(data)
     data.add_argument("--samples", type=COUNT, default=1, metavar="N",
                       help="training samples to show rendered, trained tokens marked (default 1)")
-    data.add_argument("--json", metavar="FILE", help="also write the whole report as JSON (for CI)")
-    data.add_argument("--plot", metavar="FILE.png",
+    data.add_argument("--json", type=PATH, metavar="FILE", help="also write the whole report as JSON (for CI)")
+    data.add_argument("--plot", type=PATH, metavar="FILE.png",
                       help="also write a PNG histogram of prompt and answer lengths (needs matplotlib)")
 
     plan = sub.add_parser("plan", help="estimate peak memory and time per epoch before training",
@@ -107,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Merge the adapter into the base weights (never into 4-bit weights), save "
                            "safetensors, tokenizer and generation config, and check parity with base + adapter.")
     _add_run_args(merge)
-    merge.add_argument("--out", help="output directory (default: RUN_DIR/merged)")
+    merge.add_argument("--out", type=PATH, help="output directory (default: RUN_DIR/merged)")
     add_merge_arguments(merge)
 
     from lora_ft.exports import targets  # light: the targets' modules import their libraries when they run
@@ -118,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Formats: " + "; ".join(f"{t.name}: {t.help}" for t in found.values()) + ".")
     _add_run_args(export)
     export.add_argument("--format", required=True, choices=list(found))
-    export.add_argument("--out", help="output directory (default: RUN_DIR/export-FORMAT)")
+    export.add_argument("--out", type=PATH, help="output directory (default: RUN_DIR/export-FORMAT)")
     for target in found.values():
         if target.add_arguments is not None:
             target.add_arguments(export)
@@ -136,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(generate)
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt")
-    source.add_argument("--prompts", metavar="FILE")
+    source.add_argument("--prompts", type=PATH, metavar="FILE")
     _add_sampling_args(generate, temperature=0.0, max_new_tokens=256)
 
     evaluate = sub.add_parser(
@@ -147,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check); lm-evaluation-harness tasks with --tasks. Prints tables and a verdict, and writes "
         "RUN_DIR/eval/report.md, report.json and samples.jsonl.")
     _add_run_args(evaluate)
-    evaluate.add_argument("--data", help="a data file to evaluate on instead of the run's eval data")
-    evaluate.add_argument("--general", metavar="FILE",
+    evaluate.add_argument("--data", type=PATH, help="a data file to evaluate on instead of the run's eval data")
+    evaluate.add_argument("--general", type=PATH, metavar="FILE",
                           help="general instruction data for the forgetting check (default: the general "
                           "instructions shipped with lora-ft, a few hundred varied pairs)")
     evaluate.add_argument("--no-general", action="store_true", help="skip the forgetting check")
@@ -162,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to show side by side (default 3)")
     evaluate.add_argument("--tasks", metavar="NAME[,NAME]",
                           help="lm-evaluation-harness tasks to run for both models (needs lora-ft[eval])")
-    evaluate.add_argument("--include-path", metavar="DIR",
+    evaluate.add_argument("--include-path", type=PATH, metavar="DIR",
                           help="a folder of harness task YAML files, e.g. examples/legal/harness (works offline)")
     evaluate.add_argument("--task-limit", type=POSITIVE_INT, help="score only the first N documents of each task")
-    evaluate.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
+    evaluate.add_argument("--out", type=PATH, help="report directory (default: RUN_DIR/eval)")
     return parser
 
 
@@ -196,8 +204,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, temperature: float, max_
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (as `lora-ft train` wrote it)")
-    parser.add_argument("--base", help="the base model's directory, when it has moved since training")
+    parser.add_argument("run_dir", type=PATH, metavar="RUN_DIR", help="a finished run directory (as `lora-ft train` wrote it)")
+    parser.add_argument("--base", type=PATH, help="the base model's directory, when it has moved since training")
 
 
 COMMANDS = ("train", "validate", "plan", "data", "merge", "export", "chat", "generate", "eval")

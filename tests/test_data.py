@@ -73,7 +73,28 @@ def test_csv_with_column_mapping(tmp_path):
     samples, report = _read(tmp_path, "qa.csv", content,
                             "      format: alpaca\n      columns: {instruction: question, output: answer}\n")
     assert report.kept == 2 and report.column_map == {"instruction": "question", "output": "answer"}
+    assert samples[0].location.endswith("qa.csv:2"), "the first data row is line 2 (line 1 is the header)"
     assert samples[1].location.endswith("qa.csv:3")
+
+
+def test_a_bad_first_csv_row_is_named_by_its_own_line_not_the_headers(tmp_path):
+    _, report = _read(tmp_path, "qa.csv", "instruction,output\nQ1,A1,extra\nQ2,A2\n", "      format: alpaca\n")
+    [(reason, [location])] = report.dropped.items()
+    assert reason == "more fields than the header has columns" and location.endswith("qa.csv:2")
+
+
+def test_a_folder_mixing_formats_names_the_files_and_their_formats(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"instruction": "Q", "output": "A"}] * 3)
+    write_jsonl(folder / "b.jsonl", [{"messages": [{"role": "user", "content": "Q"},
+                                                   {"role": "assistant", "content": "A"}]}] * 3)
+    loaded = _loaded(tmp_path, "    - path: mixed\n")
+    with pytest.raises(UserError) as caught:
+        read_dataset(loaded.config.data.train[0], loaded, None)
+    text = str(caught.value)
+    assert "a.jsonl" in text and "alpaca" in text and "b.jsonl" in text and "messages" in text
+    assert "max_dropped_fraction" not in text and "its own entry" in text
 
 
 def test_parquet_and_directory(tmp_path):

@@ -98,23 +98,38 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     if cfg.output_dir is None:
         stem = loaded.path.stem if loaded.path is not None else "run"
         cfg.output_dir = str(Path("runs") / stem)
+    # Every path is expanded here, once: `~` means the home folder everywhere (no shell expands it in a YAML
+    # file), and a relative run directory is fixed against the current directory, so the run's mark, its
+    # checkpoints and its logs all land in one folder however the libraries below treat paths.
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().absolute())
     if cfg.tracking.run_name is None:
         cfg.tracking.run_name = Path(cfg.output_dir).name
     if cfg.data.eval:
         cfg.data.eval_fraction = 0.0
-    # Local paths become absolute, so the saved config means the same files wherever it is read from.
+    # Local paths become absolute, so the saved config means the same files wherever it is read from; a name
+    # that is no local path (a hub id) stays as written.
     for source in [*cfg.data.train, *cfg.data.eval]:
-        if loaded.resolve_path(source.path).exists():
-            source.path = str(loaded.resolve_path(source.path).resolve())
-    if model.base != "embedded" and loaded.resolve_path(model.base).exists():
-        model.base = str(loaded.resolve_path(model.base).resolve())
-    if model.chat_template.endswith(".jinja") and loaded.resolve_path(model.chat_template).is_file():
-        model.chat_template = str(loaded.resolve_path(model.chat_template).resolve())
+        source.path = local_path(loaded, source.path)
+    if cfg.data.cache_dir is not None:
+        cfg.data.cache_dir = str(loaded.resolve_path(cfg.data.cache_dir).absolute())
+    if model.base != "embedded":
+        model.base = local_path(loaded, model.base)
+    if model.chat_template.endswith(".jinja"):
+        model.chat_template = local_path(loaded, model.chat_template)
     if model.adapter is not None:
         start_from_adapter(cfg, loaded, notes)
     if cfg.method != "sft":
         preference_defaults(cfg, loaded, notes)
     return Resolved(config=cfg, device=device, notes=notes)
+
+
+def local_path(loaded: LoadedConfig, value: str) -> str:
+    """``value`` as an absolute path when it names a local file or folder (or starts with ``~``), else unchanged
+    (a model or dataset hub name)."""
+    path = loaded.resolve_path(value)
+    if value.startswith("~") or path.exists():
+        return str(path.resolve())
+    return value
 
 
 def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:

@@ -8,10 +8,7 @@ tokens and labels is :mod:`lora_ft.tokenization`'s job.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +19,9 @@ from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
 from lora_ft.data.formats import METHOD_KINDS, detect_format, format_names, normalize_row, registry
 from lora_ft.data.samples import RowFault, Sample
+from lora_ft.data.readers import FILE_SUFFIXES, READERS, display, first_non_utf8, read_hub
 from lora_ft.files import file_sha256
 
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 @dataclass
 class DatasetReport:
     """What happened to one dataset's rows."""
@@ -60,110 +57,6 @@ class DatasetReport:
 # Reading rows
 
 
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    shown = _display(path)
-    with path.open("r", encoding="utf-8-sig", errors="strict", newline=None) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            location = f"{shown}:{number}"
-            try:
-                yield location, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield location, RowFault(f"invalid JSON ({exc.msg})")
-            except RecursionError:
-                yield location, RowFault("nested too deeply to be a row (thousands of levels)")
-
-
-def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    shown = _display(path)
-    text = path.read_text(encoding="utf-8-sig")
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise UserError(f"{shown} nests too deeply to be read (thousands of levels)", where=shown,
-                        fix="write one row per line (JSON Lines): a bad row is then dropped and named") from None
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
-            yield from _read_jsonl(path)
-            return
-        raise UserError(f"{shown} is not valid JSON: {exc.msg}", where=f"{shown}:{exc.lineno}:{exc.colno}",
-                        fix="fix the JSON there, or save the data as JSON Lines (one object per line)") from exc
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise UserError(f"{shown} holds a JSON object, not a list of rows",
-                            fix="make the file a JSON array of rows, or JSON Lines")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise UserError(f"{shown} must hold a JSON array of rows", fix="or use JSON Lines")
-    # Line numbers of the array's items, found by decoding the text item by item.
-    decoder = json.JSONDecoder()
-    starts: list[int] = []
-    pos = text.find("[") + 1 if text.lstrip().startswith("[") else -1
-    if pos > 0:
-        try:
-            for _ in data:
-                while text[pos] in " \t\r\n,":
-                    pos += 1
-                starts.append(text.count("\n", 0, pos) + 1)
-                _, pos = decoder.raw_decode(text, pos)
-        except (json.JSONDecodeError, IndexError):
-            starts = []
-    for index, row in enumerate(data):
-        where = f"{shown}:{starts[index]}" if len(starts) == len(data) else f"{shown} item {index}"
-        yield where, row
-
-
-def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    shown = _display(path)
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        line = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                yield f"{shown}:{line}", RowFault("more fields than the header has columns")
-            else:
-                yield f"{shown}:{line}", {k: v for k, v in row.items() if k is not None}
-            line = reader.line_num + 1
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    shown = _display(path)
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a broken file
-        raise UserError(f"cannot read Parquet file {shown}: {exc}", fix="check that the file is a complete "
-                        "Parquet file") from exc
-    for index, row in enumerate(table.to_pylist()):
-        yield f"{shown} row {index}", row
-
-
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-
-
-def _read_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many types
-        raise UserError(f"cannot load dataset '{name}' (split {split}) from the dataset hub: {exc}",
-                        fix="check the name and your connection, or download it and point data.path at the files"
-                        ) from exc
-    for index, row in enumerate(dataset):
-        yield f"{name}[{split}] row {index}", row
-
-
 def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
     """The local files a dataset entry names (empty for a hub name)."""
     path = loaded.resolve_path(source.path)
@@ -195,16 +88,6 @@ def _check_encodable(sample: Sample) -> None:
                 from None
 
 
-def first_non_utf8(path: Path) -> tuple[int, int]:
-    """The line (1-based) and file offset of the first byte that is not valid UTF-8."""
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-        return 1, 0
-    except UnicodeDecodeError as exc:
-        return raw.count(b"\n", 0, exc.start) + 1, exc.start
-
-
 def _rename(row: Any, columns: dict[str, str]) -> Any:
     if not columns or not isinstance(row, dict):
         return row
@@ -232,17 +115,37 @@ def source_rows(source: DatasetSource, files: list[Path]) -> Iterator[tuple[str,
     """Every row of a dataset entry, columns renamed as mapped: ``(location, row)``, or ``(location, RowFault)``
     for a line that is no row at all."""
     if not files:
-        yield from _read_hub(source.path, source.split)
+        yield from read_hub(source.path, source.split)
+    if source.format == "auto" and len(files) > 1:
+        check_one_format(source, files)
     for path in files:
         try:
             for location, raw in READERS[path.suffix.lower()](path):
                 yield location, raw if isinstance(raw, RowFault) else _rename(raw, source.columns)
         except UnicodeDecodeError as exc:
             line, offset = first_non_utf8(path)
-            raise UserError(f"{_display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
+            raise UserError(f"{display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
                             f"line {line} (byte {offset} of the file) is not valid UTF-8",
-                            where=f"{_display(path)}:{line}",
+                            where=f"{display(path)}:{line}",
                             fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 IN > OUT)") from exc
+
+
+def check_one_format(source: DatasetSource, files: list[Path]) -> None:
+    """A folder read with ``format: auto`` is one format, told from its first file: refuse one whose files hold
+    different formats (the rows of the others would all be dropped as malformed), naming each file's format."""
+    found: dict[str, tuple[Path, str]] = {}
+    for path in files:
+        first = next(((where, row) for where, row in READERS[path.suffix.lower()](path) if isinstance(row, dict)),
+                     None)
+        fmt = detect_format(_rename(first[1], source.columns)) if first else None
+        if fmt is not None:
+            found.setdefault(fmt, (path, first[0]))
+    if len(found) > 1:
+        shown = "; ".join(f"{path.name} is {fmt}" for fmt, (path, _) in found.items())
+        second = list(found.values())[1][1]
+        raise UserError(f"the folder {source.path} mixes data formats: {shown}", where=second,
+                        fix="give each format its own entry under data.train (- path: FILE; each entry's format is "
+                        "detected on its own), or keep one format per folder (docs/data.md)")
 
 
 def detected_format(row: dict, source: DatasetSource, method: str, location: str) -> str:

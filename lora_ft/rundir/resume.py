@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import yaml
@@ -82,6 +83,11 @@ def check_writable_run_dir(output_dir: str, mode: str) -> None:
     """Refuse, reading only, a folder this run may not write in: a user's files, a finished run, a fresh run
     (``never``) that is not fresh. Called before the lock is taken, so nothing is created in a refused folder."""
     run_dir = Path(output_dir)
+    if run_dir.is_symlink() and not run_dir.exists():
+        target = Path(os.readlink(run_dir))
+        raise UserError(f"output_dir {run_dir} is a symbolic link to {target}, which does not exist",
+                        fix=f"create the folder it points to (mkdir -p {run_dir.parent / target}), or set output_dir "
+                        "to a real directory")
     inside = next((p for p in run_dir.resolve().parents if run_lock.is_marked(p)), None)
     if inside is not None:
         raise UserError(
@@ -94,7 +100,7 @@ def check_writable_run_dir(output_dir: str, mode: str) -> None:
         if not run_lock.is_fresh(run_dir):
             _refuse_unless_an_unfinished_run(run_dir)
     else:
-        _start_from_named_checkpoint(run_dir, Path(mode))
+        _start_from_named_checkpoint(run_dir, Path(mode).expanduser())
 
 
 def choose_start(output_dir: str, mode: str, tidy: bool = True) -> StartPoint:
@@ -108,7 +114,7 @@ def choose_start(output_dir: str, mode: str, tidy: bool = True) -> StartPoint:
         artifacts.check_run_dir_free(output_dir)
         return StartPoint(run_dir)
     if mode != "auto":
-        return _start_from_named_checkpoint(run_dir, Path(mode))
+        return _start_from_named_checkpoint(run_dir, Path(mode).expanduser())
     if run_lock.is_fresh(run_dir):
         return StartPoint(run_dir)
     _refuse_unless_an_unfinished_run(run_dir)
