@@ -3,6 +3,7 @@
     python scripts/bench.py                          # the embedded model on the legal sample data (CPU or GPU)
     python scripts/bench.py --workload llama-8b      # GPU: Llama-3-8B shape, random weights, Alpaca-like lengths
     python scripts/bench.py --steps 6 --rounds 2 --out bench-results
+    python scripts/bench.py --workload tiny --steps 3   # a smoke run in seconds (CI): the script works, no figures
 
 Both arms run the same work: same model, data, sequence length, effective batch, learning rate, seed and number of
 optimizer steps. Each arm runs in a fresh process (so peak memory is its own), and the arms alternate round by round
@@ -55,6 +56,9 @@ LEGAL_CONFIG = REPO / "configs" / "legal_domain.yaml"
 LORA_R = 16  # both arms: the legal config's rank and the baseline's LoraConfig
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 SHAPES = {  # Llama-architecture shapes, random weights: speed and memory only
+    # a smoke workload: proves the script runs end to end in seconds (CI runs it); its figures measure nothing
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, tie_word_embeddings=True),
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                      num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
     "llama-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -72,7 +76,7 @@ WORDS = ("the tenant shall pay rent on the first day of each month consideration
 def embedded_workload(work: Path) -> tuple[Path, Path, int]:
     from lora_ft import embedded
 
-    model_dir = embedded.ensure_embedded_model(say=lambda *_: None)
+    model_dir = embedded.ensure_embedded_model()
     return Path(model_dir), REPO / "examples" / "legal" / "train.jsonl", 512
 
 
@@ -90,12 +94,12 @@ def synthetic_workload(name: str, work: Path, tokenizer_dir: str | None = None) 
     if not data.is_file():
         rng = random.Random(0)
         with data.open("w") as fh:
-            for _ in range(2000):  # Alpaca: prompts median ~20 words, answers median ~50, long tails to ~1000
+            for _ in range(200 if name == "tiny" else 2000):  # Alpaca: prompts median ~20 words, answers median ~50, long tails to ~1000
                 prompt = min(int(rng.lognormvariate(3.0, 0.8)), 600)
                 answer = min(int(rng.lognormvariate(3.9, 0.9)), 1200)
                 fh.write(json.dumps({"instruction": " ".join(rng.choices(WORDS, k=max(prompt, 3))), "input": "",
                                      "output": " ".join(rng.choices(WORDS, k=max(answer, 3)))}) + "\n")
-    return model_dir, data, 1024
+    return model_dir, data, 256 if name == "tiny" else 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -199,9 +203,10 @@ def build_model(name: str, model_dir: Path, tokenizer_dir: str | None) -> None:
     if tokenizer_dir is None:
         from lora_ft import embedded
 
-        tokenizer_dir = str(embedded.ensure_embedded_model(say=lambda *_: None))
+        tokenizer_dir = str(embedded.ensure_embedded_model())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(**SHAPES[name], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+    shape = {"vocab_size": len(tokenizer), **SHAPES[name]}
+    config = LlamaConfig(**shape, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16")
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -244,7 +249,7 @@ def token_statistics(model_dir: Path, data: Path, max_len: int) -> tuple[float, 
 
     loaded = load_config(LEGAL_CONFIG, [f"model.base={model_dir}", f"data.train.0.path={data}", "data.eval=[]",
                                         f"data.max_seq_length={max_len}"])
-    chat = model_lib.load_chat_tokenizer(loaded, loaded.config.model, lambda *_: None)
+    chat = model_lib.load_chat_tokenizer(loaded, loaded.config.model)
     rows = data_lib.load_data(loaded).train
     toks = tokenization.tokenize_samples(rows, chat.renderer, max_len, "answers", "truncate")
     lengths = [len(ids) for ids in toks.input_ids]
@@ -298,11 +303,21 @@ def summarize(run: dict, warmup: int) -> dict:
     return out
 
 
+def cpu_flags() -> str:
+    """The CPU flags that decide bfloat16 and matrix speed (figures differ between machines that have them and not)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    flags = set(line.split(":", 1)[1].split())
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
+
+
 def environment(gpu: str | None = None) -> dict:
     from lora_ft.rundir.artifacts import package_versions
 
     info = {"machine": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "packages": package_versions()}
+            "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "packages": package_versions()}
     if gpu:
         info["gpu"] = gpu  # as the arms saw it: the parent process never starts a CUDA context
     return info
@@ -333,7 +348,7 @@ def main() -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    if args.workload != "legal" and not cuda:
+    if args.workload not in ("legal", "tiny") and not cuda:
         raise SystemExit(f"--workload {args.workload} needs a CUDA GPU (random-weight {args.workload} on a CPU "
                          "measures nothing useful)")
     out_dir = Path(args.out)
@@ -424,7 +439,8 @@ def render(report: dict) -> str:
     return "\n".join([
         f"workload: {report['workload']}; {report['steps']} steps of effective batch {report['effective_batch']}, "
         f"max length {report['max_seq_length']}, first {report['warmup']} untimed; {report['rounds']} round(s)",
-        f"machine: {env.get('gpu') or env['cpu']}, {env['cpu_count']} CPUs; {env['machine']}",
+        f"machine: {env.get('gpu') or env['cpu']}, {env['cpu_count']} CPUs (flags: {env.get('cpu_flags', '?')}); "
+        f"{env['machine']}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
         f"command: {report['command']}",
         "",

