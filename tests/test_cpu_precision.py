@@ -49,8 +49,10 @@ def test_the_probe_decides_once_and_is_cached(tmp_path, monkeypatch):
 
 
 def test_the_probe_measures_both_precisions():
-    ratio = cpu_precision.matmul_ratio(size=128, seconds=0.01)
-    assert ratio > 0
+    timings = cpu_precision.time_matmuls(size=128, seconds=0.01)
+    assert set(timings) == {"float32", "bfloat16"}
+    for timing in timings.values():  # each precision timed for its own products, for at least its time slice
+        assert timing.products >= 1 and timing.seconds >= 0.01
 
 
 @pytest.mark.parametrize("fast, expected", [("1", "bfloat16"), ("0", "float32")])

@@ -54,6 +54,20 @@ def test_the_go_template_renderer_follows_go_semantics():
     assert render(template, {"System": "", "Messages": []}) == "none\n!"
 
 
-def test_an_embedded_model_export_writes_the_same_template(tmp_path):
-    template = Path(__file__).resolve().parent.parent / "data_templates" / "chat" / "chatml.jinja"
-    assert ollama_template(template.read_text()) is not None
+def test_a_gguf_export_writes_a_modelfile_that_renders_as_the_runs_chat_template(tiny_llama, legal_data, tmp_path):
+    from lora_ft import cli
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["train", str(config), "--set", "train.max_steps=1"]) == 0
+    out = tmp_path / "gguf"
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "gguf", "--gguf-types", "f16", "--out",
+                     str(out)]) == 0
+    modelfile = (out / "Modelfile").read_text()
+    template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "adapter")  # the template the run trained with
+    for messages in CONVERSATIONS:
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert _ollama_render(template, messages) == expected
+    assert re.findall(r"^PARAMETER stop (.*)$", modelfile, re.M) == ['"<|im_end|>"']
+    assert re.search(r"^FROM (.*)$", modelfile, re.M).group(1).endswith("model-f16.gguf")

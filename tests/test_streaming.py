@@ -57,8 +57,8 @@ def test_streamed_and_tokenized_runs_give_the_same_losses(tiny_llama, data, tmp_
     assert "train: streamed" in out and "streamed samples" in out
     assert "13 rows read, 12 kept, 1 dropped" in out and "empty answer" in out  # counted as it was met
     tokenized, streamed = _history(tmp_path / "tokenized"), _history(tmp_path / "streamed")
-    assert len(streamed) == 3
-    for (step, loss, norm), (step2, loss2, norm2) in zip(tokenized, streamed):
+    assert len(streamed) == len(tokenized) == 3
+    for (step, loss, norm), (step2, loss2, norm2) in zip(tokenized, streamed, strict=True):
         assert step == step2 and loss == pytest.approx(loss2, abs=1e-4) and norm == pytest.approx(norm2, rel=1e-3)
     assert _eval_losses(tmp_path / "streamed") == pytest.approx(_eval_losses(tmp_path / "tokenized"), abs=1e-4)
     manifest = json.loads((tmp_path / "streamed" / "manifest.json").read_text())
@@ -75,10 +75,10 @@ def test_a_streamed_run_killed_mid_way_resumes_at_the_exact_row(tiny_llama, data
     assert cli.main(["train", str(config), *run, "--set", f"output_dir={reference}"]) == 0
     run_dir = tmp_path / "run"
     killed = subprocess.run([sys.executable, str(CRASH_RUN), "step:6", str(config), *run,
-                             "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=300)
+                             "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     resumed = subprocess.run([sys.executable, str(CRASH_RUN), "none", str(config), *run,
-                              "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=300)
+                              "--set", f"output_dir={run_dir}"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "from checkpoint-4 (step 4)" in resumed.stdout
     assert _history(run_dir) == _history(reference)

@@ -8,7 +8,6 @@ import base64
 import json
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -102,14 +101,37 @@ def test_a_malformed_key_is_an_error_or_an_offline_run(wandb_config, monkeypatch
     assert str(tmp_path / "netrc") in exc.value.title and "short-key" not in exc.value.render()
 
 
-def test_an_unreachable_server_is_decided_in_seconds(wandb_config, monkeypatch):
+def test_an_unreachable_server_is_asked_once_not_retried(wandb_config, monkeypatch):
+    """W&B's own client retries an unreachable server for minutes (107 s measured); the preflight asks once."""
     monkeypatch.setenv("WANDB_API_KEY", GOOD_FORMAT_KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
-    started = time.monotonic()
-    with pytest.raises(UserError, match="cannot reach the W&B server") as exc:
-        tracking.preflight(wandb_config("error"))
-    assert time.monotonic() - started < 30, "not W&B's own retries (107 s measured)"
+    with socket.socket() as server:  # takes each connection and drops it at once: a server that is not there
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.5)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        attempts = []
+
+        def drop_connections():
+            while not done.is_set():
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    continue
+                attempts.append(1)
+                connection.close()
+
+        done = threading.Event()
+        dropper = threading.Thread(target=drop_connections)
+        dropper.start()
+        try:
+            with pytest.raises(UserError, match="cannot reach the W&B server") as exc:
+                tracking.preflight(wandb_config("error"))
+        finally:
+            done.set()
+            dropper.join()
+    assert len(attempts) == 1, f"{len(attempts)} connections: the preflight must not retry"
     assert "WANDB_BASE_URL" in exc.value.fix and GOOD_FORMAT_KEY not in exc.value.render()
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     said = []
     assert _preflight(wandb_config(), said) == "offline"
     assert "cannot reach the W&B server" in said[0] and GOOD_FORMAT_KEY not in said[0]
@@ -209,7 +231,7 @@ def test_train_with_a_bad_key_stops_before_the_model_and_leaves_nothing(tiny_lla
     assert not (tmp_path / "run").exists(), "a refused run leaves no files"
 
 
-def test_a_resolver_or_server_that_never_answers_is_decided_in_seconds(wandb_config, monkeypatch):
+def test_a_resolver_or_server_that_never_answers_is_given_up_on_while_it_still_hangs(wandb_config, monkeypatch):
     """The socket timeout bounds neither the name lookup nor a server that accepts and never answers."""
     monkeypatch.setenv("WANDB_API_KEY", GOOD_FORMAT_KEY)
     monkeypatch.setattr(tracking, "CHECK_SECONDS", 1.0)
@@ -224,20 +246,18 @@ def test_a_resolver_or_server_that_never_answers_is_decided_in_seconds(wandb_con
     monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
     monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.invalid")
     try:
-        started = time.monotonic()
         with pytest.raises(UserError, match="no answer from the W&B server"):
             tracking.preflight(wandb_config("error"))
-        assert time.monotonic() - started < 10
+        assert not release.is_set(), "decided while the lookup still hangs (after CHECK_SECONDS), not after it"
     finally:
         release.set()
     with socket.socket() as silent:  # connections queue in the backlog; nothing ever answers them
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        started = time.monotonic()
         said = []
-        assert _preflight(wandb_config(), said) == "offline"
-        assert time.monotonic() - started < 10 and "logs offline" in said[0]
+        assert _preflight(wandb_config(), said) == "offline"  # returns although the server never answers
+        assert "(timed out)" in said[0] and "logs offline" in said[0]
 
 
 def test_the_offline_fallback_really_starts_offline(wandb_config, monkeypatch, tmp_path):

@@ -53,20 +53,39 @@ def cpu_flags() -> tuple[str, str]:
     return model, " ".join(f for f in BF16_FLAGS if f in flags)
 
 
-def matmul_ratio(size: int = PROBE_SIZE, seconds: float = PROBE_SECONDS) -> float:
-    """bfloat16 over float32 throughput of a ``size`` x ``size`` matrix product on this CPU."""
+@dataclass
+class MatmulTiming:
+    dtype: str
+    products: int  # matrix products timed
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.products / self.seconds
+
+
+def time_matmuls(size: int = PROBE_SIZE, seconds: float = PROBE_SECONDS) -> dict[str, MatmulTiming]:
+    """Time a ``size`` x ``size`` matrix product on this CPU in float32 and in bfloat16, for ``seconds`` each."""
     import torch
 
-    rates = {}
+    timings = {}
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-        a @ b  # the first call picks and prepares the kernel
+        if (a @ b).dtype != dtype:  # the first call also picks and prepares the kernel
+            raise RuntimeError(f"a {dtype} matrix product returned another dtype")
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             a @ b
             count += 1
-        rates[dtype] = count / (time.perf_counter() - started)
-    return rates[torch.bfloat16] / rates[torch.float32]
+        name = str(dtype).removeprefix("torch.")
+        timings[name] = MatmulTiming(name, count, time.perf_counter() - started)
+    return timings
+
+
+def matmul_ratio(size: int = PROBE_SIZE, seconds: float = PROBE_SECONDS) -> float:
+    """bfloat16 over float32 throughput of a ``size`` x ``size`` matrix product on this CPU."""
+    timings = time_matmuls(size, seconds)
+    return timings["bfloat16"].rate / timings["float32"].rate
 
 
 def _cache_file(model: str, flags: str) -> Path:
