@@ -90,5 +90,6 @@ def test_bfloat16_base_weights_train_float32_adapters_to_the_same_loss(tiny_llam
         assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}  # adapters are kept in float32
     assert "dtype: bfloat16" in results["1"][1] and "dtype: float32" in results["0"][1]
     float32, bfloat16 = results["0"][0], results["1"][0]
-    assert bfloat16["eval_loss_after"] == pytest.approx(float32["eval_loss_after"], abs=0.02)
+    # measured 4.4e-4 apart (AVX-512 BF16 CPU) after training moved the loss by 0.24; bfloat16 kernels differ per CPU
+    assert bfloat16["eval_loss_after"] == pytest.approx(float32["eval_loss_after"], abs=5e-3)
     assert bfloat16["eval_loss_after"] < bfloat16["eval_loss_before"]

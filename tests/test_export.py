@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -44,7 +45,8 @@ def test_float32_merge_matches_base_plus_adapter(lora_run, tmp_path):
 
     out = tmp_path / "merged"
     report = merge_run(open_run(lora_run), out, dtype="float32")
-    assert report.within_tolerance and report.max_abs_logit_diff <= 1e-3
+    # the product's bound is 1e-3 (within_tolerance); a float32 merge measured 3.6e-7 on this model
+    assert report.within_tolerance and report.max_abs_logit_diff <= 1e-5
     assert report.greedy_answers_match == report.prompts
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
                  "generation_config.json", "parity.json"):
@@ -61,7 +63,8 @@ def test_sixteen_bit_merge_reports_kl(lora_run, tmp_path):
     from lora_ft.exports.merging import merge_run
 
     report = merge_run(open_run(lora_run), tmp_path / "bf16", dtype="bfloat16")
-    assert report.merged_dtype == "bfloat16" and report.mean_kl < 1e-2 and report.within_tolerance
+    # the product's bound is a mean KL of 1e-2 (within_tolerance); a bfloat16 merge measured 1.7e-7 here
+    assert report.merged_dtype == "bfloat16" and report.mean_kl < 1e-5 and report.within_tolerance
     assert "mean KL" in report.tolerance
 
 
@@ -101,7 +104,8 @@ def test_merged_export_loads_in_transformers_without_peft(lora_run, tmp_path, ca
     assert "export check (transformers without peft): passed" in capsys.readouterr().out
 
 
-def test_peft_export_is_what_vllm_accepts(lora_run, tmp_path):
+def test_peft_export_passes_lora_fts_own_vllm_rules(lora_run, tmp_path):
+    # lora-ft's reading of what vLLM accepts; vLLM itself loads the export in the engine tier (tests/engines)
     from lora_ft.exports.targets.peft import vllm_problems
 
     out = tmp_path / "peft"
@@ -203,7 +207,9 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(lora_run, tmp_path, caps
     assert blocker.read_text() == ""
 
 
-def test_gguf_export_writes_files_modelfile_and_check(lora_run, tmp_path):
+def test_gguf_export_writes_files_modelfile_and_an_honest_check_without_llama_cpp(lora_run, tmp_path):
+    if importlib.util.find_spec("llama_cpp") is not None:
+        pytest.skip("llama-cpp-python is installed here: this test is of the set-up without it")
     from gguf import GGUFReader
 
     out = tmp_path / "gguf"
@@ -215,23 +221,39 @@ def test_gguf_export_writes_files_modelfile_and_check(lora_run, tmp_path):
     assert "tokenizer.chat_template" in reader.fields
     check = json.loads((out / "export_check.json").read_text())
     assert check["files"] == ["model-f16.gguf", "model-q8_0.gguf"]
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:  # readable, but no answer was generated: the check must not claim to have passed
-        assert check["passed"] is None and check["answer"] is None and "not loaded in llama.cpp" in check["note"]
-    else:
-        assert check["passed"] is True and check["answer"]
+    # the dev set-up has no llama.cpp binding (it compiles for 10-15 min): the file is readable, no answer was
+    # generated, and the check must not claim to have passed (llama.cpp loads such files in the engine tier)
+    assert check["passed"] is None and check["answer"] is None and "not loaded in llama.cpp" in check["note"]
     assert json.loads((out / "parity.json").read_text())["within_tolerance"] is True
     assert not (out / "merged-hf").exists(), "the intermediate merged model is not left behind"
 
 
-def test_chat_streams_answers_and_handles_commands(lora_run, monkeypatch, capsys):
-    typed = iter(["/system Be brief.", "What is a tort?", "/reset", "Define estoppel.", "/exit"])
+def test_chat_streams_the_greedy_answers_and_handles_commands(tmp_path, monkeypatch, capsys):
+    # weights drawn wider than tiny_llama's, and one small step: greedy answers that depend on the whole
+    # conversation (tiny_llama's narrow tied weights echo the prompt's last token, a newline, so every answer
+    # would strip to the same empty string)
+    model_dir = tmp_path / "model"
+    build_llama(model_dir, len(build_tokenizer(model_dir)), init_range=0.2)
+    run_dir = _train(tmp_path, model_dir, "gentle", ["train.max_steps=1", "train.learning_rate=1e-5"])
+    questions = ("What is a tort?", "Define estoppel.")
+    typed = iter(["/system Be brief.", questions[0], "/reset", questions[1], "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
-    assert cli.main(["chat", str(lora_run), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert cli.main(["chat", str(run_dir), "--max-new-tokens", "6", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("model> ") == 2
     assert "(system message set; conversation cleared)" in out and "(conversation cleared)" in out
+    # each answer is the tuned model's greedy answer to that conversation: /system applied, /reset forgotten
+    from lora_ft import inference
+
+    run = open_run(run_dir)
+    model, tokenizer = inference.load_tuned(run, None), inference.load_tokenizer(run)
+    expected = [inference.generate(model, tokenizer, run, [{"role": "system", "content": "Be brief."},
+                                                           {"role": "user", "content": question}], 6, 0.0)[0]
+                for question in questions]
+    answers = [line.split("model> ", 1)[1].strip() for line in out.splitlines() if "model> " in line]
+    assert all(expected) and answers == expected
+    unprompted = inference.generate(model, tokenizer, run, [{"role": "user", "content": questions[0]}], 6, 0.0)[0]
+    assert unprompted != expected[0], "the answers depend on the system message, so the check above has teeth"
 
 
 def test_an_export_killed_mid_write_is_cleaned_by_the_next_one(lora_run, tmp_path, capsys):

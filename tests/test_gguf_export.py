@@ -1,7 +1,7 @@
 """GGUF export: tensors, metadata and tokenizer survive the trip to GGUF, and llama.cpp / Ollama can use the files.
 
-The round-trip tests read the files back with the ``gguf`` package and with transformers; the llama.cpp tests run
-only where ``llama-cpp-python`` is installed (it builds from source, so it is an optional extra).
+The round-trip tests read the files back with the ``gguf`` package and with transformers; llama.cpp itself loads the
+files in the engine tier (tests/engines/test_gguf_llama_cpp.py), where its own environment is built.
 """
 
 from __future__ import annotations
@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from lora_ft.exports import gguf_writer as gguf_export
 from lora_ft.errors import UserError
-from lora_ft.exports import gguf_vocab
 from lora_ft.exports.gguf_writer import SUPPORTED_TYPES, export_gguf, unpermute_qk
 from lora_ft.exports.ollama import ollama_template, write_modelfile
 
@@ -184,7 +180,9 @@ def test_metadata_describes_the_model_and_its_tokenizer(exported, tiny_llama, ch
 # 2. transformers reads the files back into the same model
 
 
-@pytest.mark.parametrize(("kind", "tolerance"), [("f16", 2e-3), ("q8_0", 3e-2)])
+# Logits of this model have a std of about 0.16. Measured largest differences: f16 2.2e-4 (half precision's 11
+# bits), q8_0 7.7e-3 (8-bit weights with one scale per block of 32); each bound is about 4x and 2x those.
+@pytest.mark.parametrize(("kind", "tolerance"), [("f16", 1e-3), ("q8_0", 1.5e-2)])
 def test_transformers_loads_the_gguf_with_the_same_logits(exported, tiny_llama, kind, tolerance):
     import torch
     from transformers import AutoModelForCausalLM
@@ -340,97 +338,3 @@ def test_a_failed_export_leaves_no_partial_file(tiny_llama, tmp_path, monkeypatc
         export_gguf(tiny_llama, tmp_path, types=("f32", "q8_0"))
     assert [p.name for p in tmp_path.iterdir()] == ["model-f32.gguf"]
     assert len(read_tensors(tmp_path / "model-f32.gguf")) == tensors_per_file
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# 5. llama.cpp loads the files (when llama-cpp-python is installed)
-
-
-@contextmanager
-def load_llama_cpp(path: Path, **kwargs) -> Iterator[Any]:
-    """The GGUF file loaded in llama.cpp (one thread: these models are tiny, and spinning threads slow down a
-    busy machine by orders of magnitude)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, seed=0, verbose=False,
-                          **kwargs)
-    try:
-        yield llm
-    finally:
-        llm.close()
-
-
-def test_llama_cpp_tokenizes_and_computes_like_transformers(exported, tiny_llama, chat_tokenizer):
-    text = "<|im_start|>user\nWhat is a contract? 12345 tenants' rent!<|im_end|>\n"
-    ids = chat_tokenizer(text, add_special_tokens=False)["input_ids"]
-    with load_llama_cpp(exported["f16"], logits_all=True) as llm:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-        assert llm.detokenize(ids, special=True).decode() == text
-        llm.eval(TOKEN_IDS)
-        got = np.asarray(llm.scores[: len(TOKEN_IDS)])
-    np.testing.assert_allclose(got, hf_logits(tiny_llama, TOKEN_IDS), atol=5e-3, rtol=0)
-
-
-def test_llama_cpp_generates_from_the_q8_0_file(exported):
-    with load_llama_cpp(exported["q8_0"]) as llm:
-        result = llm("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", max_tokens=5, temperature=0.0)
-    assert result["usage"]["completion_tokens"] >= 1
-
-
-def test_llama_cpp_runs_the_gpt2_export(tiny_gpt2, tmp_path):
-    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",))
-    with load_llama_cpp(path, logits_all=True) as llm:
-        llm.eval(TOKEN_IDS)
-        got = np.asarray(llm.scores[: len(TOKEN_IDS)])
-    np.testing.assert_allclose(got, hf_logits(tiny_gpt2, TOKEN_IDS), atol=5e-3, rtol=0)
-
-
-def with_pre_tokenizer(model_dir: Path, target: Path, style: str) -> Path:
-    """A copy of ``model_dir`` whose tokenizer splits text the SmolLM way (digits one by one) or the Llama 3 way."""
-    from tokenizers import Regex, Tokenizer, pre_tokenizers
-
-    shutil.copytree(model_dir, target)
-    tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
-    if style == "smollm":
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(gguf_vocab._LLAMA3_REGEX), behavior="isolated", invert=False),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tokenizer.save(str(target / "tokenizer.json"))
-    return target
-
-
-@pytest.mark.parametrize(("style", "pre"), [("smollm", "smollm"), ("llama3", "llama-bpe")])
-def test_llama_cpp_splits_text_like_each_supported_pre_tokenizer(tiny_llama, tmp_path, style, pre):
-    from transformers import AutoTokenizer
-
-    model_dir = with_pre_tokenizer(tiny_llama, tmp_path / "model", style)
-    (path,) = export_gguf(model_dir, tmp_path / "out", types=("f16",))
-    assert metadata(path)["tokenizer.ggml.pre"] == pre
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # Each of gpt-2, smollm and llama-bpe splits this text differently with this vocabulary (checked by hand).
-    text = ("Rent: 12345 USD,\n\n   due   2024-01-01!! It's   the tenant's  (3.5%) share\t\tof 1,000,000. "
-            "hello world 0123456789 THE TENANT'S")
-    with load_llama_cpp(path) as llm:
-        assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-@pytest.mark.embedded
-def test_the_embedded_model_answers_in_llama_cpp(tmp_path):
-    """The real SmolLM2-135M-Instruct, exported to q8_0: llama.cpp tokenizes like transformers and answers."""
-    pytest.importorskip("llama_cpp")
-    from transformers import AutoTokenizer
-
-    from lora_ft.embedded import ensure_embedded_model
-
-    model_dir = ensure_embedded_model()
-    (path,) = export_gguf(model_dir, tmp_path, types=("q8_0",))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    text = "Section 12(b): the tenant's 3,500 USD deposit — refundable within 30 days.\n\n  Indemnify?"
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is a contract?"}],
-                                           tokenize=False, add_generation_prompt=True)
-    with load_llama_cpp(path) as llm:
-        assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
-        answer = llm(prompt, max_tokens=48, temperature=0.0, stop=["<|im_end|>"])["choices"][0]["text"]
-    assert "contract" in answer.lower() and "agreement" in answer.lower()

@@ -234,7 +234,7 @@ def test_a_killed_dpo_run_resumes_bitwise_equal(tmp_path, tiny_llama, preference
 
     def run(kill, output):
         return subprocess.run([sys.executable, str(CRASH_RUN), kill, str(config), *base, "--set",
-                               f"output_dir={output}"], capture_output=True, text=True, timeout=240)
+                               f"output_dir={output}"], capture_output=True, text=True, timeout=900)
 
     config = _config(tmp_path, tiny_llama, preference_data)
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
@@ -281,7 +281,7 @@ def test_eval_ranks_pairs_as_training_measured_and_exports_work(tmp_path, tiny_l
 
 def test_data_report_for_pairs(tmp_path, tiny_llama, preference_data, capsys):
     config = _config(tmp_path, tiny_llama, preference_data)
-    assert cli.main(["data", str(config), "--set", "data.max_seq_length=40"]) in (0, 2)
+    assert cli.main(["data", str(config), "--set", "data.max_seq_length=40"]) == 0  # a report, not a refusal
     out = capsys.readouterr().out
     assert "chosen answer" in out and "rejected answer" in out and "cut before their answers differ" in out
     assert "(chosen answer" in out and "(rejected answer" in out

@@ -14,7 +14,10 @@ from tests.engines.conftest import MAX_TOKENS, PROMPTS, engine_python, record
 
 pytestmark = pytest.mark.engines
 F16_TOKENS = 16  # the first tokens of every f16 answer must equal the float32 reference's
-Q8_MIN_MEAN_PREFIX = 4  # q8_0: mean common prefix with the reference, in tokens, at least this
+# q8_0 answers drift from the float32 reference once a near-tie flips: measured (docs/serving.md) the first 48, 9, 1
+# and 0 tokens matched on the four prompts, a mean of 14.5; a quarter of that is the floor, below which the file is
+# wrong rather than rounded (a broken tensor matches nothing)
+Q8_MIN_MEAN_PREFIX = 4
 
 
 def llama_answers(gguf: Path, work: Path) -> dict:
@@ -67,4 +70,6 @@ def test_llama_cpp_answers_the_q8_0_export_closely_and_stops(exports, references
     record("llama-q8_0", figures)
     assert all(row["llama_cpp"].strip() for row in figures["answers"]), figures
     assert figures["mean_common_prefix_tokens"] >= Q8_MIN_MEAN_PREFIX, figures
-    assert any(row["finish_reason"] == "stop" for row in figures["answers"]), figures  # it ends at end of turn
+    # it can end at the end-of-turn token: measured, it stopped on 1 of the 2 prompts where the reference stops
+    # within 48 tokens; after a drift an answer may run on, so one stop is what the measurement supports
+    assert any(row["finish_reason"] == "stop" for row in figures["answers"]), figures
