@@ -19,7 +19,7 @@ def _cuda_config(tiny_llama, legal_data, tmp_path, *overrides):
     return settings.resolve(loaded, has_cuda=True).config
 
 
-def test_a_gpu_run_trains_under_autocast_quantized_or_not(tiny_llama, legal_data, tmp_path, monkeypatch):
+def test_the_settings_resolved_for_a_gpu_ask_for_autocast_quantized_or_not(tiny_llama, legal_data, tmp_path, monkeypatch):
     from lora_ft.config import resolution as settings
     from lora_ft.training import mixed_precision, trainable_dtype
 
@@ -70,7 +70,7 @@ def test_fsdp_arguments_are_ones_the_trainer_accepts():
     assert args.fsdp_config["version"] == 2 and args.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
 
 
-def test_the_sft_config_leaves_checkpointing_to_fsdp(tiny_llama, legal_data, tmp_path, monkeypatch):
+def test_the_sft_config_leaves_checkpointing_to_fsdp_given_stub_fsdp_arguments(tiny_llama, legal_data, tmp_path, monkeypatch):
     from lora_ft.training import sft_config
 
     monkeypatch.setenv("WORLD_SIZE", "1")  # one launched process: the FSDP path
@@ -164,10 +164,11 @@ def test_padding_free_rows_attend_per_sample_wherever_flash_attention_is_missing
     assert calls["n"] == 1 and torch.equal(first, second)
 
 
-def test_merges_run_on_the_gpu_when_the_float32_base_fits(tiny_llama, monkeypatch):
+def test_the_merge_chooses_the_gpu_when_its_free_memory_holds_the_float32_base(tiny_llama, monkeypatch):
     from lora_ft.exports import merging as merge
 
     assert merge.merge_device(str(tiny_llama)) == ("cuda" if torch.cuda.is_available() else "cpu")
+    # the choice only, on stand-in figures for a GPU this machine has not
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (80 * 2**30, 80 * 2**30))
     assert merge.merge_device(str(tiny_llama)) == "cuda"

@@ -77,12 +77,12 @@ def test_file_system_faults_of_any_command_are_one_screen_errors(tiny_llama, leg
     assert "cannot write" in capsys.readouterr().err
 
 
-def test_running_out_of_gpu_memory_is_explained(monkeypatch, tmp_path, tiny_llama, legal_data, capsys):
+def test_a_gpu_out_of_memory_error_raised_in_training_is_explained_by_the_cli(monkeypatch, tmp_path, tiny_llama, legal_data, capsys):
     import torch
 
     from lora_ft.commands import train as pipeline
 
-    def out_of_memory(*args, **kwargs):
+    def out_of_memory(*args, **kwargs):  # what CUDA raises; no GPU here to run out of
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(pipeline, "train", out_of_memory)
