@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training samples to show rendered, trained tokens marked (default 1)")
     data.add_argument("--json", type=PATH, metavar="FILE", help="also write the whole report as JSON (for CI)")
     data.add_argument("--plot", type=PATH, metavar="FILE.png",
-                      help="also write a PNG histogram of prompt and answer lengths (needs matplotlib)")
+                      help="also write a PNG histogram of prompt and answer lengths (needs lora-ft[plot])")
 
     plan = sub.add_parser("plan", help="estimate peak memory and time per epoch before training",
                           description="Estimate peak memory (weights, LoRA states, activations, logits) and time "

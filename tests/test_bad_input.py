@@ -239,10 +239,7 @@ def test_a_data_report_never_writes_over_the_users_files(tiny_llama, legal_data,
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     train = legal_data / "train.jsonl"
     before = train.read_bytes()
-    import importlib.util
-
-    flags = ["--json"] + (["--plot"] if importlib.util.find_spec("matplotlib") else [])
-    for flag in flags:
+    for flag in ("--json", "--plot"):
         code, err = _exit_and_error(capsys, ["data", str(config), flag, str(train)])
         assert code == 2 and "is not an earlier `lora-ft data` report" in err, flag
     assert train.read_bytes() == before

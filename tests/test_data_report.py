@@ -3,7 +3,6 @@ and the over-length policy (data.overlength)."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import itertools
 import json
@@ -296,11 +295,32 @@ def test_cli_data_exit_codes_and_json(tiny_llama, tmp_path, capsys):
     assert "would stop" in capsys.readouterr().err
 
 
-def test_cli_data_plot(tiny_llama, tmp_path, capsys):
+def test_cli_data_plot_writes_a_png_histogram(tiny_llama, tmp_path, capsys):
+    # matplotlib comes with the dev set-up (the `plot` extra), so the PNG path itself runs here
+    from PIL import Image
+
     path, _ = _config(tmp_path, tiny_llama, legal_rows(6), legal_rows(2))
     png = tmp_path / "lengths.png"
-    code = cli.main(["data", str(path), "--plot", str(png)])
-    if importlib.util.find_spec("matplotlib") is None:
-        assert code == 2 and "pip install matplotlib" in capsys.readouterr().err and not png.exists()
-    else:
-        assert code == 0 and png.read_bytes().startswith(b"\x89PNG")
+    assert cli.main(["data", str(path), "--plot", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+        assert len(set(image.convert("L").getdata())) > 2, "a drawn figure, not a blank image"
+
+
+def test_cli_data_plot_without_matplotlib_says_how_to_get_it(tiny_llama, tmp_path):
+    import subprocess
+    import sys
+
+    path, _ = _config(tmp_path, tiny_llama, legal_rows(6), legal_rows(2))
+    png = tmp_path / "lengths.png"
+    hide = ("import sys, importlib.abc\n"
+            "class NotInstalled(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'matplotlib':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, NotInstalled())\n"
+            "from lora_ft import cli\n"
+            f"sys.exit(cli.main(['data', {str(path)!r}, '--plot', {str(png)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2, result.stderr
+    assert "--plot needs matplotlib" in result.stderr and "lora-ft[plot]" in result.stderr and not png.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -53,9 +52,12 @@ def check_output_file(path: Path, kind: str) -> None:
 
 def require_matplotlib() -> None:
     """Raise a :class:`UserError` saying how to install matplotlib when it is missing (it is optional)."""
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        import matplotlib  # noqa: F401 - an import, not a look-up: a broken install is as good as none
+    except ImportError:
         raise UserError("--plot needs matplotlib, which is not installed",
-                        fix="pip install matplotlib, or leave out --plot (the text report has a histogram too)")
+                        fix="pip install 'lora-ft[plot]' (or matplotlib), or leave out --plot (the text report has a "
+                        "histogram too)") from None
 
 
 def write_plot(report: DataReport, path: Path) -> None:
