@@ -3,7 +3,8 @@
 Components report through this module and never print: :func:`say` for the run's story (standard output),
 :func:`status` for progress and signal notices (standard error, so a piped report stays clean). A command that
 runs inside another program (a test, ``plan --measure``, a second process of a distributed run) redirects or
-silences it with :func:`capture` or :func:`silenced`.
+silences it with :func:`capture` or :func:`silenced`; a command whose report follows holds it back with
+:func:`held_back`, which still lets :func:`notice` and :func:`status` lines through.
 
 It also keeps the libraries' own noise (deprecation chatter, per-file progress bars) off the screen.
 """
@@ -58,6 +59,30 @@ def capture(sink: Sink | None = None) -> Iterator[list[str]]:
     _say.append(sink or lines.append)
     try:
         yield lines
+    finally:
+        _say.pop()
+
+
+def notice(message: str) -> None:
+    """A line the user must see when it happens (another process is awaited, damaged data is read again): part of
+    the story, or, while the story is held back for a report (:func:`held_back`), a status line."""
+    if _say[-1] is _hold:
+        status(message)
+    else:
+        say(message)
+
+
+def _hold(_message: str) -> None:
+    """The sink of a held-back story: nothing is said."""
+
+
+@contextmanager
+def held_back() -> Iterator[None]:
+    """Hold the story back (a report that follows says it all) but let status lines and notices through, so a long
+    step still shows its progress and what it waits for."""
+    _say.append(_hold)
+    try:
+        yield
     finally:
         _say.pop()
 

@@ -36,12 +36,16 @@ class UserError(Exception):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, title: str, problems: list[Problem] | None = None, *, where: str = "", fix: str = "") -> None:
+    def __init__(self, title: str, problems: list[Problem] | None = None, *, where: str = "", fix: str = "",
+                 settings: tuple[str, ...] = ()) -> None:
         super().__init__(title)
         self.title = title
         self.problems = list(problems or [])
         self.where = where
         self.fix = fix
+        # the config keys the fix asks to change ("data.max_seq_length"): a command that cannot change them (eval
+        # reads data with the run's settings) gives its own fix instead
+        self.settings = tuple(settings)
 
     def render(self, max_problems: int = 15) -> str:
         head = f"error: {self.where}: {self.title}" if self.where else f"error: {self.title}"

@@ -6,11 +6,19 @@ import math
 from dataclasses import dataclass, field
 
 from lora_ft.answer_metrics import AnswerSummary
+from lora_ft.eval_stats import LEVEL, MIN_PAIRS, RESAMPLES, SEED, Difference
 
 # When the verdict calls general ability "held": general loss up by at most this fraction, ROUGE-L down by at
-# most this many points. Beyond the second limits it says general ability dropped.
+# most this many points (a rise or a fall counts only when its interval says it is beyond noise). Beyond the
+# second limits it says general ability dropped.
 GENERAL_HELD = (0.05, 2.0)
 GENERAL_DROPPED = (0.15, 5.0)
+
+# The figures given with a paired-bootstrap interval: key -> (label, format, higher is better)
+INTERVAL_FIGURES = {"loss": ("loss", "{:+.4f}", False), "rouge_l": ("ROUGE-L", "{:+.1f}", True),
+                    "token_f1": ("token F1", "{:+.1f}", True)}
+VERDICT_FIGURES = ("loss", "rouge_l")  # what the domain verdict weighs
+INTERVAL_HEADER = f"{LEVEL:.0%} interval, n: verdict"
 
 ANSWER_ROWS = (  # (label, AnswerSummary field, format, higher is better)
     ("ROUGE-L", "rouge_l", "{:.1f}", True),
@@ -34,6 +42,9 @@ class SetResult:
     prompts: int = 0  # prompts with a reference answer
     base: AnswerSummary | None = None
     tuned: AnswerSummary | None = None
+    # tuned minus before, with their intervals over the samples: "loss" (all samples), "rouge_l" and "token_f1"
+    # (the answered prompts); see INTERVAL_FIGURES
+    differences: dict[str, Difference] = field(default_factory=dict)
 
     @property
     def loss_change(self) -> float:
@@ -46,27 +57,56 @@ class SetResult:
     def rouge_change(self) -> float | None:
         return None if self.base is None or self.tuned is None else self.tuned.rouge_l - self.base.rouge_l
 
-    def rows(self, before: str) -> list[tuple[str, str, str, str]]:
-        rows = [("metric", before, "tuned", "change"),
-                ("loss", f"{self.base_loss:.4f}", f"{self.tuned_loss:.4f}", f"{self.loss_change:+.4f}"),
+    def judgement(self, key: str) -> str | None:
+        """The interval's reading of one figure ("better", "within noise", ...), None when it has no interval."""
+        difference = self.differences.get(key)
+        return None if difference is None else difference.judgement(INTERVAL_FIGURES[key][2])
+
+    def interval_cell(self, key: str) -> str:
+        difference = self.differences.get(key)
+        if difference is None:
+            return ""
+        form = INTERVAL_FIGURES[key][1]
+        return f"{form.format(difference.low)} to {form.format(difference.high)}, n={difference.n}: " \
+            f"{self.judgement(key)}"
+
+    def rows(self, before: str) -> list[tuple[str, ...]]:
+        rows = [("metric", before, "tuned", "change", INTERVAL_HEADER),
+                ("loss", f"{self.base_loss:.4f}", f"{self.tuned_loss:.4f}", f"{self.loss_change:+.4f}",
+                 self.interval_cell("loss")),
                 ("perplexity", f"{math.exp(self.base_loss):.2f}", f"{math.exp(self.tuned_loss):.2f}",
-                 f"{100 * (math.exp(self.loss_change) - 1):+.1f}%")]
+                 f"{100 * (math.exp(self.loss_change) - 1):+.1f}%", "")]
         if self.base is not None and self.tuned is not None:
             for label, key, form, _ in ANSWER_ROWS:
                 old, new = getattr(self.base, key), getattr(self.tuned, key)
                 change = f"{100 * (new - old):+.0f} pt" if key == "stop_rate" else f"{new - old:+.2f}" \
                     if key == "length_ratio" else f"{new - old:+.1f}"
-                rows.append((label, form.format(old), form.format(new), change))
+                rows.append((label, form.format(old), form.format(new), change,
+                             self.interval_cell(key) if key in INTERVAL_FIGURES else ""))
             rows.append(("answer tokens/s", f"{self.base.tokens_per_second:.0f}",
-                         f"{self.tuned.tokens_per_second:.0f}", ""))
+                         f"{self.tuned.tokens_per_second:.0f}", "", ""))
         return rows
+
+    def figures(self, keys=VERDICT_FIGURES, prefix: str = "") -> str:
+        """``loss -0.3850 (95% interval -0.41 to -0.36, n=70: better), ROUGE-L +4.3 (...)`` for the verdict."""
+        out = []
+        for key in keys:
+            label, form, higher = INTERVAL_FIGURES[key]
+            difference = self.differences.get(key)
+            if difference is not None:
+                out.append(f"{prefix}{label} {difference.describe(higher, form)}")
+            elif key == "loss":
+                out.append(f"{prefix}loss {self.loss_change:+.4f} (no interval)")
+        return ", ".join(out)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "samples": self.samples,
                 "scored_tokens": self.scored_tokens, "base_loss": self.base_loss, "tuned_loss": self.tuned_loss,
                 "base_perplexity": math.exp(self.base_loss), "tuned_perplexity": math.exp(self.tuned_loss),
                 "prompts": self.prompts, "base_answers": self.base.as_dict() if self.base else None,
-                "tuned_answers": self.tuned.as_dict() if self.tuned else None}
+                "tuned_answers": self.tuned.as_dict() if self.tuned else None,
+                "differences": {key: difference.as_dict(INTERVAL_FIGURES[key][2])
+                                for key, difference in self.differences.items()}}
 
 
 @dataclass
@@ -93,31 +133,45 @@ class EvalReport:
         return "; ".join(p for p in parts if p) + "."
 
     def _domain_verdict(self) -> str:
-        d = self.domain
-        rouge = d.rouge_change()
-        figures = ([f"ROUGE-L {rouge:+.1f}"] if rouge is not None else []) + [f"loss {d.loss_change:+.3f}"]
-        # a ROUGE-L change under 0.05 points is no change either way
-        better = [d.loss_change < 0] + ([rouge > 0] if rouge is not None and abs(rouge) >= 0.05 else [])
-        if all(better):
-            head = f"tuned beats the {self.before} model on the domain"
-        elif not any(better):
-            head = f"tuned is worse than the {self.before} model on the domain"
+        """Better only where an interval lies beyond zero on the good side and none on the bad side (docs/
+        evaluation.md, "The verdict")."""
+        d, before = self.domain, self.before
+        readings = [d.judgement(key) for key in VERDICT_FIGURES if key in d.differences]
+        if not readings:
+            head = "no verdict on the domain (no per-sample figures to tell noise from a difference)"
+        elif all(r == "no difference" for r in readings):
+            head = f"no difference between the tuned and the {before} model on the domain (every sample scored " \
+                "the same)"
+        elif "better" in readings and "worse" in readings:
+            head = "mixed result on the domain: better on one figure, worse on the other"
+        elif "better" in readings:
+            head = f"tuned is better than the {before} model on the domain"
+        elif "worse" in readings:
+            head = f"tuned is worse than the {before} model on the domain"
+        elif "too few to tell" in readings:
+            head = f"too few samples to tell the tuned from the {before} model on the domain (a verdict needs " \
+                f"{MIN_PAIRS})"
         else:
-            head = "mixed result on the domain"
-        return f"{head} ({', '.join(figures)})"
+            head = f"no clear difference between the tuned and the {before} model on the domain (within noise)"
+        return f"{head}: {d.figures()}"
 
     def _general_verdict(self) -> str:
         g = self.general
-        rise, rouge = g.relative_loss_change, g.rouge_change()
-        drop = -rouge if rouge is not None else 0.0
-        figures = f"general loss {g.loss_change:+.3f} ({100 * rise:+.1f}%)" + \
-            (f", ROUGE-L {rouge:+.1f}" if rouge is not None else "")
+        rouge = g.differences.get("rouge_l")
+        # a rise of the loss or a fall of ROUGE-L counts only when its interval puts it beyond noise
+        rise = g.relative_loss_change if g.judgement("loss") in ("worse", None) else 0.0
+        drop = -rouge.change if rouge is not None and g.judgement("rouge_l") == "worse" else 0.0
+        figures = f"(loss {100 * g.relative_loss_change:+.1f}%): {g.figures(prefix='general ')}"
+        readings = [g.judgement(key) for key in VERDICT_FIGURES if key in g.differences]
+        if readings and all(r == "too few to tell" for r in readings):
+            return f"too few general samples to tell whether general ability moved (a verdict needs {MIN_PAIRS}) " \
+                f"{figures}"
         if rise <= GENERAL_HELD[0] and drop <= GENERAL_HELD[1]:
-            return f"general ability held ({figures})"
+            return f"general ability held {figures}"
         if rise <= GENERAL_DROPPED[0] and drop <= GENERAL_DROPPED[1]:
-            return f"general ability moved a little ({figures})"
-        return (f"general ability dropped ({figures}): to forget less, lower the learning rate or the epochs, or "
-                "mix general instructions into the training data")
+            return f"general ability moved a little {figures}"
+        return (f"general ability dropped {figures} (to forget less, lower the learning rate or the epochs, or "
+                "mix general instructions into the training data)")
 
     def _harness_verdict(self) -> list[str]:
         out = []
@@ -140,12 +194,20 @@ class EvalReport:
     def _sets(self) -> list[SetResult]:
         return [self.domain] + ([self.general] if self.general is not None else [])
 
-    def _pair_rows(self) -> list[tuple[str, str, str, str]]:
+    def _pair_rows(self) -> list[tuple[str, ...]]:
         p = self.preference
-        return [("pairs", self.before, "tuned", ""),
-                ("prefers chosen", f"{p['prefers_chosen_start']:.1%}", f"{p['prefers_chosen_tuned']:.1%}", ""),
-                ("reward accuracy", "", f"{p['reward_accuracy']:.1%}", ""),
-                ("reward margin", "", f"{p['reward_margin']:+.3f}", "")]
+
+        def cell(name: str, form: str) -> str:
+            d = p.get(name)
+            return "" if d is None else f"{form.format(d['low'])} to {form.format(d['high'])}, n={d['n']}: " \
+                f"{d['judgement']}"
+
+        change = p['prefers_chosen_tuned'] - p['prefers_chosen_start']
+        return [("pairs", self.before, "tuned", "change", INTERVAL_HEADER),
+                ("prefers chosen", f"{p['prefers_chosen_start']:.1%}", f"{p['prefers_chosen_tuned']:.1%}",
+                 f"{100 * change:+.1f} pt", cell("prefers_chosen_interval", "{:+.1%}")),
+                ("reward accuracy", "", f"{p['reward_accuracy']:.1%}", "", ""),
+                ("reward margin", "", f"{p['reward_margin']:+.3f}", "", cell("reward_margin_interval", "{:+.3f}"))]
 
     def _harness_rows(self) -> list[tuple[str, str, str, str]]:
         rows = [("harness task", self.before, "tuned", "change")]
@@ -173,7 +235,10 @@ class EvalReport:
                  f"Tuned model against the {self.before} model. Answers are greedy, at most {self.max_new_tokens} "
                  f"new tokens; the {loss} is per answer token. ROUGE-L and token F1 are means over answers, chrF "
                  "is the corpus score (all 0-100); stop rate is the share of answers that ended at the end-of-turn "
-                 "token; repeated 4-grams is the share of an answer's word 4-grams seen earlier in it.", ""]
+                 "token; repeated 4-grams is the share of an answer's word 4-grams seen earlier in it. Each "
+                 f"interval is a {LEVEL:.0%} paired bootstrap over the n samples both models scored ({RESAMPLES} "
+                 f"resamples, seed {SEED}): a change is better or worse only when its interval lies on one side of "
+                 "zero, within noise when it holds zero.", ""]
         for result in self._sets():
             title = "Domain" if result.name == "domain" else "General instructions (forgetting check)"
             parts += [f"## {title}", "", f"Data: {result.source}: {result.samples} samples, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +34,54 @@ def check_report_free(out_dir: Path) -> None:
         raise UserError(f"{out_dir} already holds an evaluation report ({', '.join(taken)}); lora-ft does not "
                         "write over it", fix=f"choose another folder with --out (e.g. --out {out_dir}-2), or move "
                         "the old report away")
+
+
+# What the eval user can do where a fix would change a setting: eval reads data with the run's own settings
+EVAL_ADVICE = {
+    "data.max_dropped_fraction": "fix or remove the rows named above in {file}",
+    "data.max_seq_length": "shorten or remove the samples named above in {file}",
+    "data.overlength": "shorten or remove the samples named above in {file}",
+    "data.format": "give {flag} a file whose columns say its format (messages, conversations, instruction/output, "
+                   "prompt/completion or text; docs/data.md)",
+    "method": "give {flag} a file of the kind this {method} run trained on",
+    "data.path": "give {flag} a data file, or a folder of data files in one format",
+    "data.cache_dir": "free some disk space in the tokenized-data cache folder, or make it writable",
+}
+NOT_RUN_SETTINGS = ("data.format", "data.path")  # a file given to eval is read with neither
+
+
+def eval_fix(error: UserError, run: FinishedRun, flag: str, data_file: str | None) -> str:
+    """The fix for an error met reading eval data, in what eval can change: its flags, or training again."""
+    file = data_file or "the run's eval data"
+    advice = next((EVAL_ADVICE[key] for key in error.settings if key in EVAL_ADVICE), "check the eval data in {file}")
+    advice = advice.format(file=file, flag=flag, method=run.config.method)
+    if flag not in advice:
+        advice += f", or pass {flag} another file" if data_file else f", or pass {flag} FILE with other eval data"
+    settings = [key for key in error.settings if key not in NOT_RUN_SETTINGS]
+    if not settings:
+        return advice
+    values = ", ".join(f"{key} = {_setting(run.config, key)}" for key in settings)
+    return (f"{advice}; eval reads the data with the run's own settings ({values}) and cannot change "
+            f"{'it' if len(settings) == 1 else 'them'}: to change {'it' if len(settings) == 1 else 'them'}, train "
+            "the run again")
+
+
+def _setting(config, key: str):
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part, None)
+    return "none" if value is None else value
+
+
+@contextmanager
+def fixes_for_eval(run: FinishedRun, flag: str, data_file: str | None):
+    """Errors met reading eval data get fixes the eval user can act on (:func:`eval_fix`)."""
+    try:
+        yield
+    except UserError as exc:
+        if exc.settings:
+            exc.fix = eval_fix(exc, run, flag, data_file)
+        raise
 
 
 def eval_config(run: FinishedRun, sft: bool = False):
@@ -107,10 +156,18 @@ def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], b
     return sums
 
 
+def sample_losses(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
+    """Each sample's summed cross-entropy over its trained tokens (the paired figures behind the loss interval)."""
+    return [-value for value in sequence_logps(model, input_ids, labels, batch_size)]
+
+
+def trained_token_counts(labels: list[list[int]]) -> list[int]:
+    return [sum(1 for t in row if t != IGNORE) for row in labels]
+
+
 def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
     """Mean cross-entropy per trained token, over padded batches."""
-    count = sum(1 for row in labels for t in row if t != IGNORE)
-    return -sum(sequence_logps(model, input_ids, labels, batch_size)) / max(count, 1)
+    return sum(sample_losses(model, input_ids, labels, batch_size)) / max(sum(trained_token_counts(labels)), 1)
 
 
 def general_data_file() -> Path:
@@ -166,7 +223,8 @@ def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: i
 
 
 def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, options: EvalOptions,
-             merge: bool) -> tuple[list, float]:
+             merge: bool, warn: bool) -> tuple[list, float]:
+    """Both models answer the same prompts: ``warn`` (the first of the two) says which prompts do not fit."""
     from lora_ft import inference
 
     total = len(evalset.conversations)
@@ -176,7 +234,8 @@ def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, 
         answers = inference.generate_batch(
             model, tokenizer, run, [c[1] for c in evalset.conversations], options.max_new_tokens,
             options.batch_size, progress=lambda done: console.status(
-                f"answering {evalset.name} prompts with the {label} model: {done}/{total}"))
+                f"answering {evalset.name} prompts with the {label} model: {done}/{total}"),
+            names=[c[0].location for c in evalset.conversations], warn=console.warn if warn else None)
     return answers, time.time() - started
 
 
@@ -185,15 +244,19 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     from lora_ft import preference_eval
     from lora_ft.answer_metrics import answer_scores, summarize
     from lora_ft.eval_report import SetResult
+    from lora_ft.eval_stats import paired_mean, paired_ratio
     from lora_ft.inference import merged_adapter
 
     with preference_eval.starting_model(model, run), merged_adapter(model, run.config.model.adapter is not None):
-        base_loss = eval_loss(model, evalset.input_ids, evalset.labels)
+        base_losses = sample_losses(model, evalset.input_ids, evalset.labels)
     with merged_adapter(model):
-        tuned_loss = eval_loss(model, evalset.input_ids, evalset.labels)
-    scored = sum(1 for row in evalset.labels for t in row if t != IGNORE)
+        tuned_losses = sample_losses(model, evalset.input_ids, evalset.labels)
+    counts = trained_token_counts(evalset.labels)
+    scored = sum(counts)
+    base_loss, tuned_loss = sum(base_losses) / max(scored, 1), sum(tuned_losses) / max(scored, 1)
     result = SetResult(name=evalset.name, source=evalset.source, samples=len(evalset.input_ids),
-                       scored_tokens=scored, base_loss=base_loss, tuned_loss=tuned_loss, prompts=evalset.prompts)
+                       scored_tokens=scored, base_loss=base_loss, tuned_loss=tuned_loss, prompts=evalset.prompts,
+                       differences={"loss": paired_ratio(base_losses, tuned_losses, counts)})
     console.say(f"{evalset.name} loss: {before} {base_loss:.4f}, tuned {tuned_loss:.4f} "
                 f"({len(evalset.input_ids)} samples, {scored:,} answer tokens)")
     if not evalset.conversations:
@@ -201,8 +264,9 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     references = [c[2] for c in evalset.conversations]
     with preference_eval.starting_model(model, run):  # the start adapter merges; the base has none to merge
         base_answers, base_seconds = _answers(model, run, tokenizer, evalset, before, options,
-                                              merge=run.config.model.adapter is not None)
-    tuned_answers, tuned_seconds = _answers(model, run, tokenizer, evalset, "tuned", options, merge=True)
+                                              merge=run.config.model.adapter is not None, warn=True)
+    tuned_answers, tuned_seconds = _answers(model, run, tokenizer, evalset, "tuned", options, merge=True,
+                                            warn=False)
     records = []
     for (sample, prompt, reference), old, new in zip(evalset.conversations, base_answers, tuned_answers):
         records.append({"set": evalset.name, "location": sample.location, "prompt": prompt[-1]["content"],
@@ -213,6 +277,9 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
                             base_seconds)
     result.tuned = summarize([a.text for a in tuned_answers], references, [r["tuned_scores"] for r in records],
                              tuned_seconds)
+    for key in ("rouge_l", "token_f1"):
+        result.differences[key] = paired_mean([r["base_scores"][key] for r in records],
+                                              [r["tuned_scores"][key] for r in records])
     return result, records
 
 
@@ -231,10 +298,12 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     if options.tasks:  # a missing extra or an unknown task is found before anything slow
         manager = harness.task_manager(options.include_path)
         harness.check_tasks(manager, options.tasks, options.include_path)
-    sets = [_eval_set("domain", run, options.data_file, options.max_answers)]
+    with fixes_for_eval(run, "--data", options.data_file):
+        sets = [_eval_set("domain", run, options.data_file, options.max_answers)]
     general = general_data_file() if options.general_file is None else options.general_file
     if general:
-        sets.append(_eval_set("general", run, str(general), options.max_answers))
+        with fixes_for_eval(run, "--general", str(general)):
+            sets.append(_eval_set("general", run, str(general), options.max_answers))
     model = inference.load_tuned(run, options.base)
     tokenizer = sets[0].prepared.chat.tokenizer
     before = "base" if run.config.model.adapter is None else "start"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
 import shutil
 import tempfile
@@ -15,39 +15,54 @@ from lora_ft.errors import UserError
 from lora_ft import console
 
 
-_HASHED: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file is read once per process
+HASH_BLOCK = 1 << 20  # bytes read at a time for a hash: 1-2 MB measured fastest (scripts/bench_hash.py)
 
 
-def file_sha256(path: Path, memo: Path | None = None) -> str:
-    """The SHA-256 of a file's contents. ``memo``: a JSON file that keeps hashes across processes, keyed like
-    git's index by the file's path, size, modification time (ns) and inode, so an unchanged large file is not read
-    again; any change to one of them reads it again."""
-    stat = Path(path).stat()
-    known = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if known in _HASHED:
-        return _HASHED[known]
-    remembered = {}
-    if memo is not None:
-        try:
-            remembered = json.loads(Path(memo).read_text())
-        except (OSError, ValueError):
-            remembered = {}
-        entry = remembered.get(known[0])
-        if isinstance(entry, list) and tuple(entry[:3]) == known[1:]:
-            _HASHED[known] = entry[3]
-            return entry[3]
+def _hash_rest(fh, digest) -> None:
+    """Feed ``digest`` every byte from the file's position to its end, in :data:`HASH_BLOCK` blocks."""
+    block = bytearray(HASH_BLOCK)
+    view = memoryview(block)
+    while count := fh.readinto(block):
+        digest.update(view[:count])
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's contents, read now. Never taken from the file's size, times or inode: a copy that
+    keeps them (``cp -p``) or a rewrite that puts them back changes the contents without changing any of them."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    _HASHED[known] = digest.hexdigest()
-    if memo is not None:
-        remembered[known[0]] = [*known[1:], _HASHED[known]]
-        try:
-            write_text_atomic(Path(memo), json.dumps(remembered))
-        except OSError:
-            pass  # only a memo: the next command reads the file again
-    return _HASHED[known]
+    with Path(path).open("rb", buffering=0) as fh:
+        _hash_rest(fh, digest)
+    return digest.hexdigest()
+
+
+class HashedFile(io.RawIOBase):
+    """A file read for parsing whose bytes are hashed (SHA-256) as they are read, so the hash is of exactly the
+    bytes parsed, whatever happens to the file meanwhile. Closing it (as a reader does when it is done) keeps the
+    file open for :meth:`finish`, which hashes what was left unread and gives the whole file's hash;
+    :meth:`release` closes it for good."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+        self._file = self.path.open("rb", buffering=0)
+        self._digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._file.readinto(buffer)
+        if count:
+            self._digest.update(memoryview(buffer)[:count])
+        return count
+
+    def finish(self) -> str:
+        _hash_rest(self._file, self._digest)
+        self.release()
+        return self._digest.hexdigest()
+
+    def release(self) -> None:
+        self._file.close()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

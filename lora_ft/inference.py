@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from lora_ft.rundir.finished import FinishedRun, locate_base
 
+Warn = Callable[[str], None]
+
 
 def inference_device() -> str:
     import torch
@@ -61,10 +63,56 @@ def stop_token_ids(tokenizer, run: FinishedRun) -> list[int]:
     return answer_stop_ids(run.end_of_turn_id, tokenizer.eos_token_id)
 
 
-def prompt_ids(tokenizer, messages: list[dict[str, str]], device: str):
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
-    return {k: v.to(device) for k, v in encoded.items()}
+def context_length(model) -> int | None:
+    """The model's context in tokens, as its config gives it (None when it does not)."""
+    from lora_ft.model.families import decoder_family
+
+    config = model.config.to_dict()
+    return decoder_family(config).context_length(config)
+
+
+def warn_on_stderr(message: str) -> None:
+    """Warnings of the commands whose standard output is the answers (generate, chat)."""
+    from lora_ft import console
+
+    console.status(f"warning: {message}")
+
+
+def fit_to_context(ids: list[int], context: int | None, max_new_tokens: int, name: str,
+                   messages: list[dict[str, str]], warn: Warn | None) -> tuple[list[int], int]:
+    """A prompt's tokens cut to fit the model's context with room for its answer, and the answer's limit.
+
+    A prompt gets at most the context less ``min(max_new_tokens, context // 2)`` tokens (the room kept for the
+    answer); a longer one loses its first tokens (truncated from the left, as Ollama and llama.cpp do: the end of
+    the conversation, its last question and the answer's start, are kept), said in one line. The answer may then
+    use what is left of the context, up to ``max_new_tokens``: generating past the context is never asked for.
+    """
+    if not context:
+        return ids, max_new_tokens
+    room = min(max_new_tokens, max(context // 2, 1))
+    limit = context - room
+    if len(ids) > limit:
+        if warn is not None:
+            text = " ".join(messages[-1]["content"].split()) if messages else ""
+            shown = f' ("{text[:40]}{"..." if len(text) > 40 else ""}")' if text else ""
+            warn(f"{name}{shown} is {len(ids):,} tokens, more than the model's {context}-token context holds with "
+                 f"{room} left for the answer: its first {len(ids) - limit:,} tokens are dropped (truncated from the "
+                 "left; the end of the prompt is kept)")
+        ids = ids[-limit:]
+    return ids, min(max_new_tokens, context - len(ids))
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]], device: str, model=None, max_new_tokens: int = 0,
+               name: str = "the prompt", warn: Warn | None = None) -> tuple[dict, int]:
+    """The prompt's tensors, cut to the model's context (:func:`fit_to_context`), and the answer's token limit."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    context = context_length(model) if model is not None else None
+    ids, limit = fit_to_context(list(ids), context, max_new_tokens, name, messages, warn)
+    tensor = torch.tensor([ids], dtype=torch.long, device=device)
+    return {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}, limit
 
 
 def generation_kwargs(tokenizer, run: FinishedRun, max_new_tokens: int, temperature: float) -> dict:
@@ -78,13 +126,14 @@ def generation_kwargs(tokenizer, run: FinishedRun, max_new_tokens: int, temperat
 
 
 def generate(model, tokenizer, run: FinishedRun, messages: list[dict[str, str]], max_new_tokens: int = 256,
-             temperature: float = 0.0) -> tuple[str, bool]:
-    """One answer and whether it stopped at an end-of-turn token (rather than at max_new_tokens)."""
+             temperature: float = 0.0, name: str = "the prompt", warn: Warn | None = None) -> tuple[str, bool]:
+    """One answer and whether it stopped at an end-of-turn token (rather than at max_new_tokens); ``warn`` is told
+    when the prompt (called ``name``) is cut to fit the context."""
     import torch
 
-    inputs = prompt_ids(tokenizer, messages, model.device)
+    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn)
     with torch.no_grad():
-        output = model.generate(**inputs, **generation_kwargs(tokenizer, run, max_new_tokens, temperature))
+        output = model.generate(**inputs, **generation_kwargs(tokenizer, run, limit, temperature))
     new = output[0][inputs["input_ids"].shape[1]:].tolist()
     stops = set(stop_token_ids(tokenizer, run))
     stopped = bool(new) and new[-1] in stops
@@ -100,15 +149,24 @@ class Answer:
 
 def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[dict[str, str]]],
                    max_new_tokens: int = 256, batch_size: int = 32,
-                   progress: Callable[[int], None] | None = None) -> list[Answer]:
+                   progress: Callable[[int], None] | None = None, names: list[str] | None = None,
+                   warn: Warn | None = None) -> list[Answer]:
     """Greedy answers to many conversations, at most ``batch_size`` at a time: prompts of similar length are
     batched together (in batches of even size), padded on the left, and generated with the KV cache; rows that
     have stopped leave the batch (see :func:`_generate_rows`). Each answer equals the one :func:`generate` gives
-    for its conversation alone (a test checks it). ``progress`` is told how many answers are done."""
+    for its conversation alone (a test checks it). ``progress`` is told how many answers are done; ``warn`` is
+    told of each prompt cut to fit the context (``names``: what to call them, by default "prompt N")."""
     import math
 
-    prompts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-               ["input_ids"] for messages in conversations]
+    context = context_length(model)
+    names = names or [f"prompt {number}" for number in range(1, len(conversations) + 1)]
+    prompts, caps = [], []
+    for messages, name in zip(conversations, names):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        ids, cap = fit_to_context(list(ids), context, max_new_tokens, name, messages, warn)
+        prompts.append(ids)
+        caps.append(cap)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stops = set(stop_token_ids(tokenizer, run))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
@@ -120,7 +178,7 @@ def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[
     for number in range(batches):  # 70 prompts at 32: 24 + 23 + 23, not 32 + 32 + 6
         rows = order[number * len(order) // batches:(number + 1) * len(order) // batches]
         for index, tokens in zip(rows, _generate_rows(model, [prompts[i] for i in rows], pad, stops, kwargs,
-                                                      max_new_tokens)):
+                                                      [caps[i] for i in rows])):
             answers[index] = Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                                     bool(tokens) and tokens[-1] in stops, len(tokens))
         done += len(rows)
@@ -133,12 +191,12 @@ STEPS_PER_CALL = 32  # new tokens per generate call before rows that have stoppe
 
 
 def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], kwargs: dict,
-                   max_new_tokens: int) -> list[list[int]]:
-    """Each row's new tokens, through its first stop token where it has one. Generated for one left-padded batch,
-    ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the rows that reached a stop token leave the
-    batch and their KV cache entries are dropped, and the others go on from the cache (the same computation as one
-    uninterrupted call: the cache holds every token but the last, which the next call reads). So a batch costs what
-    its live rows cost, not what its longest answer costs."""
+                   caps: list[int]) -> list[list[int]]:
+    """Each row's new tokens, through its first stop token where it has one, at most its cap. Generated for one
+    left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the rows that reached a
+    stop token or their cap leave the batch and their KV cache entries are dropped, and the others go on from the
+    cache (the same computation as one uninterrupted call: the cache holds every token but the last, which the
+    next call reads). So a batch costs what its live rows cost, not what its longest answer costs."""
     import torch
 
     width = max(len(p) for p in prompts)
@@ -149,8 +207,8 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
     ids, mask = ids.to(model.device), mask.to(model.device)
     generated: list[list[int]] = [[] for _ in prompts]
     live, carried = list(range(len(prompts))), {}
-    while live and len(generated[live[0]]) < max_new_tokens:
-        steps = min(STEPS_PER_CALL, max_new_tokens - len(generated[live[0]]))
+    while live:  # the live rows have all generated the same number of tokens
+        steps = min(STEPS_PER_CALL, min(caps[row] for row in live) - len(generated[live[0]]))
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
                                  return_dict_in_generate=True, **kwargs, **carried)
@@ -162,7 +220,7 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
         for position, (row, tokens) in enumerate(zip(live, new.tolist())):
             end = next((at for at, token in enumerate(tokens) if token in stops), None)
             generated[row] += tokens if end is None else tokens[:end + 1]
-            if end is None:
+            if end is None and len(generated[row]) < caps[row]:
                 keep.append(position)
         if not keep:  # every row stopped in this call
             break
@@ -197,14 +255,14 @@ def merged_adapter(model, merge: bool = True):
 
 
 def stream(model, tokenizer, run: FinishedRun, messages: list[dict[str, str]], max_new_tokens: int = 512,
-           temperature: float = 0.7) -> Iterator[str]:
+           temperature: float = 0.7, name: str = "the conversation", warn: Warn | None = None) -> Iterator[str]:
     """Yield the answer's text as it is generated."""
     import torch
     from transformers import TextIteratorStreamer
 
-    inputs = prompt_ids(tokenizer, messages, model.device)
+    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(**inputs, **generation_kwargs(tokenizer, run, max_new_tokens, temperature), streamer=streamer)
+    kwargs = dict(**inputs, **generation_kwargs(tokenizer, run, limit, temperature), streamer=streamer)
 
     def work():
         with torch.no_grad():

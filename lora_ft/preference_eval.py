@@ -7,6 +7,9 @@ starting model and from the tuned one. From those:
   long rejected answer does not lose by its length alone); for the starting and the tuned model;
 - *reward accuracy* and *reward margin*: DPO's implicit reward, beta x (log p_tuned - log p_start), chosen minus
   rejected: the share of pairs where it is positive, and its mean. The same quantities TRL logs during training.
+
+The change in *prefers chosen* and the reward margin come with a 95% paired-bootstrap interval over the pairs
+(:mod:`lora_ft.eval_stats`): "better" only when the interval lies above zero.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ class PairScores:
     chosen_tokens: list[int]
     rejected_tokens: list[int]
 
-    def prefers_chosen(self) -> float:
+    def wins(self) -> list[bool]:
+        """Per pair: whether the chosen answer is the more likely one, per answer token."""
         pairs = zip(self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)
-        wins = [c / max(nc, 1) > r / max(nr, 1) for c, r, nc, nr in pairs]
+        return [c / max(nc, 1) > r / max(nr, 1) for c, r, nc, nr in pairs]
+
+    def prefers_chosen(self) -> float:
+        wins = self.wins()
         return sum(wins) / max(len(wins), 1)
 
 
@@ -43,10 +50,15 @@ def reward_summary(start: PairScores, tuned: PairScores, beta: float) -> dict:
     """Reward accuracy and mean margin of the tuned model against the starting one, and each one's preference."""
     margins = [beta * ((tc - sc) - (tr - sr))
                for tc, sc, tr, sr in zip(tuned.chosen, start.chosen, tuned.rejected, start.rejected)]
+    from lora_ft.eval_stats import paired_mean
+
     count = max(len(margins), 1)
+    prefers = paired_mean([float(w) for w in start.wins()], [float(w) for w in tuned.wins()])
     return {"pairs": len(margins), "beta": beta,
             "prefers_chosen_start": start.prefers_chosen(), "prefers_chosen_tuned": tuned.prefers_chosen(),
-            "reward_accuracy": sum(m > 0 for m in margins) / count, "reward_margin": sum(margins) / count}
+            "prefers_chosen_interval": prefers.as_dict(higher_is_better=True),
+            "reward_accuracy": sum(m > 0 for m in margins) / count, "reward_margin": sum(margins) / count,
+            "reward_margin_interval": paired_mean([0.0] * len(margins), margins).as_dict(higher_is_better=True)}
 
 
 @contextmanager

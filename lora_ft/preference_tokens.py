@@ -155,8 +155,10 @@ def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tu
 
 
 def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, list[int] | None]], max_length: int,
-                    overlength: Overlength = "truncate", max_prompt_length: int | None = None) -> PreferenceTokens:
-    """Apply the prompt limit and the over-length policy to ``(location, prompt, chosen, rejected)``."""
+                    overlength: Overlength = "truncate", max_prompt_length: int | None = None,
+                    prompt_key: str | None = None) -> PreferenceTokens:
+    """Apply the prompt limit and the over-length policy to ``(location, prompt, chosen, rejected)``;
+    ``prompt_key``: the method's prompt-limit key (``dpo.max_prompt_length``), named in the over-length error."""
     out = PreferenceTokens()
     longest = 0
     for location, prompt, chosen, rejected in encoded:
@@ -186,5 +188,5 @@ def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, li
         out.rejected_ids.append(rejected)
         out.locations.append(location)
     if overlength == "error" and out.over_length:
-        raise overlength_error(out.over_length, max_length, longest)
+        raise overlength_error(out.over_length, max_length, longest, prompt_key=prompt_key)
     return out

@@ -66,7 +66,8 @@ class Prepared:
 
         data = self.config.data
         return fit_preferences(self.encoded_pairs(split), data.max_seq_length, data.overlength,
-                               self.config.method_settings.max_prompt_length)
+                               self.config.method_settings.max_prompt_length,
+                               prompt_key=f"{self.config.method}.max_prompt_length")
 
     def fingerprint(self) -> dict:
         """What a resumed run must find unchanged: the tokens and labels, and the files they came from."""

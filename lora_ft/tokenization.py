@@ -311,21 +311,22 @@ def fit_to_length(
     return out
 
 
-def overlength_error(locations: list[str], max_length: int, longest: int, count: int | None = None) -> UserError:
+def overlength_error(locations: list[str], max_length: int, longest: int, count: int | None = None,
+                     prompt_key: str | None = None) -> UserError:
     """The error for ``data.overlength: error``: how many samples are too long, and where the first few are.
-
-    ``count`` is the number of over-length samples when ``locations`` lists only some of them.
-    """
+    ``count``: how many there are when ``locations`` lists only some; ``prompt_key``: pairs' prompt limit."""
     count = len(locations) if count is None else count
     shown = [Problem(f"longer than {max_length} tokens", where) for where in locations[:OVERLENGTH_SHOWN]]
     if count > OVERLENGTH_SHOWN:
         shown.append(Problem(f"... and {count - OVERLENGTH_SHOWN} more"))
+    prompt = f"cap the prompts with {prompt_key} (each keeps its last tokens), " if prompt_key else ""
     return UserError(
         f"{count} sample(s) are longer than data.max_seq_length = {max_length} tokens "
         f"(the longest has {longest}) and data.overlength is 'error'",
         shown,
-        fix=f"raise data.max_seq_length (to {longest} to keep them whole, if the model's context allows), shorten "
-        "or remove these rows, or set data.overlength to truncate (cut them) or drop (leave them out)",
+        fix=f"raise data.max_seq_length (to {longest} to keep them whole, if the model's context allows), {prompt}"
+        "shorten or remove these rows, or set data.overlength to truncate (cut them) or drop (leave them out)",
+        settings=("data.max_seq_length", "data.overlength") + ((prompt_key,) if prompt_key else ()),
     )
 
 

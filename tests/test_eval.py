@@ -120,7 +120,7 @@ def test_eval_reports_answers_forgetting_and_a_verdict(eval_run, tmp_path, capsy
     assert domain["samples"] == 6 and domain["tuned_answers"]["answers"] == 6
     assert forgetting["samples"] == 3 and forgetting["tuned_answers"]["answers"] == 3
     assert report["tuned_loss"] == domain["tuned_loss"] < domain["base_loss"]
-    assert report["verdict"].startswith("tuned beats the base model on the domain")
+    assert report["verdict"].startswith("tuned is better than the base model on the domain")
     assert "general loss" in report["verdict"] and f"verdict: {report['verdict']}" in printed
     # every answer saved with its scores; the summary is their mean
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

@@ -39,9 +39,11 @@ def run(args) -> int:
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        print("model> ", end="", flush=True)
-        answer = ""
-        for piece in inference.stream(model, tokenizer, run, messages, args.max_new_tokens, args.temperature):
+        pieces = inference.stream(model, tokenizer, run, messages, args.max_new_tokens, args.temperature,
+                                  name="the conversation", warn=inference.warn_on_stderr)
+        answer = next(pieces, "")  # a conversation cut to fit the context is said before the answer starts
+        print("model> " + answer, end="", flush=True)
+        for piece in pieces:
             answer += piece
             print(piece, end="", flush=True)
         print(flush=True)

@@ -7,6 +7,9 @@ from lora_ft.errors import EXIT_OK, UserError
 
 BATCH = 32  # greedy prompts answered at once
 
+TEXT_PROMPTS = "a text file holds one prompt per line"
+JSONL_PROMPTS = 'a .jsonl file holds one {"prompt": "..."} object per line'
+
 
 def _read_prompts(path: str) -> list[str]:
     import json
@@ -16,23 +19,29 @@ def _read_prompts(path: str) -> list[str]:
     if not file.is_file():
         raise UserError(f"prompts file not found: {path}", fix="give a text file with one prompt per line")
     try:
-        lines = [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        lines = [(number, line) for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(),
+                                                              start=1) if line.strip()]
     except UnicodeDecodeError:
         from lora_ft.data.loading import first_non_utf8
 
         line, _ = first_non_utf8(file)
         raise UserError(f"the prompts file {path} is not UTF-8 text", where=f"{path}:{line}",
                         fix="save it as UTF-8") from None
+    if not lines:
+        content = "it is empty" if not file.stat().st_size else "it has blank lines only"
+        shape = JSONL_PROMPTS if file.suffix == ".jsonl" else TEXT_PROMPTS
+        raise UserError(f"the prompts file {path} holds no prompt ({content})",
+                        fix=f"{shape}; or pass one prompt with --prompt TEXT")
     if file.suffix == ".jsonl":
         prompts = []
-        for number, line in enumerate(lines, start=1):
+        for number, line in lines:  # numbered as in the file, blank lines counted
             try:
                 prompts.append(str(json.loads(line)["prompt"]))
             except (ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"line {number} is not a JSON object with a 'prompt' field", where=f"{path}:{number}",
                                 fix='write {"prompt": "..."} on each line') from exc
         return prompts
-    return lines
+    return [line for _, line in lines]
 
 
 def run(args) -> int:
@@ -51,20 +60,22 @@ def run(args) -> int:
     def messages(prompt: str) -> list[dict[str, str]]:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
+    warn = inference.warn_on_stderr  # standard output holds the answers
     if args.prompts and args.temperature == 0:
         # greedy answers to a file: BATCH prompts at a time (the same answers as one by one, several times faster)
         with inference.merged_adapter(model):
             for start in range(0, len(prompts), BATCH):
                 group = prompts[start:start + BATCH]
+                names = [f"prompt {number}" for number in range(start + 1, start + len(group) + 1)]
                 answers = inference.generate_batch(model, tokenizer, run, [messages(p) for p in group],
-                                                   args.max_new_tokens, BATCH)
+                                                   args.max_new_tokens, BATCH, names=names, warn=warn)
                 for prompt, answer in zip(group, answers):
                     console.say(json.dumps({"prompt": prompt, "answer": answer.text,
                                             "stopped_at_end_of_turn": answer.stopped}))
         return EXIT_OK
-    for prompt in prompts:
+    for number, prompt in enumerate(prompts, start=1):
         answer, stopped = inference.generate(model, tokenizer, run, messages(prompt), args.max_new_tokens,
-                                             args.temperature)
+                                             args.temperature, name=f"prompt {number}", warn=warn)
         if args.prompts:
             console.say(json.dumps({"prompt": prompt, "answer": answer, "stopped_at_end_of_turn": stopped}))
         else:

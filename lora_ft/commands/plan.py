@@ -16,7 +16,7 @@ def run(args) -> int:
         raise UserError("--measure runs on this machine and cannot measure a named GPU", fix="drop --gpu")
     console.quiet_libraries()
     resolved = resolve(loaded, has_cuda=True if args.gpu else None)
-    with console.silenced():
+    with console.held_back():  # the plan says it all; waits, damaged entries and progress still show
         prepared = prepare(loaded, resolved.config, cache=not args.no_cache)
     tokens = prepared.train_tokens
     if prepared.is_preference:

@@ -144,6 +144,9 @@ def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -
     if missing:
         raise UserError(f"model.adapter {run_dir} is not a finished lora-ft run ({', '.join(missing)} missing)",
                         fix=fix)
+    from lora_ft.rundir.finished import check_adapter_files
+
+    check_adapter_files(run_dir / "adapter", named_by="model.adapter")  # the check every run command makes
     try:
         source = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
     except Exception as exc:  # noqa: BLE001 - a config another lora-ft version wrote, or a damaged file

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
@@ -64,7 +64,7 @@ def data_files(source: DatasetSource, loaded: LoadedConfig) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
         if not files:
             raise UserError(f"the data directory {source.path} holds no {', '.join(FILE_SUFFIXES)} files",
-                            fix="put the data files there or point data.path at a file")
+                            fix="put the data files there or point data.path at a file", settings=("data.path",))
         return files
     if path.is_file():
         if path.suffix.lower() not in FILE_SUFFIXES:
@@ -98,30 +98,39 @@ def _rename(row: Any, columns: dict[str, str]) -> Any:
     return renamed
 
 
-def source_report(source: DatasetSource, files: list[Path]) -> DatasetReport:
-    """An empty report for one dataset entry, with the hash of its files' contents."""
+def source_report(source: DatasetSource, files: list[Path], hashes: dict[Path, str] | None = None) -> DatasetReport:
+    """An empty report for one dataset entry, with the hash of its files' contents (``hashes``: each file's SHA-256,
+    already read; else each file is read now)."""
     report = DatasetReport(path=source.path, column_map=dict(source.columns))
+    sha = hashes.__getitem__ if hashes is not None else file_sha256
     if len(files) == 1:
-        report.sha256 = file_sha256(files[0])
+        report.sha256 = sha(files[0])
     elif files:
         digest = hashlib.sha256()
         for f in files:
-            digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
+            digest.update(f"{f.name}:{sha(f)}\n".encode())
         report.sha256 = digest.hexdigest()
     return report
 
 
-def source_rows(source: DatasetSource, files: list[Path]) -> Iterator[tuple[str, Any]]:
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def source_rows(source: DatasetSource, files: list[Path],
+                opener: Callable[[Path], BinaryIO] | None = None) -> Iterator[tuple[str, Any]]:
     """Every row of a dataset entry, columns renamed as mapped: ``(location, row)``, or ``(location, RowFault)``
-    for a line that is no row at all."""
+    for a line that is no row at all. ``opener``: opens each file for reading (binary) in place of ``open``, e.g.
+    to hash the bytes as they are read (:class:`lora_ft.files.HashedFile`)."""
     if not files:
         yield from read_hub(source.path, source.split)
     if source.format == "auto" and len(files) > 1:
         check_one_format(source, files)
     for path in files:
         try:
-            for location, raw in READERS[path.suffix.lower()](path):
-                yield location, raw if isinstance(raw, RowFault) else _rename(raw, source.columns)
+            with (opener or _open_binary)(path) as fh:
+                for location, raw in READERS[path.suffix.lower()](path, fh):
+                    yield location, raw if isinstance(raw, RowFault) else _rename(raw, source.columns)
         except UnicodeDecodeError as exc:
             line, offset = first_non_utf8(path)
             raise UserError(f"{display(path)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at "
@@ -145,7 +154,7 @@ def check_one_format(source: DatasetSource, files: list[Path]) -> None:
         second = list(found.values())[1][1]
         raise UserError(f"the folder {source.path} mixes data formats: {shown}", where=second,
                         fix="give each format its own entry under data.train (- path: FILE; each entry's format is "
-                        "detected on its own), or keep one format per folder (docs/data.md)")
+                        "detected on its own), or keep one format per folder (docs/data.md)", settings=("data.path",))
 
 
 def detected_format(row: dict, source: DatasetSource, method: str, location: str) -> str:
@@ -161,6 +170,7 @@ def detected_format(row: dict, source: DatasetSource, method: str, location: str
             f"{method} reads {', '.join(format_names(kinds))})",
             where=location,
             fix=f"set format ({', '.join(format_names(kinds))}) and map columns, {example} (docs/data.md)",
+            settings=("data.format",),
         )
     return fmt
 
@@ -230,7 +240,7 @@ def check_format_kind(fmt: str | None, method: str, path: str, location: str | N
     raise UserError(f"{path} holds {what} (format {fmt}), but this run's method is {method}, which reads "
                     f"{wanted}", where=location or path,
                     fix=f"set method: {' or '.join(methods)} for this data, or point the method at data of its kind "
-                    "(docs/data.md)")
+                    "(docs/data.md)", settings=("method",))
 
 
 @dataclass
@@ -260,7 +270,7 @@ def check_drops(reports: list[DatasetReport], max_fraction: float) -> None:
                 problems.append(Problem(f"{len(locations)} x {reason}", shown))
         raise UserError("the data is not usable", problems,
                         fix="fix the rows named above (file:line), or raise data.max_dropped_fraction to train on "
-                        "what remains")
+                        "what remains", settings=("data.max_dropped_fraction",))
 
 
 def load_data(loaded: LoadedConfig) -> LoadedData:

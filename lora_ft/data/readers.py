@@ -4,11 +4,12 @@ line it came from, or the fault that makes it no row at all."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lora_ft.data.samples import RowFault
 from lora_ft.errors import UserError
@@ -23,24 +24,36 @@ def display(path: Path) -> str:
         return str(path)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    shown = display(path)
-    with path.open("r", encoding="utf-8-sig", errors="strict", newline=None) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            location = f"{shown}:{number}"
-            try:
-                yield location, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield location, RowFault(f"invalid JSON ({exc.msg})")
-            except RecursionError:
-                yield location, RowFault("nested too deeply to be a row (thousands of levels)")
+def _text(path: Path, raw: BinaryIO | None, newline: str | None):
+    """The file as UTF-8 text (a byte-order mark skipped), read through ``raw`` when one is given (a stream that
+    hashes the bytes it reads: :class:`lora_ft.files.HashedFile`), else opened here."""
+    if raw is None:
+        return path.open("r", encoding="utf-8-sig", errors="strict", newline=newline)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=newline)
 
 
-def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_jsonl(path: Path, raw: BinaryIO | None = None) -> Iterator[tuple[str, Any]]:
+    with _text(path, raw, None) as fh:
+        yield from _jsonl_rows(display(path), fh)
+
+
+def _jsonl_rows(shown: str, fh) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        location = f"{shown}:{number}"
+        try:
+            yield location, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield location, RowFault(f"invalid JSON ({exc.msg})")
+        except RecursionError:
+            yield location, RowFault("nested too deeply to be a row (thousands of levels)")
+
+
+def _read_json(path: Path, raw: BinaryIO | None = None) -> Iterator[tuple[str, Any]]:
     shown = display(path)
-    text = path.read_text(encoding="utf-8-sig")
+    with _text(path, raw, None) as fh:
+        text = fh.read()
     try:
         data = json.loads(text)
     except RecursionError:
@@ -48,7 +61,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
                         fix="write one row per line (JSON Lines): a bad row is then dropped and named") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line in a .json file: read it as JSON Lines
-            yield from _read_jsonl(path)
+            yield from _jsonl_rows(shown, io.StringIO(text))
             return
         raise UserError(f"{shown} is not valid JSON: {exc.msg}", where=f"{shown}:{exc.lineno}:{exc.colno}",
                         fix="fix the JSON there, or save the data as JSON Lines (one object per line)") from exc
@@ -78,9 +91,9 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
         yield where, row
 
 
-def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_csv(path: Path, raw: BinaryIO | None = None) -> Iterator[tuple[str, Any]]:
     shown = display(path)
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+    with _text(path, raw, "") as fh:
         reader = csv.DictReader(fh)
         reader.fieldnames  # reads the header, so the first row's line is counted after it
         line = reader.line_num + 1
@@ -92,12 +105,13 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
             line = reader.line_num + 1
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_parquet(path: Path, raw: BinaryIO | None = None) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     shown = display(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(raw.read()) if raw is not None else path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a broken file
         raise UserError(f"cannot read Parquet file {shown}: {exc}", fix="check that the file is a complete "
                         "Parquet file") from exc

@@ -203,7 +203,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
 
     cfg = loaded.config
     problems: list[str] = []
-    with console.silenced():  # the report says it all, below
+    with console.held_back():  # the report says it all, below; progress and notices still show
         prepared = prepare(_lenient(loaded), cfg, checks=False, cache=cache)
     loaded_data, chat = prepared.data, prepared.chat
     try:
@@ -244,7 +244,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
         samples=[shown for s in _first(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
         problems=problems,
     )
-    _judge(report)
+    _judge(report, f"{cfg.method}.max_prompt_length" if prepared.is_preference else None)
     return report
 
 
@@ -252,13 +252,14 @@ def _first(split, count: int) -> list[Sample]:
     return split[:count] if isinstance(split, list) else split.head(count)
 
 
-def _judge(report: DataReport) -> None:
-    """Add the warnings, and the problems that depend on the token counts."""
+def _judge(report: DataReport, prompt_key: str | None = None) -> None:
+    """Add the warnings, and the problems that depend on the token counts (``prompt_key``: preference data's
+    prompt limit, named in the over-length fix)."""
     limit = report.max_seq_length
     for split in report.splits:
         if split.over_length and report.overlength == "error":
             error = tokenization.overlength_error(split.over_length_locations, limit, split.total.max,
-                                                  count=split.over_length)
+                                                  count=split.over_length, prompt_key=prompt_key)
             report.problems.append(f"{split.name}: {_error_text(error)}")
         elif split.over_length and report.overlength == "drop":
             report.warnings.append(f"{split.over_length} {split.name} sample(s) longer than max_seq_length {limit} "

@@ -266,13 +266,21 @@ def lora_config(lora: LoraSection, model):
 
 
 def attach_lora(model, lora: LoraSection):
+    """The model with a new LoRA adapter; every module name the ``lora`` section lists must be one the model has
+    (PEFT itself ignores a listed name that matches nothing as long as another one matches)."""
     from peft import get_peft_model
 
+    from lora_ft.model.targets import check_listed_modules, check_targeted
+
+    check_listed_modules(model, lora.target_modules, lora.modules_to_save, linear_module_names(model))
+    config = lora_config(lora, model)
     try:
-        return get_peft_model(model, lora_config(lora, model))
+        peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise UserError(f"cannot attach LoRA: {exc}", fix="check lora.target_modules; this model's linear "
                         f"layers are: {', '.join(linear_module_names(model))}") from exc
+    check_targeted(peft_model, lora.target_modules, lora.top_n_layers, config.layers_to_transform)
+    return peft_model
 
 
 def count_parameters(model) -> tuple[int, int]:

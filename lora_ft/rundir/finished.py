@@ -80,25 +80,30 @@ def open_run(path: str | Path) -> FinishedRun:
     return FinishedRun(run_dir=run_dir, adapter_dir=adapter_dir, manifest=manifest, config=config)
 
 
-def check_adapter_files(adapter_dir: Path) -> None:
+def check_adapter_files(adapter_dir: Path, named_by: str = "") -> None:
     """Refuse an adapter whose files were damaged after training (a copy cut short, an edit), before any model
-    loads: PEFT and safetensors would fail deep inside with a traceback."""
+    loads: PEFT and safetensors would fail deep inside with a traceback. Every command that opens a finished run's
+    adapter checks it here (``named_by``: the config key that points at it, such as ``model.adapter``)."""
     fix = ("the adapter was changed after training: restore it from a copy, or export again from the run's last "
            f"checkpoint: lora-ft train CONFIG --resume {adapter_dir.parent}/checkpoints/checkpoint-N "
            "--set output_dir=NEW")
+    of = f" (of the run {named_by} names)" if named_by else ""  # the path itself is where
+    if named_by:
+        fix += f"; or point {named_by} at another finished run"
     config_file = adapter_dir / "adapter_config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{config_file} is not readable JSON: {exc}", where=str(config_file), fix=fix) from None
+        raise UserError(f"{config_file.name}{of} is not readable JSON: {exc}", where=str(config_file),
+                        fix=fix) from None
     lacking = [k for k in ("peft_type", "r", "target_modules") if not isinstance(config, dict) or k not in config]
     if lacking:
-        raise UserError(f"{config_file} lacks {', '.join(lacking)}: it is not a PEFT adapter config",
+        raise UserError(f"{config_file.name}{of} lacks {', '.join(lacking)}: it is not a PEFT adapter config",
                         where=str(config_file), fix=fix)
     weights = adapter_dir / "adapter_model.safetensors"
     problem = safetensors_problem(weights)
     if problem:
-        raise UserError(f"{weights} is damaged: {problem}", where=str(weights), fix=fix)
+        raise UserError(f"{weights.name}{of} is damaged: {problem}", where=str(weights), fix=fix)
 
 
 def safetensors_problem(path: Path) -> str | None:

@@ -27,4 +27,6 @@ class PairsSplit(StoredSplit):
         for start in range(0, len(self.rows), READ_ROWS):
             chosen = self.table.select(self.rows[start:start + READ_ROWS]).select_columns(columns)
             table = chosen.with_format("arrow")[:]
-            yield from zip(*(table.column(name).to_pylist() for name in columns))
+            values = [table.column(name).to_pylist() for name in columns]
+            values[0] = [self.relocated(location, self.moves) for location in values[0]] if self.moves else values[0]
+            yield from zip(*values)

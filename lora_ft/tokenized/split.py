@@ -25,9 +25,10 @@ class StoredSplit:
     """The samples of one split, as a view on the table they were written to (all its rows, or those given): their
     locations, content keys and samples, read on demand. The base of SFT and preference splits."""
 
-    def __init__(self, table, rows: np.ndarray | None = None):
+    def __init__(self, table, rows: np.ndarray | None = None, moves: dict[str, str] | None = None):
         self.table = table  # a datasets.Dataset, memory-mapped from its Arrow file
         self.rows = np.arange(len(table), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.moves = moves or {}  # a file as its writer showed it -> as this command shows it (:func:`relocations`)
         self._columns: dict[str, np.ndarray] = {}
         self._duplicates: dict = {}
 
@@ -59,7 +60,15 @@ class StoredSplit:
         """The file:line of samples at these positions of the split."""
         rows = [int(self.rows[p]) for p in positions]
         column = self.table.data.column("location")
-        return [column[r].as_py() for r in rows]
+        return [self.relocated(column[r].as_py(), self.moves) for r in rows]
+
+    @staticmethod
+    def relocated(location: str, moves: dict[str, str]) -> str:
+        """A row's location (``file:line``, ``file item N``, ``file row N``) naming its file as this command does."""
+        for old in sorted(moves, key=len, reverse=True):
+            if location.startswith(old) and location[len(old):len(old) + 1] in (":", " "):
+                return moves[old] + location[len(old):]
+        return location
 
     def location(self, position: int) -> str:
         return self.locations([position])[0]
@@ -79,8 +88,9 @@ class StoredSplit:
 class TokenizedSplit(StoredSplit):
     """The samples of one SFT split, their tokens and what training takes of them."""
 
-    def __init__(self, table, rows: np.ndarray | None, max_length: int, overlength: str):
-        super().__init__(table, rows)
+    def __init__(self, table, rows: np.ndarray | None, max_length: int, overlength: str,
+                 moves: dict[str, str] | None = None):
+        super().__init__(table, rows, moves)
         self.max_length, self.overlength = max_length, overlength
 
     # what training takes
@@ -169,6 +179,14 @@ class TokenizedSplit(StoredSplit):
         rows = self.kept_rows if limit is None else self.kept_rows[:limit]
         chosen = self.table.select(rows).select_columns(["input_ids", "labels"]).with_format("arrow")[:]
         return chosen.column("input_ids").to_pylist(), chosen.column("labels").to_pylist()
+
+
+def relocations(written: list[list[str]], now: list[list[str]]) -> dict[str, str]:
+    """How each data file was shown when an entry was written (relative to its writer's folder, its path as that
+    config named it) -> how this command shows it, for the files shown differently: the rows' locations, kept in
+    the entry as written, name the files this command reads (an entry is shared by every path to the same
+    contents)."""
+    return {old: new for before, after in zip(written, now) for old, new in zip(before, after) if old != new}
 
 
 DIGEST_BATCH = 8192  # rows hashed per step

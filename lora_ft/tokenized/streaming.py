@@ -51,11 +51,12 @@ class StreamedTrainSet:
 
 
 def streamed_train_set(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer) -> StreamedTrainSet:
-    from lora_ft.tokenized.cache import key_of, key_parts
+    from lora_ft.tokenized.keys import file_hashes, key_of, key_parts
 
-    parts = key_parts(loaded, cfg, renderer)
+    hashes = file_hashes(loaded, cfg)  # read once: the key and the reports (the manifest) share them
+    parts = key_parts(loaded, cfg, renderer, hashes)
     parts["streaming"] = {"overlength": cfg.data.overlength, "seed": cfg.train.seed, "buffer": SHUFFLE_BUFFER}
-    reports = [source_report(source, data_files(source, loaded)) for source in cfg.data.train]
+    reports = [source_report(source, data_files(source, loaded), hashes) for source in cfg.data.train]
     return StreamedTrainSet(loaded, cfg, renderer, reports, key_of(parts))
 
 

@@ -4,16 +4,23 @@ in order, counting what each dataset kept and dropped as training always has.
 
 Memory stays flat whatever the size of the data: a few chunks are in flight at a time, and the rows go to disk as
 they come back.
+
+The workers are quiet: they leave Ctrl-C to the main process (which stops them), and when the main process is gone
+(``kill -9``, out of memory) they end without a word as soon as they find nobody to send their results to.
 """
 
 from __future__ import annotations
 
+import multiprocessing.context
+import multiprocessing.pool
 import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 from lora_ft.config import DatasetSource, LoadedConfig
+from lora_ft.errors import UserError
+from lora_ft.files import HASH_BLOCK, HashedFile
 from lora_ft.data.loading import (DatasetReport, check_format_kind, data_files, detected_format, source_report,
                                   source_rows)
 from lora_ft.data.samples import RowFault, Sample
@@ -43,15 +50,13 @@ class Encoders:
         use_settings(settings)
         self.pool, self.workers = None, workers
         if workers > 1:
-            import multiprocessing
-
             # fork: the workers start with the tokenizer already loaded. Each is one tokenizing thread; the
             # tokenizer's own thread pool would only compete with the other workers.
             self._parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            self.pool = context.Pool(workers, initializer=use_settings, initargs=(settings,))
+            self.pool = _QuietPool(workers, initializer=_start_worker, initargs=(settings,),
+                                   context=multiprocessing.get_context(method))
 
     def map(self, chunks: Iterator[tuple[str | None, list]]) -> Iterator[EncodedChunk]:
         if self.pool is None:
@@ -75,6 +80,49 @@ class Encoders:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = self._parallelism
+
+
+def _start_worker(settings: Settings) -> None:
+    """A tokenizing process: its settings; Ctrl-C (sent by the terminal to every process of the command) is for the
+    main process, which stops the workers itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    use_settings(settings)
+
+
+class _QuietWorker:
+    """A pool worker that ends quietly once the process that started it is gone (killed): the pipes to it are
+    closed, which the library's worker reports in a traceback, from every worker, on the terminal."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started_by = os.getpid()
+
+    def run(self):
+        try:
+            super().run()
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            if os.getppid() == self.started_by:
+                raise  # its parent is alive: a real fault, shown
+
+
+class _QuietSpawnWorker(_QuietWorker, multiprocessing.context.SpawnProcess):
+    pass
+
+
+if hasattr(multiprocessing.context, "ForkProcess"):  # POSIX
+    class _QuietForkWorker(_QuietWorker, multiprocessing.context.ForkProcess):
+        pass
+
+
+class _QuietPool(multiprocessing.pool.Pool):
+    """A process pool of :class:`_QuietWorker` processes."""
+
+    @staticmethod
+    def Process(ctx, *args, **kwds):  # noqa: N802 - the name the library's pool creates its workers by
+        worker = _QuietForkWorker if ctx.get_start_method() == "fork" else _QuietSpawnWorker
+        return worker(*args, **kwds)
 
 
 def _lines(files: list[Path]) -> int | None:
@@ -111,20 +159,60 @@ class SplitWriter:
         self.sink.close()
 
 
+class HashedReading:
+    """Data files opened so that their bytes are hashed as they are read (:class:`lora_ft.files.HashedFile`), and
+    the check that they are the bytes hashed before (the cache's key): a file changed in between, or while it was
+    read, would give tokens of contents no key names."""
+
+    def __init__(self):
+        self.files: dict[Path, HashedFile] = {}
+
+    def open(self, path: Path):
+        import io
+
+        try:
+            self.files[path] = HashedFile(path)
+        except OSError as exc:  # removed (or made unreadable) since it was hashed
+            raise UserError(f"{path} changed while it was read: it cannot be opened now ({exc.strerror or exc}); "
+                            "nothing was cached", fix="run the command again once the data stays still") from exc
+        return io.BufferedReader(self.files[path], HASH_BLOCK)
+
+    def check(self, expected: dict[Path, str]) -> None:
+        for path, hashed in self.files.items():
+            now = hashed.finish()
+            if now != expected[path]:
+                raise UserError(f"{path} changed while it was read (SHA-256 {expected[path][:12]} when the command "
+                                f"started, {now[:12]} as read); nothing was cached",
+                                fix="run the command again once the data stays still")
+
+    def close(self) -> None:
+        for hashed in self.files.values():
+            hashed.release()
+
+
 def write_sources(sources: list[DatasetSource], loaded: LoadedConfig, settings: Settings, out: SplitWriter,
-                  workers: int | None = None) -> list[DatasetReport]:
-    """Read, tokenize and write every dataset entry of one split; one report per entry."""
+                  workers: int | None = None, hashes: dict[Path, str] | None = None,
+                  listed: list[list[Path]] | None = None) -> list[DatasetReport]:
+    """Read, tokenize and write every dataset entry of one split; one report per entry. ``listed``: each entry's
+    files as the command listed them, and ``hashes`` their SHA-256 then (the cache's key): exactly those files are
+    read, and their bytes must be those, or nothing is written."""
     reports = []
-    for source in sources:
-        files = data_files(source, loaded)
+    for index, source in enumerate(sources):
+        files = data_files(source, loaded) if listed is None else listed[index]
         size = sum(f.stat().st_size for f in files)
         encoders = Encoders(settings, worker_count(size, workers))
-        report = source_report(source, files)
+        report = source_report(source, files, hashes)
+        reading = HashedReading() if hashes is not None else None
         try:
-            for batch in source_batches(source, files, loaded.config.method, encoders, report):
+            for batch in source_batches(source, files, loaded.config.method, encoders, report,
+                                        reading.open if reading else None):
                 out.write(batch)
+            if reading is not None:
+                reading.check(hashes)
         finally:
             encoders.close()
+            if reading is not None:
+                reading.close()
         reports.append(report)
     return reports
 
@@ -138,9 +226,10 @@ def write_samples(samples: list[Sample], settings: Settings, out: SplitWriter) -
 
 
 def source_batches(source: DatasetSource, files: list[Path], method: str, encoders: Encoders,
-                   report: DatasetReport) -> Iterator:
+                   report: DatasetReport, opener=None) -> Iterator:
     """One dataset entry's samples as record batches, in order, counting in ``report`` what was read, kept and
-    dropped (and why, where) as they come; stops at ``max_samples``."""
+    dropped (and why, where) as they come; stops at ``max_samples``. ``opener``: how the files are opened
+    (:class:`HashedReading`)."""
     fmt = None if source.format == "auto" else source.format
     if fmt is not None:
         check_format_kind(fmt, method, source.path, None)
@@ -149,7 +238,7 @@ def source_batches(source: DatasetSource, files: list[Path], method: str, encode
     def chunks() -> Iterator[tuple[str | None, list]]:
         nonlocal fmt
         chunk: list = []
-        for location, row in source_rows(source, files):
+        for location, row in source_rows(source, files, opener):
             if fmt is None:  # rows before the first object, whose columns tell the format
                 if not isinstance(row, dict):
                     report.rows_read += 1
