@@ -203,7 +203,7 @@ def test_settings_resolve_by_device(tmp_path):
     assert (cpu.device, cpu.config.model.quantization, cpu.config.model.dtype) == ("cpu", "none", "float32")
     assert cpu.config.model.gradient_checkpointing is False
     assert cpu.config.train.optimizer == "adamw_torch"
-    assert cpu.config.output_dir == "runs/run" and cpu.config.tracking.run_name == "run"
+    assert cpu.config.output_dir == str(Path.cwd() / "runs" / "run") and cpu.config.tracking.run_name == "run"
     assert any("float32" in note for note in cpu.notes)
     forced = load_config(_write(tmp_path, MINIMAL), ["train.device=cuda"])
     with pytest.raises(UserError, match="no CUDA GPU"):
