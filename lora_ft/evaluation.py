@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from lora_ft import data as data_lib
+from lora_ft.methods import method_of, sections
 from lora_ft.config import DatasetSource, LoadedConfig
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
@@ -88,8 +89,8 @@ def eval_config(run: FinishedRun, sft: bool = False):
     """The run's config to read and tokenize eval data with; ``sft``: as for supervised data whatever the run's
     method (the general instructions of the forgetting check, under a preference run)."""
     config = run.config.model_copy(deep=True)
-    if sft and config.method != "sft":
-        config = config.model_copy(update={"method": "sft", "dpo": None, "orpo": None, "kto": None})
+    if sft and method_of(config.method).pairs:
+        config = config.model_copy(update={"method": "sft", **{name: None for name in sections()}})
     return config
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_ft import console
+from lora_ft.methods import method_of
 from lora_ft.config import RunConfig
 from lora_ft.errors import UserError
 from lora_ft.model import families
@@ -245,19 +246,13 @@ def read_shape(model_dir: str) -> ModelShape:
 
 def sequences_per_sample(cfg: RunConfig) -> int:
     """Sequences one training sample puts in a micro-batch: a pair's chosen and rejected answer go together."""
-    return 2 if cfg.method in ("dpo", "orpo") else 1
+    return method_of(cfg.method).sequences_per_sample
 
 
 def reference_forwards(cfg: RunConfig) -> int:
-    """Forward passes without gradient per trained token, beside the policy's: DPO's and KTO's reference (unless
-    precomputed), and KTO's KL estimate (the policy and the reference on mismatched answers)."""
-    if cfg.method not in ("dpo", "kto"):
-        return 0
-    settings = cfg.method_settings
-    forwards = 0 if settings.precompute_reference else 1
-    if cfg.method == "kto" and settings.loss_type == "kto":
-        forwards += 1 + (0 if settings.precompute_reference else 1)
-    return forwards
+    """Forward passes without gradient per trained token, beside the policy's: a reference's (unless precomputed)
+    and any estimate the method makes (KTO's KL term), as the method counts them."""
+    return method_of(cfg.method).reference_forwards(cfg)
 
 
 def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
@@ -272,7 +267,7 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
     fixes = [] if est.total <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
                                                        longest_sample)
     note = ""
-    if resolved_cfg.method != "sft":
+    if method_of(resolved_cfg.method).pairs:
         forwards = reference_forwards(resolved_cfg)
         note = (f"method {resolved_cfg.method}: {samples:,} " + ("pairs" if sequences_per_sample(resolved_cfg) == 2
                                                                  else "answers")

@@ -70,22 +70,6 @@ class PreferenceTokens:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def columns(self, method: str) -> dict[str, list]:
-        """The tokens as the method's TRL trainer reads them."""
-        if method == "kto":
-            return {"prompt_ids": self.prompt_ids,
-                    "completion_ids": [c if c is not None else r for c, r in zip(self.chosen_ids, self.rejected_ids)],
-                    "label": [c is not None for c in self.chosen_ids]}
-        if method == "orpo":
-            out: dict[str, list] = {"prompt_input_ids": self.prompt_ids,
-                                    "prompt_attention_mask": [[1] * len(p) for p in self.prompt_ids]}
-            for side, answers in (("chosen", self.chosen_ids), ("rejected", self.rejected_ids)):
-                out[f"{side}_input_ids"] = [p + a for p, a in zip(self.prompt_ids, answers)]
-                out[f"{side}_attention_mask"] = [[1] * (len(p) + len(a)) for p, a in zip(self.prompt_ids, answers)]
-                out[f"{side}_labels"] = [[IGNORE] * len(p) + a for p, a in zip(self.prompt_ids, answers)]
-            return out
-        return {"prompt_ids": self.prompt_ids, "chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
-
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0

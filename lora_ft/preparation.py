@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from lora_ft import console, tokenization
+from lora_ft.methods import method_of
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data import LoadedData, check_drops
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
@@ -49,7 +50,12 @@ class Prepared:
 
     @property
     def is_preference(self) -> bool:
-        return self.config.method != "sft"
+        return self.method.pairs
+
+    @property
+    def method(self):
+        """The run's training method (lora_ft/methods/)."""
+        return method_of(self.config.method)
 
     def encoded_pairs(self, split: str):
         """A preference split's pairs as ``(location, prompt, chosen, rejected)`` tokens, before the length limits:
@@ -66,7 +72,7 @@ class Prepared:
 
         data = self.config.data
         return fit_preferences(self.encoded_pairs(split), data.max_seq_length, data.overlength,
-                               self.config.method_settings.max_prompt_length,
+                               getattr(self.config.method_settings, "max_prompt_length", None),
                                prompt_key=f"{self.config.method}.max_prompt_length")
 
     def fingerprint(self) -> dict:
@@ -89,7 +95,7 @@ class Prepared:
         from datasets import Dataset
 
         def dataset(tokens):
-            return Dataset.from_dict(tokens.columns(self.config.method))
+            return Dataset.from_dict(self.method.columns(tokens))
 
         return dataset(self.train_tokens), dataset(self.eval_tokens) if len(self.eval_tokens) else None
 
@@ -130,7 +136,7 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     if data is None:
         data = tokenized_data(loaded, cfg, renderer, cache=cache)
         check_drops(data.reports, loaded.config.data.max_dropped_fraction)
-    elif cfg.method == "sft":  # samples a command brought (pairs it brought are tokenized on first use)
+    elif not method_of(cfg.method).pairs:  # samples a command brought (pairs it brought: tokenized on first use)
         data = tokenized_samples(data.train, data.eval, data.reports, data.eval_source, cfg, renderer)
     for line in summary_lines(data):
         console.say(line)
@@ -218,7 +224,7 @@ def template_check(blocking: bool, check, *args) -> None:
 def preference_line(name: str, tokens, cfg: RunConfig) -> str:
     """What tokenization did to a preference set, in one line."""
     max_length = cfg.data.max_seq_length
-    kind = "answers" if cfg.method == "kto" else "pairs"
+    kind = "answers" if method_of(cfg.method).splits_pairs else "pairs"
     dropped = [f"{len(tokens.over_length)} dropped as longer than {max_length} tokens"] \
         if cfg.data.overlength == "drop" else []
     dropped += [f"{len(tokens.cut_before_difference)} dropped as cut before their answers differ"] \

@@ -71,7 +71,8 @@ def test_fsdp_arguments_are_ones_the_trainer_accepts():
 
 
 def test_the_sft_config_leaves_checkpointing_to_fsdp_given_stub_fsdp_arguments(tiny_llama, legal_data, tmp_path, monkeypatch):
-    from lora_ft.training import sft_config
+    from lora_ft.methods.sft import sft_arguments
+    from lora_ft.training import common_arguments
 
     monkeypatch.setenv("WORLD_SIZE", "1")  # one launched process: the FSDP path
     from lora_ft.config import resolution as settings
@@ -80,7 +81,7 @@ def test_the_sft_config_leaves_checkpointing_to_fsdp_given_stub_fsdp_arguments(t
                                        ["distributed.strategy=fsdp", "model.gradient_checkpointing=true"]),
                            has_cuda=False).config
     monkeypatch.setattr(distributed, "trainer_settings", lambda *a: {})  # the CPU cannot build FSDP arguments
-    args = sft_config(cfg, tmp_path / "ckpt", has_eval=False, report_to=["none"])
+    args = sft_arguments(cfg, common_arguments(cfg, tmp_path / "ckpt", has_eval=False, report_to=["none"]))
     assert args.gradient_checkpointing is False
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from lora_ft import console, distributed, tracking
 from lora_ft.config import LoadedConfig, dump_config, resolve
 from lora_ft.errors import EXIT_OK
+from lora_ft.methods import method_of
 from lora_ft.rundir import resume as resume_lib
 from lora_ft.rundir.session import TrainingRunDir
 
@@ -106,7 +107,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
             console.say(line)
     if outcome.interrupted_by is not None:
         raise failures.interrupted(outcome, loaded, run_dir.path)
-    training.drop_reference(trainer.model)  # the adapter saved is the trained one alone
+    method_of(cfg.method).after_training(trainer.model)  # e.g. a preference method's reference copy dropped
 
     adapter_dir, manifest = final.write_finished_run(trainer, prepared, loaded, resolved, model, outcome, start,
                                                      trackers, started, run_dir.path, world.is_main)

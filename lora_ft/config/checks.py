@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lora_ft.config.keys import KeyPath, where
 from lora_ft.config.schema import EMBEDDED_MODEL, TRACKER_PACKAGES, TRACKERS
+from lora_ft.methods import method_of
 from lora_ft.errors import Problem
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def check_consistency(
 ) -> list[Problem]:
     """Faults that involve several keys, the files named, or this machine. Cheap: no model is loaded."""
     cfg = loaded.config
+    method = method_of(cfg.method)
     lines = lines or {}
     override_keys = override_keys or {}
     problems: list[Problem] = []
@@ -178,8 +180,8 @@ def check_consistency(
         if cfg.train.max_steps is None:
             add(("data", "streaming"), "a streamed run needs train.max_steps: the number of rows, and so of "
                 "steps per epoch, is not known before they are read", "set train.max_steps")
-        if cfg.method != "sft":
-            add(("data", "streaming"), f"data.streaming is for SFT; method {cfg.method} reads its pairs whole",
+        if not method.streaming:
+            add(("data", "streaming"), f"data.streaming is for SFT; method {cfg.method} reads its data whole",
                 "remove data.streaming")
         if "eval_fraction" in cfg.data.model_fields_set and cfg.data.eval_fraction > 0:
             add(("data", "eval_fraction"), "a streamed run cannot hold rows out of data it has not read",
@@ -208,13 +210,12 @@ def check_consistency(
             f"train.eval_steps ({cfg.train.eval_steps}) to keep the best adapter",
             f"set save_steps to {cfg.train.eval_steps} or remove it")
 
-    # Preference methods
-    if cfg.method != "sft" and cfg.train.packing:
+    # The method's own rules
+    if not method.packing and cfg.train.packing:
         add(("train", "packing"), f"method {cfg.method} trains on whole prompt-answer sequences; packing is for "
             "SFT only", "remove train.packing")
-    if cfg.method == "kto" and cfg.kto.loss_type == "kto" and cfg.train.batch_size < 2:
-        add(("train", "batch_size"), "KTO estimates its KL term from mismatched answers within a batch, which "
-            "needs train.batch_size of 2 or more", "set train.batch_size: 2 or more (4 to 8 is usual)")
+    for key, what, fix in method.problems(cfg):
+        add(key, what, fix)
 
     # Tracking
     for index, name in enumerate(cfg.tracking.report_to):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from lora_ft.config.methods import DpoSection, KtoSection, OrpoSection
+from lora_ft.methods import sections
 from lora_ft.config.schema import (DataSection, DatasetSource, DistributedSection, LoraSection, ModelSection,
                                    RunConfig, TrackingSection, TrainSection)
 
@@ -22,9 +22,7 @@ def schema_sections() -> list[tuple[str, type[BaseModel]]]:
         ("train", TrainSection),
         ("tracking", TrackingSection),
         ("distributed", DistributedSection),
-        ("dpo", DpoSection),
-        ("orpo", OrpoSection),
-        ("kto", KtoSection),
+        *sections().items(),  # each training method's own section, by the method's name
     ]
 
 

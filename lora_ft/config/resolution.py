@@ -14,6 +14,7 @@ from pathlib import Path
 from lora_ft.config.checks import cpu_precision_problems
 from lora_ft.config.loading import LoadedConfig
 from lora_ft.config.schema import RunConfig
+from lora_ft.methods import method_of
 from lora_ft.errors import UserError
 from lora_ft.config.cpu_precision import cpu_bf16_verdict
 
@@ -118,8 +119,7 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         model.chat_template = local_path(loaded, model.chat_template)
     if model.adapter is not None:
         start_from_adapter(cfg, loaded, notes)
-    if cfg.method != "sft":
-        preference_defaults(cfg, loaded, notes)
+    method_defaults(cfg, loaded, notes)
     return Resolved(config=cfg, device=device, notes=notes)
 
 
@@ -167,19 +167,13 @@ def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -
                  f"alpha {cfg.lora.alpha:g})")
 
 
-def preference_defaults(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:
-    """Preference tuning's own defaults: a lower learning rate unless one is set, and padded batches."""
-    from lora_ft.config.methods import PREFERENCE_LEARNING_RATE
-
-    if "learning_rate" not in loaded.config.train.model_fields_set:
-        cfg.train.learning_rate = PREFERENCE_LEARNING_RATE
-        notes.append(f"{cfg.method}: learning rate {PREFERENCE_LEARNING_RATE:g} (the usual rate for preference "
-                     "tuning with LoRA; set train.learning_rate to change it)")
-    settings = cfg.method_settings
-    if cfg.method == "orpo":
-        notes.append("orpo: no reference model (ORPO needs none)")
-    elif cfg.model.adapter is not None and settings.reference == "start":
-        notes.append(f"{cfg.method}: the reference is the starting adapter (a frozen copy; the base weights shared)")
-    else:
-        notes.append(f"{cfg.method}: the reference is the base model (the adapter switched off; no second copy)")
-    cfg.train.padding_free = False  # pairs are padded; TRL's preference trainers have no padding-free path
+def method_defaults(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:
+    """The method's own defaults: its learning rate unless one is set, padded batches where it needs them, and
+    what it says of its settings."""
+    method = method_of(cfg.method)
+    rate_given = "learning_rate" in loaded.config.train.model_fields_set
+    if method.learning_rate is not None and not rate_given:
+        cfg.train.learning_rate = method.learning_rate
+    notes += method.notes(cfg, rate_given)
+    if not method.padding_free:
+        cfg.train.padding_free = False  # TRL's trainers of pairs and labelled answers have no padding-free path

@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from lora_ft.config.methods import SECTIONS, DpoSection, KtoSection, Method, OrpoSection
+from pydantic import create_model
+
+from lora_ft.methods import registry as methods
 from lora_ft.config.sections import Section
 
 EMBEDDED_MODEL = "embedded"
@@ -302,19 +304,24 @@ class DistributedSection(Section):
     )
 
 
-class RunConfig(Section):
-    """A whole fine-tuning run."""
+def _method_field():
+    """``method``: one of the registered methods (lora_ft/methods/), each said in its own words."""
+    names = tuple(methods())
+    said = "; ".join(f"`{name}`: {method.description}" for name, method in methods().items())
+    sections = ", ".join(f"`{name}:`" for name, method in methods().items() if method.section is not None)
+    return Literal[names], Field(  # type: ignore[valid-type]
+        "sft", description=f"The training method. {said}. Preference tuning usually follows SFT (`model.adapter`). "
+        f"A method with settings has its own section ({sections}), allowed under that method only.")
+
+
+class _RunConfigSections(Section):
+    """A whole fine-tuning run: the sections every method shares (the methods' own are added below)."""
 
     output_dir: str | None = Field(
         None, json_schema_extra=RESUME_MAY_CHANGE,
         description="Run directory; relative to the current directory. `null` is `runs/<config file name>`.",
     )
-    method: Method = Field(
-        "sft", description="`sft`: learn to write the answers (supervised fine-tuning). Preference tuning, usually "
-        "after SFT (`model.adapter`): `dpo` (pairs of a chosen and a rejected answer), `orpo` (pairs; SFT and "
-        "preference in one stage, no reference model), `kto` (single answers labelled desirable or not). Each "
-        "has its own section of settings (`dpo:`, `orpo:`, `kto:`), allowed under that method only.",
-    )
+    method: str = "sft"  # replaced below by the registered methods' names
     model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The LoRA adapter.")
     data: DataSection = Field(..., description="The data.")
@@ -324,27 +331,36 @@ class RunConfig(Section):
         description="Experiment tracking.")
     distributed: DistributedSection = Field(default_factory=DistributedSection,
                                             description="Training on several processes.")
-    dpo: DpoSection | None = Field(None, description="DPO settings (`method: dpo`); defaults when left out.")
-    orpo: OrpoSection | None = Field(None, description="ORPO settings (`method: orpo`); defaults when left out.")
-    kto: KtoSection | None = Field(None, description="KTO settings (`method: kto`); defaults when left out.")
-
-    @field_validator("dpo", "orpo", "kto")
-    @classmethod
-    def _section_of_the_method(cls, value: Any, info: ValidationInfo) -> Any:
-        method = info.data.get("method", "sft")
-        if info.field_name == method:
-            return value if value is not None else SECTIONS[method]()
-        if value is not None:
-            raise PydanticCustomError(
-                "section_of_another_method", "{name} settings apply to method: {name}, and this run's method is "
-                "{method}; set method: {name}, or remove the {name} section", {"name": info.field_name,
-                                                                              "method": method})
-        return value
 
     @property
-    def method_settings(self) -> DpoSection | OrpoSection | KtoSection | None:
-        """The settings section of this run's method (None for SFT)."""
-        return getattr(self, self.method, None) if self.method != "sft" else None
+    def method_settings(self) -> Section | None:
+        """The settings section of this run's method (None for a method without one)."""
+        return getattr(self, self.method, None) if self.method in _METHOD_SECTIONS else None
+
+
+def _section_of_the_method(cls, value: Any, info: ValidationInfo) -> Any:
+    """A method's section belongs to that method: filled with its defaults under it, refused under another."""
+    method = info.data.get("method", "sft")
+    if info.field_name == method:
+        return value if value is not None else _METHOD_SECTIONS[method]()
+    if value is not None:
+        raise PydanticCustomError(
+            "section_of_another_method", "{name} settings apply to method: {name}, and this run's method is "
+            "{method}; set method: {name}, or remove the {name} section", {"name": info.field_name,
+                                                                          "method": method})
+    return value
+
+
+_METHOD_SECTIONS = {name: method.section for name, method in methods().items() if method.section is not None}
+RunConfig = create_model(
+    "RunConfig", __base__=_RunConfigSections, __doc__="A whole fine-tuning run.",
+    __validators__={"section_of_the_method": field_validator(*_METHOD_SECTIONS)(_section_of_the_method)}
+    if _METHOD_SECTIONS else {},
+    method=_method_field(),
+    **{name: (section | None, Field(None, description=f"Settings of `method: {name}` (its section below); defaults "
+                                    "when left out."))
+       for name, section in _METHOD_SECTIONS.items()},
+)
 
 
 def keys_a_resume_may_change() -> tuple[str, ...]:

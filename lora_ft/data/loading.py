@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 
 from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
-from lora_ft.data.formats import METHOD_KINDS, detect_format, format_names, normalize_row, registry
+from lora_ft.data.formats import detect_format, format_names, normalize_row, registry
+from lora_ft.methods import method_of, registry as methods
 from lora_ft.data.samples import RowFault, Sample
 from lora_ft.data.readers import FILE_SUFFIXES, READERS, display, first_non_utf8, read_hub
 from lora_ft.files import file_sha256
@@ -159,11 +160,11 @@ def check_one_format(source: DatasetSource, files: list[Path]) -> None:
 
 def detected_format(row: dict, source: DatasetSource, method: str, location: str) -> str:
     """The format of a dataset entry read from its first row's columns; refuses data of the wrong kind."""
-    kinds = METHOD_KINDS[method]
+    kinds = method_of(method).reads
     fmt = detect_format(row, kinds)
     check_format_kind(detect_format(row), method, source.path, location, fmt)
     if fmt is None:
-        example = ("for example columns: {prompt: question, chosen: good, rejected: bad}" if method != "sft"
+        example = ("for example columns: {prompt: question, chosen: good, rejected: bad}" if "sft" not in kinds
                    else "for example columns: {instruction: question, output: answer}")
         raise UserError(
             f"cannot tell the data format of {source.path} from its columns {sorted(row)} (method "
@@ -194,6 +195,7 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
     report = source_report(source, files)
     samples: list[Sample] = []
     method = loaded.config.method
+    splits_pairs = method_of(method).splits_pairs
     fmt = None if source.format == "auto" else source.format
     if fmt is not None:
         check_format_kind(fmt, method, source.path, None)
@@ -208,7 +210,7 @@ def read_dataset(source: DatasetSource, loaded: LoadedConfig, system_prompt: str
         except RowFault as fault:
             report.drop(str(fault), location)
             continue
-        samples += unpaired(sample) if method == "kto" else [sample]
+        samples += unpaired(sample) if splits_pairs else [sample]
         if source.max_samples and len(samples) >= source.max_samples:
             del samples[source.max_samples:]  # exactly max_samples: a KTO pair may give only its first half
             break
@@ -232,14 +234,14 @@ def check_format_kind(fmt: str | None, method: str, path: str, location: str | N
     if fmt is None or fmt == detected_for_method:
         return
     kind = registry()[fmt].kind
-    if kind in METHOD_KINDS[method]:
+    if kind in method_of(method).reads:
         return
-    wanted = ", ".join(format_names(METHOD_KINDS[method]))
+    wanted = ", ".join(format_names(method_of(method).reads))
     what = {"sft": "SFT examples", "pairs": "preference pairs", "unpaired": "labelled answers (KTO)"}[kind]
-    methods = [m for m, kinds in METHOD_KINDS.items() if kind in kinds]
+    readers = [name for name, other in methods().items() if kind in other.reads]
     raise UserError(f"{path} holds {what} (format {fmt}), but this run's method is {method}, which reads "
                     f"{wanted}", where=location or path,
-                    fix=f"set method: {' or '.join(methods)} for this data, or point the method at data of its kind "
+                    fix=f"set method: {' or '.join(readers)} for this data, or point the method at data of its kind "
                     "(docs/data.md)", settings=("method",))
 
 

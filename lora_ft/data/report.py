@@ -219,7 +219,7 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     from lora_ft.data.pair_report import analyse_pairs, rendered_sides
 
     if prepared.is_preference:
-        limit = cfg.method_settings.max_prompt_length
+        limit = getattr(cfg.method_settings, "max_prompt_length", None)
         splits = [analyse_pairs(name, prepared.encoded_pairs(name), cfg.data, limit)
                   for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
     else:

@@ -22,6 +22,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from lora_ft.methods import method_of
 from lora_ft.errors import UserError
 from lora_ft.files import give_umask_permissions, write_text_atomic
 
@@ -294,13 +295,9 @@ def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, dat
     start_line = (f"\nStarted from the adapter of the finished run `{cfg.model.adapter}` and trained it further."
                   if cfg.model.adapter else "")
     before = "the adapter it started from" if cfg.model.adapter else "base model"
-    loss = "eval loss" if cfg.method == "sft" else f"eval {cfg.method} loss"
-    method_line = {
-        "sft": "supervised fine-tuning (SFT) on instruction data",
-        "dpo": "Direct Preference Optimization (DPO) on preference pairs (a chosen and a rejected answer per prompt)",
-        "orpo": "ORPO (SFT on the chosen answers with an odds-ratio penalty on the rejected ones) on preference pairs",
-        "kto": "Kahneman-Tversky Optimization (KTO) on answers labelled desirable or undesirable",
-    }[cfg.method]
+    method = method_of(cfg.method)
+    loss = f"eval {method.loss_name}"
+    method_line = method.description
     settings = cfg.method_settings
     if settings is not None:
         method_line += " (" + ", ".join(f"{k} {v}" for k, v in settings.model_dump().items() if v is not None) + ")"
@@ -342,7 +339,7 @@ Base model: {base_name}, loaded from `{base_path}`.{hub_line}{start_line}
   {cfg.train.batch_size} x {cfg.train.gradient_accumulation_steps} accumulation, max length {cfg.data.max_seq_length},
   seed {cfg.train.seed}.
 - Loss on: {'assistant answers and their end-of-turn token' if cfg.data.train_on == 'answers' or
-              cfg.method != 'sft' else 'all tokens'}.
+              method.pairs else 'all tokens'}.
 
 | dataset | format | rows used | rows dropped | sha256 |
 | --- | --- | --- | --- | --- |

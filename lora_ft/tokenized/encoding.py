@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from lora_ft.methods import method_of
 from lora_ft.data.loading import row_sample, unpaired
 from lora_ft.data.samples import RowFault, Sample
 from lora_ft.data.statistics import content_key
@@ -55,11 +56,11 @@ class Settings:
     train_on: str
     max_length: int
     system_prompt: str | None
-    method: str = "sft"  # sft, or a preference method (dpo, orpo, kto), whose rows are pairs
+    method: str = "sft"  # the training method's name (lora_ft/methods/): it says whether rows are pairs
 
     @property
     def preference(self) -> bool:
-        return self.method != "sft"
+        return method_of(self.method).pairs
 
     def schema(self):
         return schema(self.preference)
@@ -111,7 +112,7 @@ def encode_rows(fmt: str | None, items: list) -> EncodedChunk:
         except RowFault as fault:
             faults.append((position, location, str(fault)))
             continue
-        for one in unpaired(sample) if settings.method == "kto" else (sample,):
+        for one in unpaired(sample) if method_of(settings.method).splits_pairs else (sample,):
             samples.append(one)
             positions.append(position)
     batch = (preference_batch if settings.preference else encoded_batch)(samples, settings)

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from lora_ft.methods import method_of
 from lora_ft.config import DatasetSource, LoadedConfig, RunConfig
 from lora_ft.data.loading import data_files
 from lora_ft.data.readers import display
@@ -83,6 +84,7 @@ def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, hash
         return {"files": [[name, hashes[f]] for name, f in zip(names, files)], **settings}
 
     tokenizer = renderer.tokenizer
+    pairs = method_of(cfg.method).pairs
     return {
         "cache_format": CACHE_FORMAT,
         "method": cfg.method,
@@ -90,8 +92,8 @@ def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, hash
         "eval": [source(s, f) for s, f in zip(cfg.data.eval, listed[trains:])],
         "system_prompt": cfg.data.system_prompt,
         # preference tokens are kept whole and always train on the answers: the limits apply when they are read
-        "train_on": cfg.data.train_on if cfg.method == "sft" else None,
-        "max_seq_length": cfg.data.max_seq_length if cfg.method == "sft" else None,
+        "train_on": None if pairs else cfg.data.train_on,
+        "max_seq_length": None if pairs else cfg.data.max_seq_length,
         "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "tokenizer_class": type(tokenizer).__name__,
         "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},

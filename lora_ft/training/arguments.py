@@ -121,23 +121,6 @@ def common_arguments(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, repor
     )
 
 
-def sft_config(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, report_to: list[str],
-               save_steps: int | None = None):
-    """TRL's SFTConfig for the resolved run config; ``save_steps`` from :func:`checkpoint_interval`."""
-    from trl import SFTConfig
-
-    train = cfg.train
-    return SFTConfig(
-        **common_arguments(cfg, checkpoint_dir, has_eval, report_to, save_steps),
-        use_liger_kernel=cfg.train.fused_kernels is True,
-        # Samples arrive tokenized and truncated to data.max_seq_length; TRL needs max_length only to pack.
-        max_length=cfg.data.max_seq_length if train.packing or not train.padding_free else None,
-        packing=train.packing,
-        padding_free=train.padding_free,
-        dataset_num_proc=None,
-    )
-
-
 def fsdp_active(cfg: RunConfig) -> bool:
     world = distributed.current_world()
     return cfg.distributed.strategy == "fsdp" and (world.distributed or world.launched)

@@ -14,9 +14,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lora_ft import console, distributed
 from lora_ft.config import RunConfig
-from lora_ft.training.arguments import (checkpoint_interval, common_arguments, optimizer_steps, sft_config,
-                                        trainable_dtype)
-from lora_ft.training.preference import build_preference_trainer, preference_arguments
+from lora_ft.methods import method_of
+from lora_ft.training.arguments import checkpoint_interval, common_arguments, optimizer_steps, trainable_dtype
 from lora_ft.training.callbacks import LoopCallbacks, StopAtPlannedEnd, TrainingAlreadyComplete
 
 @dataclass
@@ -54,7 +53,7 @@ class TrainOutcome:
         change = ""
         if self.eval_loss_before is not None and self.eval_loss_after is not None:
             change = f"  ({self.eval_loss_after - self.eval_loss_before:+.4f})"
-        loss = "loss" if self.method == "sft" else f"{self.method} loss"
+        loss = method_of(self.method).loss_name
         rewards = []
         for key, name in (("accuracy", "reward accuracy"), ("margin", "reward margin")):
             if key in self.rewards_before or key in self.rewards_after:
@@ -110,62 +109,20 @@ def plan_line(trainer, cfg: RunConfig, samples: int | None, world) -> str:
             f"{saves}{minutes}, newest {cfg.train.keep_last} kept")
 
 
-def selective_loss_trainer():
-    """SFTTrainer whose training loss projects only the trained positions through the LM head, in one piece.
-
-    For a CPU. TRL's own loss also projects only trained positions, in vocabulary tiles with running
-    log-sum-exp, entropy and accuracy, which on a GPU runs as Triton kernels; on a CPU it falls back to several
-    float32 passes over every tile, about a third of a small model's step. Here the model's forward is asked
-    (``logits_to_keep``) for the logits of the positions whose next token is trained, and PyTorch's fused cross
-    entropy takes it from there: the same loss, one pass. It applies to padding-free and packed batches (one row);
-    padded batches and evaluation go through TRL's loss unchanged.
-    """
-    import torch
-    from trl import SFTTrainer
-
-    class SelectiveLossTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.get("labels")
-            if return_outputs or labels is None or labels.shape[0] != 1 or not model.training:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            targets = inputs.get("shift_labels")
-            targets = targets[0] if targets is not None else torch.cat(
-                [labels[0, 1:], labels.new_full((1,), -100)])
-            keep = (targets != -100).nonzero().squeeze(-1)
-            forward = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-            logits = model(**forward, use_cache=False, logits_to_keep=keep).logits[0]
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-            count = num_items_in_batch if num_items_in_batch is not None else keep.numel()
-            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            return loss
-
-    return SelectiveLossTrainer
-
-
 def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset, checkpoint_dir: Path,
                   report_to: list[str], extra_callbacks: list):
-    from trl import SFTTrainer
-
+    """The run's method's TRL trainer (lora_ft/methods/), with lora-ft's arguments, callbacks and trainable dtype."""
     has_eval = eval_dataset is not None
     processes = distributed.current_world().size
     samples = len(train_dataset) if hasattr(train_dataset, "__len__") else 0  # a stream has max_steps instead
     save_steps = checkpoint_interval(cfg, optimizer_steps(cfg, samples, processes), has_eval)
-    if cfg.method == "sft":
-        args = sft_config(cfg, checkpoint_dir, has_eval, report_to, save_steps)
-    else:
-        args = preference_arguments(cfg, common_arguments(cfg, checkpoint_dir, has_eval, report_to, save_steps))
+    common = common_arguments(cfg, checkpoint_dir, has_eval, report_to, save_steps)
     callbacks = [StopAtPlannedEnd(), *extra_callbacks]
-    if cfg.train.early_stopping_patience is not None and args.load_best_model_at_end:
+    if cfg.train.early_stopping_patience is not None and common.get("load_best_model_at_end"):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
                                                early_stopping_threshold=cfg.train.early_stopping_threshold))
-    if cfg.method == "sft":
-        trainer_class = selective_loss_trainer() if cfg.train.device == "cpu" else SFTTrainer
-        trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                processing_class=tokenizer, callbacks=callbacks)
-    else:
-        trainer = build_preference_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, args, callbacks)
+    trainer = method_of(cfg.method).build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common,
+                                                  callbacks)
     keep = trainable_dtype(cfg)
     if keep is not None:
         for param in trainer.model.parameters():

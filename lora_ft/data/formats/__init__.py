@@ -38,10 +38,6 @@ def register(fmt: DataFormat) -> None:
     registry()[fmt.name] = fmt
 
 
-# The kinds of rows each training method reads (KTO takes pairs as one desirable and one undesirable answer).
-METHOD_KINDS = {"sft": ("sft",), "dpo": ("pairs",), "orpo": ("pairs",), "kto": ("unpaired", "pairs")}
-
-
 def format_names(kinds: tuple[str, ...] | None = None) -> list[str]:
     return [name for name, fmt in registry().items() if kinds is None or fmt.kind in kinds]
 
