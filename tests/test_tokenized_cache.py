@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lora_ft import console, tokenization
+from lora_ft import console
 from lora_ft.config import load_config
-from lora_ft.data import load_data
+from lora_ft.data import load_data, tokenization
 from lora_ft.model import load_chat_tokenizer
 from lora_ft.rundir.resume import data_fingerprint
 from lora_ft.tokenized import cache as cache_lib
-from lora_ft.tokenized import tokenized_data, writing
+from lora_ft.tokenized import folders, keys, tokenized_data, writing
 
 from .conftest import build_tokenizer, write_config, write_jsonl
 
@@ -234,18 +234,26 @@ def test_a_second_process_waits_for_the_one_tokenizing_the_same_data(setup):
     held = threading.Event()
     release = threading.Event()
 
-    def other_process():  # holds the lock as a process tokenizing the same data would
-        with cache_lib._writing_lock(cache_dir, key):
+    def other_process():  # holds the lock as a process tokenizing the same data would, until this one waits
+        with folders.writing_lock(cache_dir, key):
             held.set()
-            release.wait(10)
+            release.wait(600)  # a hang guard only: released as soon as the waiting notice is said
+
+    said = []
+
+    def listen(line: str) -> None:
+        said.append(line)
+        if "waiting for it" in line:
+            release.set()
 
     thread = threading.Thread(target=other_process)
     thread.start()
-    held.wait(10)
-    threading.Timer(1.0, release.set).start()
-    data, said = _tokenized(path, cache_dir)
+    held.wait(600)
+    with console.capture(listen):
+        data = tokenized_data(loaded, loaded.config, chat.renderer)
     thread.join()
-    assert "waiting for it" in said and not data.reused
+    assert release.is_set(), "the second process said it waits before the lock was released"
+    assert any("waiting for it" in line for line in said) and not data.reused
     _same_as_in_memory(data, path, cache_dir)
 
 
@@ -286,7 +294,7 @@ def test_the_clean_up_removes_only_old_entries_it_wrote(setup, tmp_path):
     path, cache_dir = setup
     first, _ = _tokenized(path, cache_dir)
     month_ago = time.time() - 31 * 86400
-    stale = cache_dir / ("0" * cache_lib.KEY_LENGTH)  # an entry of ours, unused for a month
+    stale = cache_dir / ("0" * keys.KEY_LENGTH)  # an entry of ours, unused for a month
     shutil.copytree(first.path, stale)
     meta = json.loads((stale / cache_lib.META_FILE).read_text())
     (stale / cache_lib.META_FILE).write_text(json.dumps({**meta, "key": stale.name}))
