@@ -208,9 +208,6 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=PATH, help="the base model's directory, when it has moved since training")
 
 
-COMMANDS = ("train", "validate", "plan", "data", "merge", "export", "chat", "generate", "eval")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -58,14 +58,14 @@ def load_tuned(run: FinishedRun, base: str | None = None):
 
 def stop_token_ids(tokenizer, run: FinishedRun) -> list[int]:
     """Token ids that end an answer: the template's end-of-turn token and the tokenizer's EOS."""
-    from lora_ft.tokenization import answer_stop_ids
+    from lora_ft.data.tokenization import answer_stop_ids
 
     return answer_stop_ids(run.end_of_turn_id, tokenizer.eos_token_id)
 
 
 def context_length(model) -> int | None:
     """The model's context in tokens, as its config gives it (None when it does not)."""
-    from lora_ft.model.families import decoder_family
+    from lora_ft.families import decoder_family
 
     config = model.config.to_dict()
     return decoder_family(config).context_length(config)

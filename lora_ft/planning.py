@@ -28,8 +28,8 @@ from lora_ft import console
 from lora_ft.methods import method_of
 from lora_ft.config import RunConfig
 from lora_ft.errors import UserError
-from lora_ft.model import families
-from lora_ft.model.families import ModelShape
+from lora_ft import families
+from lora_ft.families import ModelShape
 
 GiB = 2**30
 NF4_BYTES = 0.5 + 4 / 64 / 4 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64 values, fp32 per 256 absmax

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from lora_ft import console, tokenization
+from lora_ft import console
 from lora_ft.methods import method_of
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data import LoadedData, check_drops
+from lora_ft.data import template_checks, tokenization
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
 from lora_ft.errors import UserError
 from lora_ft.model import ChatTokenizer, load_chat_tokenizer
@@ -60,7 +61,7 @@ class Prepared:
     def encoded_pairs(self, split: str):
         """A preference split's pairs as ``(location, prompt, chosen, rejected)`` tokens, before the length limits:
         read from the tokenized data, or (pairs a command brought) tokenized now."""
-        from lora_ft.preference_tokens import encode_preferences
+        from lora_ft.data.preference_tokens import encode_preferences
 
         pairs = getattr(self.data, split)
         if isinstance(self.data, PreferenceData):
@@ -68,7 +69,7 @@ class Prepared:
         return iter(encode_preferences(pairs, self.chat.renderer))
 
     def _fit(self, split: str):
-        from lora_ft.preference_tokens import fit_preferences
+        from lora_ft.data.preference_tokens import fit_preferences
 
         data = self.config.data
         return fit_preferences(self.encoded_pairs(split), data.max_seq_length, data.overlength,
@@ -125,7 +126,8 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
     renderer = chat.renderer
     console.say(chat.pad_note)
     if checks:
-        template_check(cfg.data.template_checks, tokenization.check_end_of_turn_trained, renderer, cfg.data.train_on)
+        template_checks.template_check(cfg.data.template_checks, template_checks.check_end_of_turn_trained, renderer,
+                                       cfg.data.train_on)
     console.say(f"chat template: {chat.template_origin}; answers end with {renderer.end_of_turn!r} (trained)")
 
     console.section("data")
@@ -179,9 +181,9 @@ def _check_collated(prepared: Prepared, input_ids: list[list[int]], labels: list
     """Collate the first training rows as the trainer will and check that each answer keeps its end-of-turn."""
     cfg, chat = prepared.config, prepared.chat
     if chat.renderer.end_of_turn_token_id() is not None:
-        template_check(cfg.data.template_checks, tokenization.check_collated_end_of_turn, input_ids, labels,
-                       chat.renderer.end_of_turn_token_id(), chat.tokenizer.pad_token_id,
-                       cfg.train.padding_free or cfg.train.packing)
+        template_checks.template_check(cfg.data.template_checks, template_checks.check_collated_end_of_turn,
+                                       input_ids, labels, chat.renderer.end_of_turn_token_id(),
+                                       chat.tokenizer.pad_token_id, cfg.train.padding_free or cfg.train.packing)
 
 
 def _check_streamed(prepared: Prepared, checks: bool) -> None:
@@ -208,17 +210,6 @@ def split_line(name: str, split, cfg: RunConfig) -> str:
     return (f"{name}: {split.kept} samples, {split.tokens:,} tokens, {split.trained_tokens:,} trained; "
             f"{split.truncated} truncated at {max_length} tokens (losing {split.truncated_trained_tokens} trained "
             f"tokens); {dropped_long}{split.no_trained_token} left with no trained token")
-
-
-def template_check(blocking: bool, check, *args) -> None:
-    """Run one template check: a failure stops the run, or with data.template_checks: false, is a warning."""
-    try:
-        check(*args)
-    except UserError as exc:
-        if blocking:
-            exc.fix = f"{exc.fix}; to train anyway, set data.template_checks: false" if exc.fix else exc.fix
-            raise
-        console.say(f"warning (data.template_checks is off): {exc.title}")
 
 
 def preference_line(name: str, tokens, cfg: RunConfig) -> str:

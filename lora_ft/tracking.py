@@ -127,12 +127,8 @@ def _wandb_url() -> str:
     return _wandb_settings()[1]
 
 
-def _wandb_key() -> str | None:
-    """The API key W&B would use: WANDB_API_KEY, else the netrc entry `wandb login` writes for the server."""
-    return _wandb_setup().key
-
-
-def _wandb_has_credentials() -> bool:
+def wandb_has_credentials() -> bool:
+    """Whether W&B would find an API key or an identity token file (then runs go online unless told otherwise)."""
     try:
         setup = _wandb_setup()
     except UserError:
@@ -311,7 +307,7 @@ def start_trackers(cfg: RunConfig, run_dir: Path, resolved_config: dict, wandb_m
         from transformers.integrations import WandbCallback
 
         mode = wandb_mode or os.environ.get("WANDB_MODE")
-        if wandb_mode is None and mode in (None, "offline") and not _wandb_has_credentials():
+        if wandb_mode is None and mode in (None, "offline") and not wandb_has_credentials():
             mode = "offline"
             trackers.notes.append("W&B: no API key found (WANDB_API_KEY or `wandb login`), so the run is "
                                   "logged offline")

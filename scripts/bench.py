@@ -245,7 +245,8 @@ def token_statistics(model_dir: Path, data: Path, max_len: int) -> tuple[float, 
     tokenizes it."""
     from lora_ft.config import load_config
     from lora_ft import data as data_lib
-    from lora_ft import model as model_lib, tokenization
+    from lora_ft import model as model_lib
+    from lora_ft.data import tokenization
 
     loaded = load_config(LEGAL_CONFIG, [f"model.base={model_dir}", f"data.train.0.path={data}", "data.eval=[]",
                                         f"data.max_seq_length={max_len}"])

@@ -53,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from lora_ft import console, inference
-    from lora_ft.evaluation import eval_data
+    from lora_ft.evaluation.run import eval_data
     from lora_ft.rundir.finished import open_run
 
     console.quiet_libraries()

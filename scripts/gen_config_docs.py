@@ -19,7 +19,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
 HEADER = """# Configuration reference
 
-Generated from the schema in `lora_ft/config.py` by `scripts/gen_config_docs.py`; do not edit by hand.
+Generated from the schema in `lora_ft/config/schema.py` by `scripts/gen_config_docs.py`; do not edit by hand.
 
 A config is one YAML file. Unknown keys are rejected (with a "did you mean"), and every fault is reported at
 once with its file, line and key, before anything heavy is loaded. Any key can be overridden on the command line:

@@ -202,7 +202,7 @@ def test_invalid_json_array_file_names_line(tmp_path):
 
 
 def _sft_examples():
-    from lora_ft.data.formats import registry
+    from lora_ft.formats import registry
 
     return sorted(p for p in (REPO / "data_templates" / "formats").iterdir() if registry()[p.stem].kind == "sft")
 

@@ -11,12 +11,12 @@ import re
 import pytest
 
 from lora_ft import cli
-from lora_ft.data import report as data_report
+from lora_ft.data_report import report as data_report
 from lora_ft.data import statistics
 from lora_ft.config import load_config
 from lora_ft.data import Sample, load_data
 from lora_ft.errors import UserError
-from lora_ft.tokenization import ChatRenderer, tokenize_samples
+from lora_ft.data.tokenization import ChatRenderer, tokenize_samples
 
 from .conftest import legal_rows, write_config, write_jsonl
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_ft import answer_metrics as m
+from lora_ft.evaluation import answer_metrics as m
 from lora_ft import cli
 from tests.conftest import legal_rows, write_config, write_jsonl
 
@@ -164,7 +164,7 @@ def test_eval_logs_into_the_runs_own_wandb_run(tiny_llama, legal_data, tmp_path,
 
 
 def test_eval_uses_the_shipped_general_file_by_default(eval_run, tmp_path):
-    from lora_ft.evaluation import general_data_file
+    from lora_ft.evaluation.run import general_data_file
 
     rows = [json.loads(line) for line in general_data_file().read_text().splitlines()]
     assert len(rows) >= 250 and len({r["instruction"] for r in rows}) == len(rows)

@@ -96,7 +96,7 @@ def test_a_target_module_outside_the_top_n_layers_is_an_error_not_silently_untra
 # --- 2. the verdict follows the figures: a paired bootstrap says what is beyond noise ---------------------------
 
 def test_a_tiny_noisy_difference_is_within_noise_and_a_consistent_one_is_better():
-    from lora_ft.eval_stats import paired_mean, paired_ratio
+    from lora_ft.evaluation.stats import paired_mean, paired_ratio
 
     base = [40.0 + 7 * (i % 5) for i in range(40)]
     noisy = [b + (0.4 if i % 2 else -0.35) for i, b in enumerate(base)]  # +0.025 on average, either way per answer
@@ -121,8 +121,8 @@ def test_a_tiny_noisy_difference_is_within_noise_and_a_consistent_one_is_better(
 
 
 def test_the_probes_case_identical_answers_and_a_loss_moved_by_noise_is_not_called_better():
-    from lora_ft.eval_report import EvalReport, SetResult
-    from lora_ft.eval_stats import paired_mean, paired_ratio
+    from lora_ft.evaluation.report import EvalReport, SetResult
+    from lora_ft.evaluation.stats import paired_mean, paired_ratio
 
     tokens = [12] * 30
     base_nll = [12 * (2.0 + 0.1 * (i % 5)) for i in range(30)]
@@ -185,7 +185,7 @@ def test_a_clearly_trained_adapter_is_better_with_each_interval_in_the_report(tr
 
 
 def test_preference_rewards_come_with_their_intervals_and_no_change_is_no_difference():
-    from lora_ft.preference_eval import PairScores, reward_summary
+    from lora_ft.evaluation.preferences import PairScores, reward_summary
 
     start = PairScores([-10.0 - i for i in range(20)], [-12.0 - i for i in range(20)], [5] * 20, [5] * 20)
     same = reward_summary(start, start, beta=0.1)

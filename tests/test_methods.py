@@ -24,7 +24,7 @@ PACKAGE = REPO / "lora_ft"
 EXTERNAL_METHOD = '''
 from pydantic import Field
 
-from lora_ft.config.sections import Section
+from lora_ft.sections import Section
 from lora_ft.methods import TrainingMethod
 
 

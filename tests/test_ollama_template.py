@@ -1,7 +1,6 @@
 """The Modelfile's TEMPLATE renders a conversation as the tokenizer's chat template does, and stops at end of turn."""
 
 import re
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer

@@ -124,8 +124,8 @@ def test_data_of_the_wrong_kind_for_the_method_is_refused(tmp_path, tiny_llama, 
 
 def test_pairs_are_tokenized_with_the_template_through_the_end_of_turn(chat_tokenizer):
     from lora_ft.data import Sample
-    from lora_ft.preference_tokens import encode_preferences, fit_preferences
-    from lora_ft.tokenization import ChatRenderer
+    from lora_ft.data.preference_tokens import encode_preferences, fit_preferences
+    from lora_ft.data.tokenization import ChatRenderer
 
     renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
     sample = Sample("f:1", messages=[{"role": "user", "content": "What is a contract?"}],
@@ -149,9 +149,9 @@ def test_pairs_are_tokenized_with_the_template_through_the_end_of_turn(chat_toke
 @pytest.mark.parametrize("template", ["chatml", "llama3", "alpaca"])
 def test_pairs_encoded_in_a_batch_are_those_encoded_one_by_one(chat_tokenizer, template):
     from lora_ft.data import Sample
-    from lora_ft.preference_tokens import encode_preference, encode_preferences
+    from lora_ft.data.preference_tokens import encode_preference, encode_preferences
     from lora_ft.templates import read_chat_template
-    from lora_ft.tokenization import ChatRenderer
+    from lora_ft.data.tokenization import ChatRenderer
 
     renderer = ChatRenderer(chat_tokenizer, read_chat_template(template))
 
@@ -258,7 +258,7 @@ def test_a_killed_dpo_run_resumes_bitwise_equal(tmp_path, tiny_llama, preference
 # --- after training ---------------------------------------------------------------------------------------------
 
 def test_eval_ranks_pairs_as_training_measured_and_exports_work(tmp_path, tiny_llama, preference_data):
-    from lora_ft.evaluation import evaluate_run
+    from lora_ft.evaluation.run import evaluate_run
     from lora_ft.rundir.finished import open_run
 
     result = train(load_config(_config(tmp_path, tiny_llama, preference_data)), say=_quiet)

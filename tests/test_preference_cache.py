@@ -13,7 +13,7 @@ from lora_ft.config import load_config
 from lora_ft.data import load_data
 from lora_ft.data.statistics import find_duplicates, find_leakage, split_duplicates, split_leakage
 from lora_ft.model import load_chat_tokenizer
-from lora_ft.preference_tokens import encode_preferences, fit_preferences
+from lora_ft.data.preference_tokens import encode_preferences, fit_preferences
 from lora_ft.preparation import prepare
 from lora_ft.tokenized import PreferenceData, writing
 
@@ -151,7 +151,7 @@ def test_a_dpo_run_and_its_data_report_share_one_tokenization(pairs_config, caps
 @pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_the_pair_report_reads_pairs_a_chunk_at_a_time_with_the_figures_of_training(pairs_config, monkeypatch,
                                                                                        method):
-    from lora_ft.data import pair_report
+    from lora_ft.data_report import pairs as pair_report
 
     config, cache_dir = pairs_config
     overrides = ["data.max_seq_length=48", f"{method}.max_prompt_length=40"]

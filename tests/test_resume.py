@@ -169,7 +169,7 @@ def test_no_room_for_the_next_checkpoint_stops_before_the_save(tmp_path):
     from lora_ft.training import CheckpointKeeper, CheckpointNoSpace
 
     keeper = CheckpointKeeper(tmp_path / "checkpoints", {}, keep_last=2, expected_bytes=10 * 2**20,
-                              disk_free=lambda _: 40 * 2**20)
+                              disk_free=lambda _: 40 * 2**20, commit=checkpoints.commit, prune=checkpoints.prune)
     state = SimpleNamespace(global_step=7, is_world_process_zero=True)
     control = SimpleNamespace(should_save=True, should_training_stop=False)
     keeper.on_step_end(None, state, control)  # fits
@@ -354,7 +354,7 @@ def test_checkpoint_interval_and_time_based_saves(tiny_llama, legal_data, tmp_pa
     assert interval(1000, *keep_best, "train.save_steps=null") == 30
 
     keeper = CheckpointKeeper(tmp_path, {}, keep_last=2, expected_bytes=0, save_every_minutes=0.5,
-                              disk_free=lambda _: 2**40)
+                              disk_free=lambda _: 2**40, commit=checkpoints.commit, prune=checkpoints.prune)
     state = SimpleNamespace(global_step=3, is_world_process_zero=True)
     control = SimpleNamespace(should_save=False, should_training_stop=False)
     keeper.on_step_end(None, state, control)

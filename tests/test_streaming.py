@@ -83,7 +83,7 @@ def test_a_streamed_run_killed_mid_way_resumes_at_the_exact_row(tiny_llama, data
     assert "from checkpoint-4 (step 4)" in resumed.stdout
     assert _history(run_dir) == _history(reference)
     # `lora-ft eval` of a streamed run reads its eval files alone, tokenized as in training
-    from lora_ft.evaluation import prepared_eval
+    from lora_ft.evaluation.run import prepared_eval
     from lora_ft.rundir.finished import open_run
 
     prepared, source = prepared_eval(open_run(reference), None)

@@ -7,7 +7,8 @@ import pytest
 from lora_ft.data import Sample
 from lora_ft.errors import UserError
 from lora_ft.templates import available_chat_templates, read_chat_template
-from lora_ft.tokenization import IGNORE, ChatRenderer, check_end_of_turn_trained, tokenize_samples
+from lora_ft.data.template_checks import check_end_of_turn_trained
+from lora_ft.data.tokenization import IGNORE, ChatRenderer, tokenize_samples
 
 CONVERSATION = [
     {"role": "system", "content": "You are a careful legal assistant."},
@@ -95,7 +96,7 @@ def test_template_without_end_of_turn_token_is_refused(chat_tokenizer):
 
 @pytest.mark.parametrize("padding_free", [True, False])
 def test_collated_batches_keep_every_answers_end_of_turn_even_when_pad_is_eos(chat_tokenizer, padding_free):
-    from lora_ft.tokenization import check_collated_end_of_turn
+    from lora_ft.data.template_checks import check_collated_end_of_turn
 
     renderer = ChatRenderer(chat_tokenizer, chat_tokenizer.chat_template)
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
@@ -107,7 +108,7 @@ def test_collated_batches_keep_every_answers_end_of_turn_even_when_pad_is_eos(ch
 
 
 def test_a_saved_template_that_differs_is_caught(chat_tokenizer, tmp_path):
-    from lora_ft.tokenization import check_saved_template
+    from lora_ft.data.template_checks import check_saved_template
 
     chat_tokenizer.save_pretrained(tmp_path)
     check_saved_template(tmp_path, chat_tokenizer.chat_template)
@@ -117,7 +118,7 @@ def test_a_saved_template_that_differs_is_caught(chat_tokenizer, tmp_path):
 
 @pytest.mark.parametrize("train_on", ["answers", "all"])
 def test_batched_encoding_equals_one_sample_at_a_time(chat_tokenizer, monkeypatch, train_on):
-    from lora_ft import tokenization
+    from lora_ft.data import tokenization
 
     renderer = ChatRenderer(chat_tokenizer, read_chat_template("chatml"))
     short = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
@@ -131,7 +132,7 @@ def test_batched_encoding_equals_one_sample_at_a_time(chat_tokenizer, monkeypatc
 
 
 def test_a_large_set_shows_its_tokenizing_progress(chat_tokenizer, monkeypatch, capsys):
-    from lora_ft import tokenization
+    from lora_ft.data import tokenization
 
     renderer = ChatRenderer(chat_tokenizer, read_chat_template("chatml"))
     monkeypatch.setattr(tokenization, "ENCODE_CHUNK", 2)

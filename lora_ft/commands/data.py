@@ -13,8 +13,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from lora_ft.config import load_config
-    from lora_ft.data import report as data_report
-    from lora_ft.data import report_files
+    from lora_ft.data_report import report as data_report
+    from lora_ft.data_report import files as report_files
 
     if args.plot:
         report_files.require_matplotlib()  # before the work, not after it

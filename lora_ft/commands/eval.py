@@ -10,7 +10,7 @@ from lora_ft.rundir import lock as run_lock
 
 
 def options_from(args):
-    from lora_ft.evaluation import EvalOptions
+    from lora_ft.evaluation.run import EvalOptions
 
     if args.general and args.no_general:
         raise UserError("--general and --no-general contradict each other", fix="give one of them")
@@ -27,7 +27,7 @@ def options_from(args):
 
 
 def run(args) -> int:
-    from lora_ft.evaluation import evaluate_run
+    from lora_ft.evaluation.run import evaluate_run
     from lora_ft.rundir.finished import open_run
 
     run = open_run(args.run_dir)

@@ -10,15 +10,12 @@ import difflib
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lora_ft.config.keys import KeyPath, where
+from lora_ft.config.loaded import LoadedConfig
 from lora_ft.config.schema import EMBEDDED_MODEL, TRACKER_PACKAGES, TRACKERS
 from lora_ft.methods import method_of
 from lora_ft.errors import Problem
-
-if TYPE_CHECKING:
-    from lora_ft.config.loading import LoadedConfig
 
 
 # Cross-field checks: things each key allows alone but not together, or not on this machine.
@@ -153,7 +150,7 @@ def check_consistency(
     # Model shape limits, when the shape can be read without loading the model
     shape = _local_model_config(loaded)
     if shape:
-        from lora_ft.model import families
+        from lora_ft import families
 
         family = families.decoder_family(shape)
         layers = family.layers(shape)

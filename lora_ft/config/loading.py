@@ -17,27 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from lora_ft.config.checks import check_consistency
 from lora_ft.config.keys import KeyPath, dotted, where
+from lora_ft.config.loaded import LoadedConfig
 from lora_ft.config.overrides import apply_override, parse_override
 from lora_ft.config.schema import RunConfig
 from lora_ft.errors import Problem, UserError
-
-class LoadedConfig:
-    """A validated config with where it came from: ``path`` (the YAML file) and ``base_dir`` for relative paths."""
-
-    def __init__(self, config: RunConfig, path: Path | None, overrides: list[str]) -> None:
-        self.config = config
-        self.path = path
-        self.overrides = overrides
-
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent if self.path is not None else Path.cwd()
-
-    def resolve_path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
-
-
 
 
 # A config is a few hundred values. YAML aliases (&name / *name) can make a 2 KB file stand for billions of them

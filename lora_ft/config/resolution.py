@@ -11,8 +11,9 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_ft.adapter_files import check_adapter_files
 from lora_ft.config.checks import cpu_precision_problems
-from lora_ft.config.loading import LoadedConfig
+from lora_ft.config.loaded import LoadedConfig
 from lora_ft.config.schema import RunConfig
 from lora_ft.methods import method_of
 from lora_ft.errors import UserError
@@ -144,8 +145,6 @@ def start_from_adapter(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -
     if missing:
         raise UserError(f"model.adapter {run_dir} is not a finished lora-ft run ({', '.join(missing)} missing)",
                         fix=fix)
-    from lora_ft.rundir.finished import check_adapter_files
-
     check_adapter_files(run_dir / "adapter", named_by="model.adapter")  # the check every run command makes
     try:
         source = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))

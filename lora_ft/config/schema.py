@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from pydantic import create_model
 
 from lora_ft.methods import registry as methods
-from lora_ft.config.sections import Section
+from lora_ft.sections import Section
 
 EMBEDDED_MODEL = "embedded"
 # Marks a key that does not change what is trained (where files go, how often to log or save, checks): a resumed
@@ -115,13 +115,13 @@ class DatasetSource(Section):
     format: str = Field(
         "auto", description="Data format: `auto` detects it from the columns; otherwise a format's name "
         "(`messages`, `sharegpt`, `alpaca`, `prompt_completion`, `text` and any format added under "
-        "`lora_ft/data/formats/`; see docs/data.md)."
+        "`lora_ft/formats/`; see docs/data.md)."
     )
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        from lora_ft.data.formats import format_names  # the formats are found when a config names one
+        from lora_ft.formats import format_names  # the formats are found when a config names one
 
         names = format_names()
         if value != "auto" and value not in names:

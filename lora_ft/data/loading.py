@@ -3,7 +3,7 @@
 Every row becomes a :class:`Sample` -- a conversation (``messages``) or raw ``text`` -- that knows the file and
 line it came from. Rows that cannot be used are not fatal one by one: each is counted with its reason and
 location in a :class:`DatasetReport`, and the run stops only when too few rows remain. Turning samples into
-tokens and labels is :mod:`lora_ft.tokenization`'s job.
+tokens and labels is :mod:`lora_ft.data.tokenization`'s job.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 from lora_ft.config import DatasetSource, LoadedConfig, looks_like_hub_id
 from lora_ft.errors import Problem, UserError
-from lora_ft.data.formats import detect_format, format_names, normalize_row, registry
+from lora_ft.formats import detect_format, format_names, normalize_row, registry
 from lora_ft.methods import method_of, registry as methods
-from lora_ft.data.samples import RowFault, Sample
+from lora_ft.samples import RowFault, Sample
 from lora_ft.data.readers import FILE_SUFFIXES, READERS, display, first_non_utf8, read_hub
 from lora_ft.files import file_sha256
 

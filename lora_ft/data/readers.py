@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lora_ft.data.samples import RowFault
+from lora_ft.samples import RowFault
 from lora_ft.errors import UserError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")

@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lora_ft.data.loading import Sample
+from lora_ft.samples import Sample
 
 MAX_LISTED = 20  # locations (or duplicate groups) kept per list in the report and its JSON
 SHOWN = 3  # locations printed per line in the text form
@@ -164,7 +164,8 @@ def histogram(values: Sequence[int], buckets: int = HISTOGRAM_BUCKETS) -> list[B
     return [Bucket((start + i) * width + 1, (start + i + 1) * width, int(c)) for i, c in enumerate(counts)]
 
 
-def _listed(locations: Sequence[str], total: int, shown: int = SHOWN) -> str:
+def listed_locations(locations: Sequence[str], total: int, shown: int = SHOWN) -> str:
+    """The first ``shown`` locations, and how many more of ``total`` there are."""
     more = total - min(shown, len(locations))
     return ", ".join(locations[:shown]) + (f" and {more} more" if more > 0 else "")
 
@@ -182,7 +183,7 @@ def duplicate_lines(report_duplicates: list[Duplicates], leakage: Leakage, *, gr
             continue
         lines.append(f"{dup.split}: {dup.extra_copies} row(s) repeat another row exactly ({dup.groups} group(s))")
         for group in dup.first_groups[:groups]:
-            lines.append(f"  {group.count} copies: {_listed(group.locations, group.count)}")
+            lines.append(f"  {group.count} copies: {listed_locations(group.locations, group.count)}")
         if dup.groups > groups:
             lines.append(f"  ... and {dup.groups - groups} more group(s)")
     if leakage.count:

@@ -29,7 +29,7 @@ _PRE_TOKENIZERS = {
 
 
 @dataclass
-class _Vocab:
+class Vocab:
     """Everything llama.cpp needs to tokenize like the Hugging Face tokenizer."""
 
     tokens: list[str]
@@ -43,7 +43,7 @@ class _Vocab:
     end_of_turn: int | None = None  # the token answers end with (generation_config.json's first EOS id)
 
 
-def _read_vocab(model_dir: Path, config: dict[str, Any]) -> _Vocab:
+def read_vocab(model_dir: Path, config: dict[str, Any]) -> Vocab:
     from transformers import AutoTokenizer
 
     try:
@@ -101,7 +101,7 @@ def _read_vocab(model_dir: Path, config: dict[str, Any]) -> _Vocab:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
-    return _Vocab(tokens, token_types, merges, pre, special_ids, add_bos, add_eos, template or None,
+    return Vocab(tokens, token_types, merges, pre, special_ids, add_bos, add_eos, template or None,
                   _end_of_turn(model_dir, vocab_size))
 
 
@@ -146,7 +146,7 @@ def _looks_special(token: str) -> bool:
     return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>")
 
 
-def _add_vocab(writer: gguf.GGUFWriter, vocab: _Vocab) -> None:
+def add_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)

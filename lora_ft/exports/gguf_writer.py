@@ -43,8 +43,8 @@ import gguf
 import numpy as np
 
 from lora_ft.errors import UserError
-from lora_ft.exports.gguf_vocab import _add_vocab, _read_vocab, _Vocab
-from lora_ft.model import families
+from lora_ft.exports.gguf_vocab import Vocab, add_vocab, read_vocab
+from lora_ft import families
 from lora_ft import console
 
 SUPPORTED_TYPES = ("f16", "q8_0", "bf16", "f32")
@@ -65,7 +65,7 @@ def export_gguf(model_dir: Path, out_dir: Path, types: Sequence[str] = ("f16", "
     prepare_out_dir(out_dir)
     files = _safetensors_files(model_dir)
     plan = _plan_tensors(family, config, files)
-    vocab = _read_vocab(model_dir, config)
+    vocab = read_vocab(model_dir, config)
 
     written = []
     for type_name in wanted:
@@ -142,7 +142,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def architecture(config: dict[str, Any], model_dir: Path):
-    """The model family that writes this model (:mod:`lora_ft.model.families`); a UserError when none can."""
+    """The model family that writes this model (:mod:`lora_ft.families`); a UserError when none can."""
     family = families.gguf_family(config)
     if family is not None:
         return family
@@ -260,7 +260,7 @@ def _tensor_type(tensor: _Tensor, qtype: gguf.GGMLQuantizationType) -> gguf.GGML
 # Writing
 
 
-def _write_gguf(path: Path, family, config: dict[str, Any], vocab: _Vocab, plan: list[_Tensor],
+def _write_gguf(path: Path, family, config: dict[str, Any], vocab: Vocab, plan: list[_Tensor],
                 qtype: gguf.GGMLQuantizationType, name: str) -> None:
     """Write one GGUF file: metadata, tensor infos, then the tensors one at a time."""
     writer = gguf.GGUFWriter(None, family.gguf.arch)
@@ -269,7 +269,7 @@ def _write_gguf(path: Path, family, config: dict[str, Any], vocab: _Vocab, plan:
     family.gguf.add_hparams(writer, config)
     writer.add_file_type(_FILE_TYPES[qtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_vocab(writer, vocab)
+    add_vocab(writer, vocab)
 
     types = [_tensor_type(tensor, qtype) for tensor in plan]
     for tensor, ttype in zip(plan, types, strict=True):

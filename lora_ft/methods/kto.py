@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lora_ft.config.sections import Section
+from lora_ft.sections import Section
 from lora_ft.methods import TrainingMethod
 from lora_ft.methods._preference import (MAX_PROMPT, PRECOMPUTE, PREFERENCE_LEARNING_RATE, REFERENCE, drop_reference,
                                          keep_reference, reference_notes, starts_from_its_adapter)

@@ -7,7 +7,7 @@ import os
 
 from pydantic import Field
 
-from lora_ft.config.sections import Section
+from lora_ft.sections import Section
 from lora_ft.methods import TrainingMethod
 from lora_ft.methods._preference import (MAX_PROMPT, PREFERENCE_LEARNING_RATE, drop_reference, keep_reference,
                                          learning_rate_note)

@@ -1,7 +1,7 @@
 """The base model and its adapter: where the model comes from, its tokenizer, loading (4-bit or not), LoRA.
 
 Per-architecture facts (shapes, layer names, GGUF conversion) are model families, one module each in
-:mod:`lora_ft.model.families`.
+:mod:`lora_ft.families`.
 """
 
 from lora_ft.model.attention import per_sample_sdpa, use_per_sample_attention

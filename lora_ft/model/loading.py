@@ -49,7 +49,7 @@ class ChatTokenizer:
 def load_chat_tokenizer(loaded: LoadedConfig, model_cfg: ModelSection) -> ChatTokenizer:
     """Locate the base model, load its tokenizer, choose the pad token and the chat template (no weights loaded)."""
     from lora_ft.templates import choose_chat_template
-    from lora_ft.tokenization import ChatRenderer
+    from lora_ft.data.tokenization import ChatRenderer
 
     source = locate_base_model(loaded)
     tokenizer = load_tokenizer(source, model_cfg)
@@ -234,7 +234,7 @@ def lora_config(lora: LoraSection, model):
 
     layers = None
     if lora.top_n_layers is not None:
-        from lora_ft.model import families
+        from lora_ft import families
 
         config = model.config.to_dict()
         total = families.decoder_family(config).layers(config)

@@ -21,8 +21,7 @@ def write_finished_run(trainer, prepared, loaded, resolved, model, outcome, star
                        run_dir: Path, is_main: bool) -> tuple[Path, dict]:
     """Save the adapter (every process takes part under FSDP; the main one writes), its model card, and the
     manifest; return (adapter folder, manifest). A failure to write leaves the checkpoints to finish from."""
-    from lora_ft import tokenization
-    from lora_ft.preparation import template_check
+    from lora_ft.data import template_checks, tokenization
 
     cfg, chat = resolved.config, prepared.chat
     template = chat.renderer.template
@@ -31,7 +30,8 @@ def write_finished_run(trainer, prepared, loaded, resolved, model, outcome, star
         staged = artifacts.save_adapter(trainer, chat.tokenizer, template, run_dir, is_main, stop_ids)
         if not is_main:
             return run_dir / artifacts.ADAPTER_DIR, {}
-        template_check(cfg.data.template_checks, tokenization.check_saved_template, staged, template)
+        template_checks.template_check(cfg.data.template_checks, template_checks.check_saved_template, staged,
+                                       template)
         rows = data_rows(prepared.data.reports)
         upstream = embedded.UPSTREAM_ID if chat.source.is_embedded else None
         card = artifacts.model_card(

@@ -24,7 +24,6 @@ from lora_ft.config.schema import keys_a_resume_may_change
 from lora_ft.errors import Problem, UserError
 from lora_ft import console
 
-RESUME_MODES = ("auto", "never")
 # Keys that do not change what is trained, as the schema marks them: where files go, trackers, how often to log
 # or save, checks.
 UNCOMPARED = keys_a_resume_may_change()

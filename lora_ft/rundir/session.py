@@ -23,6 +23,10 @@ class TrainingRunDir:
         self.records: list[dict] = []  # the metrics of the steps a resumed run keeps
         self.checkpoint_bytes = 0  # the expected size of one checkpoint
 
+    # What the training loop's checkpoint keeper calls after each save (the loop sits below the run directory).
+    commit_checkpoint = staticmethod(checkpoints.commit)
+    prune_checkpoints = staticmethod(checkpoints.prune)
+
     @classmethod
     @contextmanager
     def held(cls, output_dir: str, resume: str, world) -> Iterator[TrainingRunDir]:

@@ -31,15 +31,13 @@ from pathlib import Path
 from lora_ft import console
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data.loading import DatasetReport, held_out, source_report
-from lora_ft.data.samples import Sample
+from lora_ft.samples import Sample
 from lora_ft.errors import UserError
-from lora_ft.tokenization import ChatRenderer
+from lora_ft.data.tokenization import ChatRenderer
 from lora_ft.tokenized import folders, integrity
 from lora_ft.tokenized.encoding import Settings
 from lora_ft.tokenized.folders import META_FILE
-from lora_ft.tokenized.folders import writing_lock as _writing_lock  # noqa: F401 - the tests hold it
-from lora_ft.tokenized.keys import (CACHE_FORMAT, KEY_LENGTH, cache_root, file_hashes, key_of,  # noqa: F401
-                                    key_parts, listing, shown_files, sources)
+from lora_ft.tokenized.keys import cache_root, file_hashes, key_of, key_parts, listing, shown_files, sources
 from lora_ft.tokenized.pairs import PairsSplit
 from lora_ft.tokenized.split import StoredSplit, TokenizedSplit, relocations, update_digest
 from lora_ft.tokenized.writing import SplitWriter, write_samples, write_sources

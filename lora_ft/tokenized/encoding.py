@@ -3,11 +3,11 @@
 A chunk is a list of ``(location, row)`` read from a data file (or of ready :class:`Sample` objects, for sets a
 command brings itself). Each row becomes a sample as :func:`lora_ft.data.loading.row_sample` makes it (a row that
 cannot be used comes back as a fault with its reason), then tokens and labels as
-:func:`lora_ft.tokenization.encode_chunk` makes them, cut at ``data.max_seq_length``, with what the data report
+:func:`lora_ft.data.tokenization.encode_chunk` makes them, cut at ``data.max_seq_length``, with what the data report
 and the statistics need per sample: its length and trained tokens before the cut, and a digest of its content for
 the duplicate and leakage checks. Preference data (``dpo``, ``orpo``, ``kto``) keeps per pair its prompt's tokens and
-each answer's, before any length limit (:func:`lora_ft.preference_tokens.encode_preferences`): the limits are applied
-when the split is opened, so changing them does not tokenize again.
+each answer's, before any length limit (:func:`lora_ft.data.preference_tokens.encode_preferences`): the limits are
+applied when the split is opened, so changing them does not tokenize again.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from lora_ft.methods import method_of
 from lora_ft.data.loading import row_sample, unpaired
-from lora_ft.data.samples import RowFault, Sample
+from lora_ft.samples import RowFault, Sample
 from lora_ft.data.statistics import content_key
-from lora_ft.tokenization import IGNORE, ChatRenderer, encode_chunk
+from lora_ft.data.tokenization import IGNORE, ChatRenderer, encode_chunk
 
 
 def schema(preference: bool = False):
@@ -148,7 +148,7 @@ def preference_batch(samples: list[Sample], settings: Settings):
     """Preference samples' columns (:func:`schema` with ``preference``) as one record batch."""
     import pyarrow as pa
 
-    from lora_ft.preference_tokens import encode_preferences
+    from lora_ft.data.preference_tokens import encode_preferences
 
     encoded = encode_preferences(samples, settings.renderer)
     ids = pa.list_(pa.int32())

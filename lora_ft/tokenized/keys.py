@@ -20,7 +20,7 @@ from lora_ft.config import DatasetSource, LoadedConfig, RunConfig
 from lora_ft.data.loading import data_files
 from lora_ft.data.readers import display
 from lora_ft.files import file_sha256
-from lora_ft.tokenization import ChatRenderer
+from lora_ft.data.tokenization import ChatRenderer
 
 CACHE_FORMAT = 2  # bump when the tokens, the columns or the meta file written for the same inputs change
 KEY_LENGTH = 24  # hex characters of an entry's key

@@ -1,9 +1,9 @@
 """One tokenized split of preference data (``dpo``, ``orpo``, ``kto``) read from its Arrow file, memory-mapped.
 
 Each row holds a pair's sample and its tokens before any length limit: the prompt, and each answer through its
-end-of-turn token (:func:`lora_ft.preference_tokens.encode_preferences`). The limits of the run
+end-of-turn token (:func:`lora_ft.data.preference_tokens.encode_preferences`). The limits of the run
 (``data.max_seq_length``, ``overlength``, the method's ``max_prompt_length``) are applied as the rows are read
-(:func:`lora_ft.preference_tokens.fit_preferences`), so changing them reuses the entry.
+(:func:`lora_ft.data.preference_tokens.fit_preferences`), so changing them reuses the entry.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from lora_ft.data.samples import Sample
+from lora_ft.samples import Sample
 from lora_ft.tokenized.encoding import sample_from_json
 
 MAX_LOCATIONS = 20  # over-length and untrained locations kept for messages and reports

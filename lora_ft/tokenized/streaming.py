@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data.loading import DatasetReport, check_drops, data_files, source_report
-from lora_ft.tokenization import ChatRenderer, overlength_error
+from lora_ft.data.tokenization import ChatRenderer, overlength_error
 from lora_ft.tokenized.encoding import Settings
 from lora_ft.tokenized.writing import Encoders, source_batches
 

@@ -23,9 +23,9 @@ from lora_ft.errors import UserError
 from lora_ft.files import HASH_BLOCK, HashedFile
 from lora_ft.data.loading import (DatasetReport, check_format_kind, data_files, detected_format, source_report,
                                   source_rows)
-from lora_ft.data.samples import RowFault, Sample
-from lora_ft.tokenization import ENCODE_CHUNK as ROWS_PER_CHUNK  # rows a tokenizing process takes at a time
-from lora_ft.tokenization import Progress
+from lora_ft.samples import RowFault, Sample
+from lora_ft.data.tokenization import ENCODE_CHUNK as ROWS_PER_CHUNK  # rows a tokenizing process takes at a time
+from lora_ft.data.tokenization import Progress
 from lora_ft.tokenized.encoding import EncodedChunk, Settings, encode_rows, schema, use_settings
 
 PARALLEL_FROM_BYTES = 4 << 20  # data files smaller than this are tokenized in the main process: starting workers

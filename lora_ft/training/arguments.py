@@ -1,5 +1,5 @@
-"""The trainer's arguments from the resolved config: steps, checkpoint interval, precision, TRL's SFTConfig (the
-preference methods' configs are in :mod:`lora_ft.training.preference`)."""
+"""The trainer's arguments from the resolved config: steps, checkpoint interval, precision, and the arguments every
+method shares (each method's TRL config is built from them by its module in :mod:`lora_ft.methods`)."""
 
 from __future__ import annotations
 

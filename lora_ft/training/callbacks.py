@@ -194,7 +194,9 @@ class StopRequest:
 class CheckpointKeeper(TrainerCallback):
     """Makes the trainer's checkpoints complete-or-absent, keeps the newest ``keep_last``, and saves on demand.
 
-    - after each save it commits the folder with its manifest (:func:`lora_ft.checkpoints.commit`) and prunes;
+    - after each save it commits the folder with its manifest and prunes the old ones, with ``commit`` and
+      ``prune`` as the run directory hands them in (:func:`lora_ft.rundir.checkpoints.commit` and
+      :func:`~lora_ft.rundir.checkpoints.prune`: the run directory's layout is not the loop's to know);
     - before each save it checks the free space against the last checkpoint's size and stops the run, with the
       previous checkpoint intact, when it would not fit;
     - it asks for a save when ``save_every_minutes`` have passed, and a save and stop when a signal came.
@@ -202,8 +204,10 @@ class CheckpointKeeper(TrainerCallback):
 
     def __init__(self, checkpoint_dir: Path, fingerprint: dict, keep_last: int, expected_bytes: int,
                  save_every_minutes: float | None = None, stop: StopRequest | None = None,
-                 disk_free=lambda path: shutil.disk_usage(path).free) -> None:
+                 disk_free=lambda path: shutil.disk_usage(path).free, *, commit, prune) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.commit = commit  # (folder, step, fingerprint) -> the committed checkpoint
+        self.prune = prune  # (checkpoint folder, keep_last, best checkpoint or None) -> the folders removed
         self.fingerprint = fingerprint
         self.keep_last = keep_last
         self.expected_bytes = expected_bytes
@@ -239,13 +243,11 @@ class CheckpointKeeper(TrainerCallback):
         self.last_save = time.monotonic()
         if not state.is_world_process_zero:
             return
-        from lora_ft.rundir import checkpoints
-
         folder = self.checkpoint_dir / f"checkpoint-{state.global_step}"
-        committed = checkpoints.commit(folder, state.global_step, self.fingerprint)
+        committed = self.commit(folder, state.global_step, self.fingerprint)
         self.expected_bytes = max(self.expected_bytes, committed.size)
         self.committed.append(folder)
-        checkpoints.prune(self.checkpoint_dir, self.keep_last, state.best_model_checkpoint)
+        self.prune(self.checkpoint_dir, self.keep_last, state.best_model_checkpoint)
 
 
 @dataclass
@@ -271,7 +273,8 @@ def loop_callbacks(cfg, run_dir, compared_config: dict, data_fingerprint: dict, 
     stop = StopRequest()
     keeper = CheckpointKeeper(run_dir.checkpoint_dir,
                               {"config": compared_config, "data": data_fingerprint, "processes": processes},
-                              cfg.train.keep_last, run_dir.checkpoint_bytes, cfg.train.save_every_minutes, stop)
+                              cfg.train.keep_last, run_dir.checkpoint_bytes, cfg.train.save_every_minutes, stop,
+                              commit=run_dir.commit_checkpoint, prune=run_dir.prune_checkpoints)
     return LoopCallbacks(progress=ProgressBar(), history=LogHistory(run_dir.metrics_file, run_dir.records),
                          guard=NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_steps), keeper=keeper,
                          stop=stop, trackers=list(tracker_callbacks))

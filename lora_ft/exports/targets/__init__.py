@@ -1,8 +1,10 @@
 """The export targets, each one module in this folder that defines ``TARGET`` (an :class:`ExportTarget`).
 
 Adding a target (a serving engine or a file format) is adding a file here: ``lora-ft export --format NAME`` offers
-it, with the flags it adds, and runs it under the run's lock into a folder that appears whole or not at all. A
-target module stays light at import (heavy libraries inside its functions), so ``--help`` stays instant.
+it, with the flags it adds, and runs it under the run's lock (``commands/export.py``). The target writes its folder
+so that it appears whole or not at all (:func:`lora_ft.files.staged_directory`, as the shipped targets do) and
+returns the check that ends every export (:func:`lora_ft.exports.checks.write_check`). A target module stays light
+at import (heavy libraries inside its functions), so ``--help`` stays instant.
 """
 
 from __future__ import annotations

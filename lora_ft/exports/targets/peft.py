@@ -21,9 +21,9 @@ VLLM_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def vllm_problems(adapter_dir: Path) -> list[Problem]:
+    """What would stop vLLM's LoRA loader from accepting this adapter (its documented requirements)."""
     from safetensors import safe_open
 
-    """What would stop vLLM's LoRA loader from accepting this adapter (its documented requirements)."""
     problems = []
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     where = str(adapter_dir / "adapter_config.json")

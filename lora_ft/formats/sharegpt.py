@@ -1,7 +1,7 @@
 """ShareGPT conversations: ``{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", ...}]}``."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.samples import RowFault, Sample, checked_conversation, conversation_turns
+from lora_ft.formats import DataFormat
+from lora_ft.samples import RowFault, Sample, checked_conversation, conversation_turns
 
 
 def detects(row: dict) -> bool:

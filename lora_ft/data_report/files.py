@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lora_ft.data.report import DataReport
+from lora_ft.data_report.report import DataReport
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
 

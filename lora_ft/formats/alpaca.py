@@ -1,8 +1,8 @@
 """Alpaca instructions: ``{"instruction": "...", "input": "...", "output": "..."}`` (``input`` and ``system``
 optional)."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.samples import RowFault, Sample, required_text
+from lora_ft.formats import DataFormat
+from lora_ft.samples import RowFault, Sample, required_text
 
 COLUMNS = ("instruction", "output")
 

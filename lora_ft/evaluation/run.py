@@ -1,8 +1,9 @@
 """Evaluating a finished run, base (or starting model) against tuned: held-out loss, answers generated for every
 held-out prompt and scored against the references, the same on general instructions (a forgetting check), and
-lm-evaluation-harness tasks when asked. This module knows the order of those steps; the parts live in
-``answer_metrics`` (scores), ``inference`` (batched generation), ``harness`` (lm-evaluation-harness),
-``eval_report`` (tables, verdict) and ``eval_tracking`` (the run's trackers)."""
+lm-evaluation-harness tasks when asked. This module knows the order of those steps; the parts live beside it in
+``losses`` (log-probabilities and losses), ``answer_metrics`` (scores), :mod:`lora_ft.inference` (batched
+generation), ``preferences`` (how held-out pairs are ranked), ``harness`` (lm-evaluation-harness), ``report``
+(tables, verdict) and ``tracking`` (the run's trackers)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from lora_ft.config import DatasetSource, LoadedConfig
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
 from lora_ft.rundir.finished import FinishedRun
-from lora_ft.tokenization import IGNORE, ChatRenderer
+from lora_ft.data.tokenization import ChatRenderer
+from lora_ft.evaluation.losses import sample_losses, trained_token_counts
 from lora_ft import console
 
 
@@ -132,45 +134,6 @@ def prepared_eval(run: FinishedRun, data_file: str | None, sft: bool = False):
     return prepared, source
 
 
-def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
-    """The summed log-probability of each sequence's labelled tokens (batched by length, so little is padding)."""
-    import torch
-
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    sums: list[float] = [0.0] * len(input_ids)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        ids_batch, lab_batch = [input_ids[i] for i in rows], [labels[i] for i in rows]
-        width = max(len(x) for x in ids_batch)
-        ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        for row, (x, y) in enumerate(zip(ids_batch, lab_batch)):
-            ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        targets = lab[:, 1:].to(logits.device)
-        logps = torch.log_softmax(logits[:, :-1], dim=-1)
-        picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        for index, value in zip(rows, (picked * (targets != IGNORE)).sum(dim=1).tolist()):
-            sums[index] = value
-    return sums
-
-
-def sample_losses(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
-    """Each sample's summed cross-entropy over its trained tokens (the paired figures behind the loss interval)."""
-    return [-value for value in sequence_logps(model, input_ids, labels, batch_size)]
-
-
-def trained_token_counts(labels: list[list[int]]) -> list[int]:
-    return [sum(1 for t in row if t != IGNORE) for row in labels]
-
-
-def eval_loss(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> float:
-    """Mean cross-entropy per trained token, over padded batches."""
-    return sum(sample_losses(model, input_ids, labels, batch_size)) / max(sum(trained_token_counts(labels)), 1)
-
-
 def general_data_file() -> Path:
     """The general-instruction file shipped with lora-ft (257 varied pairs, no legal or finance content)."""
     return Path(str(resources.files("lora_ft.data_templates").joinpath("general", "general_instructions.jsonl")))
@@ -242,13 +205,13 @@ def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, 
 
 def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: EvalOptions, before: str):
     """Losses and answers of the starting model and the tuned one on one set; and the per-sample records."""
-    from lora_ft import preference_eval
-    from lora_ft.answer_metrics import answer_scores, summarize
-    from lora_ft.eval_report import SetResult
-    from lora_ft.eval_stats import paired_mean, paired_ratio
+    from lora_ft.evaluation import preferences
+    from lora_ft.evaluation.answer_metrics import answer_scores, summarize
+    from lora_ft.evaluation.report import SetResult
+    from lora_ft.evaluation.stats import paired_mean, paired_ratio
     from lora_ft.inference import merged_adapter
 
-    with preference_eval.starting_model(model, run), merged_adapter(model, run.config.model.adapter is not None):
+    with preferences.starting_model(model, run), merged_adapter(model, run.config.model.adapter is not None):
         base_losses = sample_losses(model, evalset.input_ids, evalset.labels)
     with merged_adapter(model):
         tuned_losses = sample_losses(model, evalset.input_ids, evalset.labels)
@@ -263,7 +226,7 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     if not evalset.conversations:
         return result, []
     references = [c[2] for c in evalset.conversations]
-    with preference_eval.starting_model(model, run):  # the start adapter merges; the base has none to merge
+    with preferences.starting_model(model, run):  # the start adapter merges; the base has none to merge
         base_answers, base_seconds = _answers(model, run, tokenizer, evalset, before, options,
                                               merge=run.config.model.adapter is not None, warn=True)
     tuned_answers, tuned_seconds = _answers(model, run, tokenizer, evalset, "tuned", options, merge=True,
@@ -286,8 +249,9 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
 
 def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrides):
     """Evaluate a finished run and write its report (``report.md``, ``report.json``, ``samples.jsonl``)."""
-    from lora_ft import eval_tracking, harness, inference, preference_eval
-    from lora_ft.eval_report import EvalReport
+    from lora_ft import inference
+    from lora_ft.evaluation import harness, preferences, tracking
+    from lora_ft.evaluation.report import EvalReport
 
     options = options or EvalOptions()
     for key, value in overrides.items():
@@ -316,12 +280,12 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     preference = None
     domain = sets[0]
     if domain.prepared.is_preference:
-        with preference_eval.starting_model(model, run):
-            start_scores = preference_eval.pair_scores(model, domain.prepared.eval_tokens)
+        with preferences.starting_model(model, run):
+            start_scores = preferences.pair_scores(model, domain.prepared.eval_tokens)
         if start_scores.chosen:
             beta = getattr(run.config.method_settings, "beta", 0.1)
-            preference = preference_eval.reward_summary(
-                start_scores, preference_eval.pair_scores(model, domain.prepared.eval_tokens), beta)
+            preference = preferences.reward_summary(
+                start_scores, preferences.pair_scores(model, domain.prepared.eval_tokens), beta)
     del model
     harness_scores, harness_seconds = None, 0.0
     if manager is not None:
@@ -346,7 +310,7 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
         console.say(f"reference: {item['reference'][:300]}")
         console.say(f"{before + ':':<10} {item['base'][:300]}")
         console.say(f"tuned:     {item['tuned'][:300]}")
-    for line in eval_tracking.log_report(run, report, records):
+    for line in tracking.log_report(run, report, records):
         console.note(line)
     console.say(f"\nverdict: {report.verdict()}")
     console.say(f"report: {out_dir / 'report.md'} (and report.json, samples.jsonl); {report.seconds:.0f} s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lora_ft.data.samples import RowFault, Sample, checked_conversation, conversation_turns
+from lora_ft.samples import RowFault, Sample, checked_conversation, conversation_turns
 
 LABEL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

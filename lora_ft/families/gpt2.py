@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lora_ft.model.families import GgufRules, ModelFamily, ModelShape
+from lora_ft.families import GgufRules, ModelFamily, ModelShape
 
 CONV1D_LAYERS = ("c_attn", "c_proj", "c_fc")
 

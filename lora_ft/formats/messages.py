@@ -1,8 +1,8 @@
 """OpenAI-style conversations: ``{"messages": [{"role": "user", "content": "..."}, ...]}`` (``conversations``
 with role/content keys is read the same way)."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.samples import RowFault, Sample, checked_conversation, conversation_turns
+from lora_ft.formats import DataFormat
+from lora_ft.samples import RowFault, Sample, checked_conversation, conversation_turns
 
 
 def detects(row: dict) -> bool:

@@ -9,7 +9,7 @@ starting model and from the tuned one. From those:
   rejected: the share of pairs where it is positive, and its mean. The same quantities TRL logs during training.
 
 The change in *prefers chosen* and the reward margin come with a 95% paired-bootstrap interval over the pairs
-(:mod:`lora_ft.eval_stats`): "better" only when the interval lies above zero.
+(:mod:`lora_ft.evaluation.stats`): "better" only when the interval lies above zero.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lora_ft.evaluation import sequence_logps
-from lora_ft.tokenization import IGNORE
+from lora_ft.evaluation.losses import sequence_logps
+from lora_ft.data.tokenization import IGNORE
 
 
 @dataclass
@@ -39,7 +39,7 @@ class PairScores:
 
 
 def pair_scores(model, tokens) -> PairScores:
-    """Scores of the pairs (rows with both answers) of a :class:`~lora_ft.preference_tokens.PreferenceTokens`."""
+    """Scores of the pairs (rows with both answers) of a :class:`~lora_ft.data.preference_tokens.PreferenceTokens`."""
     sides = {name: tokens.side(name, pairs_only=True) for name in ("chosen", "rejected")}
     scores = {name: sequence_logps(model, ids, labels) for name, (ids, labels) in sides.items()}
     lengths = {name: [sum(1 for t in row if t != IGNORE) for row in labels] for name, (_, labels) in sides.items()}
@@ -50,7 +50,7 @@ def reward_summary(start: PairScores, tuned: PairScores, beta: float) -> dict:
     """Reward accuracy and mean margin of the tuned model against the starting one, and each one's preference."""
     margins = [beta * ((tc - sc) - (tr - sr))
                for tc, sc, tr, sr in zip(tuned.chosen, start.chosen, tuned.rejected, start.rejected)]
-    from lora_ft.eval_stats import paired_mean
+    from lora_ft.evaluation.stats import paired_mean
 
     count = max(len(margins), 1)
     prefers = paired_mean([float(w) for w in start.wins()], [float(w) for w in tuned.wins()])

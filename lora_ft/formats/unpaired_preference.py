@@ -1,9 +1,9 @@
 """Single answers labelled desirable or not (KTO): ``{"prompt": "...", "completion": "...", "label": true}``;
 prompt and completion text or chat messages, the label true/false (also 1/0 or "true"/"false" in CSV)."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.formats._preference import answer_turns, checked_answers, label_value, prompt_turns
-from lora_ft.data.samples import Sample
+from lora_ft.formats import DataFormat
+from lora_ft.formats._preference import answer_turns, checked_answers, label_value, prompt_turns
+from lora_ft.samples import Sample
 
 COLUMNS = ("prompt", "completion", "label")
 

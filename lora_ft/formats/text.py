@@ -1,7 +1,7 @@
 """Raw text for continued pre-training: ``{"text": "..."}``; every token is trained."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.samples import Sample, required_text
+from lora_ft.formats import DataFormat
+from lora_ft.samples import Sample, required_text
 
 
 def detects(row: dict) -> bool:

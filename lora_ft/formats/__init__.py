@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from lora_ft.data.samples import RowFault, Sample
+from lora_ft.samples import RowFault, Sample
 from lora_ft.plugins import discover
 
 

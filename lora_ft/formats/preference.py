@@ -2,9 +2,9 @@
 text or (TRL's conversational form) chat messages, the prompt ending with a user turn and the answers the
 assistant's."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.formats._preference import answer_turns, pair_sample, prompt_turns
-from lora_ft.data.samples import Sample
+from lora_ft.formats import DataFormat
+from lora_ft.formats._preference import answer_turns, pair_sample, prompt_turns
+from lora_ft.samples import Sample
 
 COLUMNS = ("prompt", "chosen", "rejected")
 

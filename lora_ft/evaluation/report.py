@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lora_ft.answer_metrics import AnswerSummary
-from lora_ft.eval_stats import LEVEL, MIN_PAIRS, RESAMPLES, SEED, Difference
+from lora_ft.evaluation.answer_metrics import AnswerSummary
+from lora_ft.evaluation.stats import LEVEL, MIN_PAIRS, RESAMPLES, SEED, Difference
 
 # When the verdict calls general ability "held": general loss up by at most this fraction, ROUGE-L down by at
 # most this many points (a rise or a fall counts only when its interval says it is beyond noise). Beyond the

@@ -1,6 +1,6 @@
 """Preference samples to tokens: the prompt, and each answer through its end-of-turn token.
 
-A pair is rendered with the run's chat template exactly as an SFT conversation is (:mod:`lora_ft.tokenization`):
+A pair is rendered with the run's chat template exactly as an SFT conversation is (:mod:`lora_ft.data.tokenization`):
 the prompt is everything up to the assistant's generation prompt, an answer runs from there through its
 end-of-turn token (the token that makes generation stop), so the policy is scored on the text it would write.
 Tokenizing here, not in TRL, means one tokenization for training, ``lora-ft data``, ``plan`` and the resume check.
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lora_ft.data import Sample
-from lora_ft.tokenization import (IGNORE, ChatRenderer, Overlength, encode_conversation, encodings,
-                                  first_token_from, overlength_error)
+from lora_ft.data.tokenization import (IGNORE, ChatRenderer, Overlength, encode_conversation, encodings,
+                                       first_token_from, overlength_error)
+from lora_ft.samples import Sample
 
 
 @dataclass

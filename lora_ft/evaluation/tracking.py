@@ -25,9 +25,9 @@ def _table_rows(records: list[dict]) -> list[list]:
 def _log_wandb(run: FinishedRun, metrics: dict, verdict: str, records: list[dict]) -> str:
     import wandb
 
-    from lora_ft.tracking import _wandb_has_credentials, wandb_run_settings
+    from lora_ft.tracking import wandb_has_credentials, wandb_run_settings
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_has_credentials() else "offline")
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
     wandb_run = wandb.init(mode=mode, **wandb_run_settings(run.config, run.run_dir))
     try:
         wandb_run.summary.update({**metrics, "eval/verdict": verdict})

@@ -1,8 +1,8 @@
 """Prompt and completion: ``{"prompt": "...", "completion": "..."}``, as text or (TRL's conversational form) as
 lists of messages."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.samples import RowFault, Sample, checked_conversation, conversation_turns, required_text
+from lora_ft.formats import DataFormat
+from lora_ft.samples import RowFault, Sample, checked_conversation, conversation_turns, required_text
 
 COLUMNS = ("prompt", "completion")
 

@@ -1,9 +1,9 @@
 """Preference pairs with an implicit prompt: ``{"chosen": [messages], "rejected": [messages]}``, two whole
 conversations that are the same up to their last (assistant) turn; that shared beginning is the prompt."""
 
-from lora_ft.data.formats import DataFormat
-from lora_ft.data.formats._preference import answer_turns, pair_sample, prompt_turns
-from lora_ft.data.samples import RowFault, Sample, conversation_turns
+from lora_ft.formats import DataFormat
+from lora_ft.formats._preference import answer_turns, pair_sample, prompt_turns
+from lora_ft.samples import RowFault, Sample, conversation_turns
 
 COLUMNS = ("chosen", "rejected")
 

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from lora_ft.errors import UserError
-from lora_ft.model.families import GgufRules, ModelFamily, ModelShape
+from lora_ft.families import GgufRules, ModelFamily, ModelShape
 
 
 def shape(config: dict) -> ModelShape:

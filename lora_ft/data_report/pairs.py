@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from itertools import islice
 
 from lora_ft.config import DataSection
-from lora_ft.data import Sample
-from lora_ft.data.report import RenderedSample, SplitReport, render_sample
+from lora_ft.data_report.splits import RenderedSample, SplitReport, render_sample
 from lora_ft.data.statistics import MAX_LISTED, LengthStats, histogram
-from lora_ft.tokenization import ChatRenderer
+from lora_ft.data.tokenization import ChatRenderer
+from lora_ft.samples import Sample
 
 
 def analyse_pairs(name: str, encoded: Iterable[tuple], cfg: DataSection, max_prompt_length: int | None) -> SplitReport:
@@ -18,7 +18,7 @@ def analyse_pairs(name: str, encoded: Iterable[tuple], cfg: DataSection, max_pro
     length limits (:meth:`lora_ft.preparation.Prepared.encoded_pairs`): prompt, chosen and rejected lengths; what
     the length limit cuts, and which pairs it cuts before their answers differ (those carry no preference and are
     left out). The pairs are read a chunk at a time: memory holds their lengths, not their tokens."""
-    from lora_ft.preference_tokens import fit_preferences
+    from lora_ft.data.preference_tokens import fit_preferences
 
     limit, policy = cfg.max_seq_length, "truncate" if cfg.overlength == "error" else cfg.overlength
     prompts, chosen, rejected, totals = [], [], [], []
