@@ -63,6 +63,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     from lora_ft import model as model_lib
     from lora_ft import preparation, training
     from lora_ft.rundir import failures, final
+    from lora_ft.rundir.record import finished_training
 
     cfg = resolved.config
     compared = json.loads(cfg.model_dump_json())
@@ -109,10 +110,10 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
         raise failures.interrupted(outcome, loaded, run_dir.path)
     method_of(cfg.method).after_training(trainer.model)  # e.g. a preference method's reference copy dropped
 
-    adapter_dir, manifest = final.write_finished_run(trainer, prepared, loaded, resolved, model, outcome, start,
-                                                     trackers, started, run_dir.path, world.is_main)
+    record = finished_training(prepared, loaded, resolved, model, outcome, start, trackers, started, run_dir.path)
+    adapter_dir, manifest = final.write_finished_run(trainer, record, prepared.chat, world.is_main)
     if world.is_main:
         console.section("summary")
-        console.say(outcome.summary_table(run_dir.path, adapter_dir))
+        console.say(record.outcome.summary_table(record.run_dir, adapter_dir))
     return RunResult(run_dir=run_dir.path, adapter_dir=adapter_dir, outcome=outcome, manifest=manifest,
                      model=trainer.model)

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lora_ft.methods import method_of
+from lora_ft.rundir.record import FinishedTraining
 from lora_ft.errors import UserError
 from lora_ft.files import give_umask_permissions, write_text_atomic
 
@@ -216,31 +217,30 @@ def publish_adapter(staging: Path, run_dir: Path) -> Path:
     return adapter_dir
 
 
-def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_origin, renderer, tokenizer,
-                 trainable, total, outcome, start, trackers, started, run_dir, adapter_dir) -> dict:
+def run_manifest(record: FinishedTraining, adapter_dir: Path) -> dict:
     """What ran, on what, with what result: the record that also marks the run as finished."""
     from lora_ft import model as model_lib
 
     packages = package_versions()
+    outcome = record.outcome
     return {
         "lora_ft_version": packages.get("lora-ft"),
-        "base_model": {"name": source.display_name, "path": source.path, "upstream": upstream,
-                       "tokenizer_sha256": model_lib.model_files_digest(source.path)},
-        "config_file": str(loaded.path) if loaded.path else None,
-        "overrides": loaded.overrides,
-        "git_commit": git_commit(loaded.base_dir),
-        "seed": cfg.train.seed,
+        "base_model": {"name": record.base_name, "path": record.base_path, "upstream": record.upstream,
+                       "tokenizer_sha256": model_lib.model_files_digest(record.base_path)},
+        "config_file": str(record.config_file) if record.config_file else None,
+        "overrides": record.overrides,
+        "git_commit": git_commit(record.config_dir),
+        "seed": record.config.train.seed,
         "packages": packages,
-        "hardware": hardware(resolved.device),
-        "data": data_rows,
-        "chat_template": {"origin": template_origin, "end_of_turn": renderer.end_of_turn,
-                          "end_of_turn_id": renderer.end_of_turn_token_id(),
-                          "pad_token": tokenizer.pad_token},
-        "parameters": {"trainable": trainable, "total": total},
+        "hardware": hardware(record.device),
+        "data": record.data,
+        "chat_template": {"origin": record.template_origin, "end_of_turn": record.end_of_turn,
+                          "end_of_turn_id": record.end_of_turn_id, "pad_token": record.pad_token},
+        "parameters": {"trainable": record.trainable, "total": record.total},
         "metrics": {
             "steps": outcome.steps,
             "resumed_from_step": outcome.resumed_from_step,
-            "forced_resume_changes": start.forced_changes,
+            "forced_resume_changes": record.forced_changes,
             "train_seconds": round(outcome.seconds, 2),
             "train_loss": outcome.train_loss,
             "eval_loss_before": outcome.eval_loss_before,
@@ -258,10 +258,11 @@ def run_manifest(loaded, cfg, resolved, source, upstream, data_rows, template_or
             "best_checkpoint": outcome.best_checkpoint,
             "skipped_nonfinite_steps": outcome.skipped_steps,
         },
-        "trackers": trackers.notes,
-        "total_seconds": round(time.time() - started, 2),
-        "outputs": {"adapter": str(adapter_dir), "config": str(run_dir / CONFIG_FILE),
-                    "metrics": str(run_dir / METRICS_FILE)},
+        "trackers": record.tracker_notes,
+        "total_seconds": round(time.time() - record.started, 2),
+        "outputs": {"adapter": str(adapter_dir), "config": str(record.run_dir / CONFIG_FILE),
+                    "metrics": str(record.run_dir / METRICS_FILE)},
+        "tokenized_data": record.tokenized_data,
     }
 
 
@@ -274,9 +275,11 @@ def _fmt(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def model_card(*, base_name: str, base_path: str, upstream: str | None, cfg, data_rows: list[dict],
-               outcome, trainable: int, total: int, end_of_turn: str, run_dir: Path) -> str:
+def model_card(record: FinishedTraining) -> str:
     """The adapter's README.md: what it is, how it was trained, how well, and how to use it."""
+    cfg, outcome, run_dir, upstream = record.config, record.outcome, record.run_dir, record.upstream
+    base_name, base_path, data_rows = record.base_name, record.base_path, record.data
+    trainable, total, end_of_turn = record.trainable, record.total, record.end_of_turn
     lora = cfg.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     data_lines = "\n".join(
