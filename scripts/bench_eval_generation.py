@@ -53,12 +53,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from lora_ft import console, inference
-    from lora_ft.evaluation.run import eval_data
+    from lora_ft.config import LoadedConfig
+    from lora_ft.data import load_data
+    from lora_ft.evaluation.run import eval_config
     from lora_ft.rundir.finished import open_run
 
     console.quiet_libraries()
     run = open_run(args.run_dir)
-    loaded, source = eval_data(run, None)
+    config = eval_config(run)  # the run's own eval data: its eval files, or the same held-out split
+    with console.silenced():
+        loaded = load_data(LoadedConfig(config, None, []))
+    source = loaded.eval_source
     conversations = [s.messages[:-1] for s in loaded.eval if s.messages][: args.prompts]
     model = inference.load_tuned(run)
     tokenizer = inference.load_tokenizer(run)
@@ -91,7 +96,10 @@ def main() -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print(f"speed-up: {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x")
+    if single_tokens and batched_tokens:
+        print(f"speed-up: {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x")
+    else:  # a model whose answers are all empty (a tiny test model) generates nothing to time
+        print("speed-up: n/a (no answer tokens were generated)")
     print(f"batched vs one at a time on the same weights: {same_weights}/{len(check)} answers equal")
     print(f"batched (merged) vs one at a time (unmerged): {as_run}/{len(single)} answers equal")
     return 0 if same_weights == len(check) else 1

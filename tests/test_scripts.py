@@ -118,3 +118,31 @@ def test_slurm_script_starts_one_torchrun_per_node_with_the_rendezvous_of_the_jo
 def test_config_docs_script_checks_the_reference_is_current():
     result = _run(sys.executable, str(SCRIPTS / "gen_config_docs.py"), "--check")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.embedded
+def test_bench_data_times_the_first_and_the_cached_run_of_a_small_set(tmp_path):
+    out = tmp_path / "bench-data"
+    result = _run(sys.executable, str(SCRIPTS / "bench_data.py"), "--rows", "300", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "RESULTS.json").read_text())
+    assert "300" in json.dumps(report) and "flags" in result.stdout.lower()
+
+
+@pytest.mark.embedded
+def test_bench_hash_times_hashing_a_small_file_and_an_entry_check(tmp_path):
+    out = tmp_path / "bench-hash"
+    result = _run(sys.executable, str(SCRIPTS / "bench_hash.py"), "--rows", "2000", "--entry-rows", "300",
+                  "--repeat", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "HASH.md").is_file() and (out / "HASH.json").is_file()
+    assert "flags" in result.stdout.lower(), "the CPU's flags are printed with the figures"
+
+
+def test_bench_eval_generation_answers_a_few_prompts_both_ways(tiny_llama, legal_data, tmp_path):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["train", str(config), "--set", "train.max_steps=1"]) == 0
+    result = _run(sys.executable, str(SCRIPTS / "bench_eval_generation.py"), str(tmp_path / "run"), "--prompts", "2",
+                  "--batch-size", "2", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokens/s" in result.stdout or "tok/s" in result.stdout, result.stdout
