@@ -14,7 +14,8 @@ from lora_ft import console
 from lora_ft.methods import method_of
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data import LoadedData, check_drops
-from lora_ft.data import template_checks, tokenization
+from lora_ft.data import template_checks
+from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
 from lora_ft.errors import UserError
 from lora_ft.model import ChatTokenizer, load_chat_tokenizer
@@ -147,7 +148,6 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
         return prepared
 
     train_tokens, eval_tokens = prepared.train_tokens, prepared.eval_tokens
-    max_length = cfg.data.max_seq_length
     if prepared.is_preference:
         for name, tokens in (("train", train_tokens), ("eval", eval_tokens)):
             if len(tokens) or name == "train" or data.eval:
@@ -156,13 +156,13 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
         for name, split in (("train", train_tokens), ("eval", eval_tokens)):
             if split is not None:
                 console.say(split_line(name, split, cfg))
-        if cfg.data.overlength == "error":
+        policy = LengthPolicy.of(cfg.data)
+        if policy.stops:
             over = [(split.over_length_locations(), split.over_length, split.longest())
                     for split in (train_tokens, eval_tokens) if split is not None and split.over_length]
             if over:
-                raise tokenization.overlength_error([loc for locations, _, _ in over for loc in locations],
-                                                    max_length, max(longest for _, _, longest in over),
-                                                    count=sum(count for _, count, _ in over))
+                raise policy.error([loc for locations, _, _ in over for loc in locations],
+                                   max(longest for _, _, longest in over), count=sum(count for _, count, _ in over))
         for line in tokenized_stats_lines(train_tokens):
             console.say(line)
     if not (len(train_tokens) if prepared.is_preference else train_tokens.kept):
@@ -206,7 +206,7 @@ def split_line(name: str, split, cfg: RunConfig) -> str:
     """What tokenization did to an SFT split, in one line."""
     max_length = cfg.data.max_seq_length
     dropped_long = f"{split.over_length} dropped as longer than {max_length} tokens; " \
-        if cfg.data.overlength == "drop" else ""
+        if LengthPolicy.of(cfg.data).drops else ""
     return (f"{name}: {split.kept} samples, {split.tokens:,} tokens, {split.trained_tokens:,} trained; "
             f"{split.truncated} truncated at {max_length} tokens (losing {split.truncated_trained_tokens} trained "
             f"tokens); {dropped_long}{split.no_trained_token} left with no trained token")
@@ -217,7 +217,7 @@ def preference_line(name: str, tokens, cfg: RunConfig) -> str:
     max_length = cfg.data.max_seq_length
     kind = "answers" if method_of(cfg.method).splits_pairs else "pairs"
     dropped = [f"{len(tokens.over_length)} dropped as longer than {max_length} tokens"] \
-        if cfg.data.overlength == "drop" else []
+        if LengthPolicy.of(cfg.data).drops else []
     dropped += [f"{len(tokens.cut_before_difference)} dropped as cut before their answers differ"] \
         if tokens.cut_before_difference else []
     dropped += [f"{len(tokens.prompt_fills_length)} dropped as their prompt fills {max_length} tokens"] \

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lora_ft.data.tokenization import (IGNORE, ChatRenderer, Overlength, encode_conversation, encodings,
-                                       first_token_from, overlength_error)
+from lora_ft.data.length_policy import DEFAULT_OVERLENGTH, LengthPolicy, Overlength
+from lora_ft.data.tokenization import IGNORE, ChatRenderer, encode_conversation, encodings, first_token_from
 from lora_ft.samples import Sample
 
 
@@ -139,22 +139,22 @@ def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tu
 
 
 def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, list[int] | None]], max_length: int,
-                    overlength: Overlength = "truncate", max_prompt_length: int | None = None,
+                    overlength: Overlength = DEFAULT_OVERLENGTH, max_prompt_length: int | None = None,
                     prompt_key: str | None = None) -> PreferenceTokens:
     """Apply the prompt limit and the over-length policy to ``(location, prompt, chosen, rejected)``;
     ``prompt_key``: the method's prompt-limit key (``dpo.max_prompt_length``), named in the over-length error."""
     out = PreferenceTokens()
-    longest = 0
+    policy, longest = LengthPolicy(max_length, overlength), 0
     for location, prompt, chosen, rejected in encoded:
         if max_prompt_length is not None and len(prompt) > max_prompt_length:
             prompt = prompt[-max_prompt_length:]
             out.prompts_cut += 1
         answers = [a for a in (chosen, rejected) if a is not None]
         length = len(prompt) + max(len(a) for a in answers)
-        if length > max_length:
+        if policy.is_over(length):
             out.over_length.append(location)
             longest = max(longest, length)
-            if overlength == "drop":
+            if not policy.keeps(length):
                 continue
             room = max_length - len(prompt)
             if room <= 0:
@@ -171,6 +171,6 @@ def fit_preferences(encoded: Iterable[tuple[str, list[int], list[int] | None, li
         out.chosen_ids.append(chosen)
         out.rejected_ids.append(rejected)
         out.locations.append(location)
-    if overlength == "error" and out.over_length:
-        raise overlength_error(out.over_length, max_length, longest, prompt_key=prompt_key)
+    if policy.stops and out.over_length:
+        raise policy.error(out.over_length, longest, prompt_key=prompt_key)
     return out

@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from lora_ft.data.length_policy import DEFAULT_OVERLENGTH, LengthPolicy
 from lora_ft.samples import Sample
 
 MAX_LISTED = 20  # locations (or duplicate groups) kept per list in the report and its JSON
@@ -222,10 +223,7 @@ def summary_lines(data) -> list[str]:
     return lines
 
 
-OVERLENGTH_EFFECT = {"truncate": "are truncated", "drop": "are left out", "error": "stop training"}
-
-
-def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str = "truncate") -> list[str]:
+def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str = DEFAULT_OVERLENGTH) -> list[str]:
     """Text bars, one per bucket, with ``max_seq_length`` marked."""
     if not buckets:
         return []
@@ -234,7 +232,7 @@ def histogram_lines(buckets: list[Bucket], max_seq_length: int, overlength: str 
     label_width = max(len(label) for label in labels)
     count_width = len(f"{peak:,}")
     marker = f"{'':>{label_width}}   {'-' * 8} max_seq_length {max_seq_length:,}: longer samples " \
-             f"{OVERLENGTH_EFFECT[overlength]}"
+             f"{LengthPolicy(max_seq_length, overlength).effect}"
     lines = []
     for bucket, label in zip(buckets, labels):
         if bucket.first == max_seq_length + 1:

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
-
-from lora_ft.errors import Problem, UserError
+from lora_ft.data.length_policy import DEFAULT_OVERLENGTH, LengthPolicy, Overlength
+from lora_ft.errors import UserError
 from lora_ft.samples import Sample
 
 IGNORE = -100
-Overlength = Literal["truncate", "drop", "error"]
-OVERLENGTH_SHOWN = 5  # over-length locations named in the error
 
 
 @dataclass
@@ -281,7 +278,7 @@ def encode_samples(samples: Iterable[Sample], renderer: ChatRenderer, train_on: 
 
 
 def fit_to_length(
-    encoded: Iterable[tuple[str, list[int], list[int]]], max_length: int, overlength: Overlength = "truncate"
+    encoded: Iterable[tuple[str, list[int], list[int]]], max_length: int, overlength: Overlength = DEFAULT_OVERLENGTH
 ) -> TokenizedSet:
     """Apply the over-length policy to ``(location, input_ids, labels)`` triples; drop samples with no label.
 
@@ -290,12 +287,12 @@ def fit_to_length(
     location is kept in ``over_length`` whatever the policy.
     """
     out = TokenizedSet()
-    longest = 0
+    policy, longest = LengthPolicy(max_length, overlength), 0
     for location, ids, labels in encoded:
-        if len(ids) > max_length:
+        if policy.is_over(len(ids)):
             out.over_length.append(location)
             longest = max(longest, len(ids))
-            if overlength == "drop":
+            if not policy.keeps(len(ids)):
                 continue
             out.truncated += 1
             out.truncated_trained_tokens += sum(1 for t in labels[max_length:] if t != IGNORE)
@@ -306,33 +303,14 @@ def fit_to_length(
         out.input_ids.append(ids)
         out.labels.append(labels)
         out.locations.append(location)
-    if overlength == "error" and out.over_length:
-        raise overlength_error(out.over_length, max_length, longest)
+    if policy.stops and out.over_length:
+        raise policy.error(out.over_length, longest)
     return out
-
-
-def overlength_error(locations: list[str], max_length: int, longest: int, count: int | None = None,
-                     prompt_key: str | None = None) -> UserError:
-    """The error for ``data.overlength: error``: how many samples are too long, and where the first few are.
-    ``count``: how many there are when ``locations`` lists only some; ``prompt_key``: pairs' prompt limit."""
-    count = len(locations) if count is None else count
-    shown = [Problem(f"longer than {max_length} tokens", where) for where in locations[:OVERLENGTH_SHOWN]]
-    if count > OVERLENGTH_SHOWN:
-        shown.append(Problem(f"... and {count - OVERLENGTH_SHOWN} more"))
-    prompt = f"cap the prompts with {prompt_key} (each keeps its last tokens), " if prompt_key else ""
-    return UserError(
-        f"{count} sample(s) are longer than data.max_seq_length = {max_length} tokens "
-        f"(the longest has {longest}) and data.overlength is 'error'",
-        shown,
-        fix=f"raise data.max_seq_length (to {longest} to keep them whole, if the model's context allows), {prompt}"
-        "shorten or remove these rows, or set data.overlength to truncate (cut them) or drop (leave them out)",
-        settings=("data.max_seq_length", "data.overlength") + ((prompt_key,) if prompt_key else ()),
-    )
 
 
 def tokenize_samples(
     samples: list[Sample], renderer: ChatRenderer, max_length: int, train_on: str,
-    overlength: Overlength = "truncate",
+    overlength: Overlength = DEFAULT_OVERLENGTH,
 ) -> TokenizedSet:
     """Tokenize samples; apply the over-length policy at ``max_length``; drop samples that keep no trained token."""
     encoded = ((s.location, *pair) for s, pair in zip(samples, encode_samples(samples, renderer, train_on,

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from itertools import islice
 
 from lora_ft.config import DataSection
+from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data_report.splits import RenderedSample, SplitReport, render_sample
 from lora_ft.data.statistics import MAX_LISTED, LengthStats, histogram
 from lora_ft.data.tokenization import ChatRenderer
@@ -20,7 +21,8 @@ def analyse_pairs(name: str, encoded: Iterable[tuple], cfg: DataSection, max_pro
     left out). The pairs are read a chunk at a time: memory holds their lengths, not their tokens."""
     from lora_ft.data.preference_tokens import fit_preferences
 
-    limit, policy = cfg.max_seq_length, "truncate" if cfg.overlength == "error" else cfg.overlength
+    policy = LengthPolicy.of(cfg).previewed()  # a report raises nothing: error counts as truncate
+    limit = policy.max_length
     prompts, chosen, rejected, totals = [], [], [], []
     over, fills, cut_before = _Listed(), _Listed(), _Listed()
     kept = tokens = trained = past = in_over = 0
@@ -33,10 +35,10 @@ def analyse_pairs(name: str, encoded: Iterable[tuple], cfg: DataSection, max_pro
             chosen += [len(sides[0])] if sides[0] is not None else []
             rejected += [len(sides[1])] if sides[1] is not None else []
             kept_prompt = min(len(prompt), max_prompt_length) if max_prompt_length is not None else len(prompt)
-            if kept_prompt + max(answers) > limit:  # over the length limit, as fit_preferences judges it
+            if policy.is_over(kept_prompt + max(answers)):  # over the length limit, as fit_preferences judges it
                 in_over += sum(answers)
                 past += sum(max(0, a - max(0, limit - kept_prompt)) for a in answers)
-        fitted = fit_preferences(chunk, limit, policy, max_prompt_length)
+        fitted = fit_preferences(chunk, limit, policy.overlength, max_prompt_length)
         kept, tokens, trained = kept + len(fitted), tokens + fitted.tokens, trained + fitted.trained_tokens
         over.add(fitted.over_length)
         fills.add(fitted.prompt_fills_length)

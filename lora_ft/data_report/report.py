@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from lora_ft import console, data
 from lora_ft.config import LoadedConfig
-from lora_ft.data import DatasetReport, Sample, template_checks, tokenization
+from lora_ft.data import DatasetReport, Sample, template_checks
+from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data.statistics import (Duplicates, Leakage, duplicate_lines, histogram_lines, length_table,
                                      listed_locations, split_duplicates, split_leakage, stats_lines)
 from lora_ft.data_report.pairs import analyse_pairs, rendered_sides
@@ -150,18 +151,15 @@ def _first(split, count: int) -> list[Sample]:
 def _judge(report: DataReport, prompt_key: str | None = None) -> None:
     """Add the warnings, and the problems that depend on the token counts (``prompt_key``: preference data's
     prompt limit, named in the over-length fix)."""
-    limit = report.max_seq_length
+    limit, policy = report.max_seq_length, LengthPolicy(report.max_seq_length, report.overlength)
     for split in report.splits:
-        if split.over_length and report.overlength == "error":
-            error = tokenization.overlength_error(split.over_length_locations, limit, split.total.max,
-                                                  count=split.over_length, prompt_key=prompt_key)
+        if split.over_length and policy.stops:
+            error = policy.error(split.over_length_locations, split.total.max, count=split.over_length,
+                                 prompt_key=prompt_key)
             report.problems.append(f"{split.name}: {_error_text(error)}")
-        elif split.over_length and report.overlength == "drop":
-            report.warnings.append(f"{split.over_length} {split.name} sample(s) longer than max_seq_length {limit} "
-                                   f"are left out, with their {split.trained_tokens_in_over_length:,} trained tokens")
         elif split.over_length:
-            report.warnings.append(f"{split.over_length} {split.name} sample(s) are cut at max_seq_length {limit}, "
-                                   f"losing {split.trained_tokens_past_limit:,} trained tokens")
+            report.warnings.append(policy.warning(split.over_length, split.name, split.trained_tokens_past_limit,
+                                                  split.trained_tokens_in_over_length))
         if split.no_trained_token:
             report.warnings.append(f"{split.no_trained_token} {split.name} sample(s) have no trained token left "
                                    "and are left out")
@@ -201,13 +199,8 @@ def _split_lines(split: SplitReport, report: DataReport) -> list[str]:
         lines.append(f"longer than max_seq_length {limit:,}: none")
     else:
         where = listed_locations(split.over_length_locations, split.over_length)
-        consequence = {
-            "truncate": f"truncated, losing {split.trained_tokens_past_limit:,} trained tokens",
-            "drop": f"left out (data.overlength: drop), with their {split.trained_tokens_in_over_length:,} trained "
-                    "tokens",
-            "error": f"training stops (data.overlength: error); truncating them would lose "
-                     f"{split.trained_tokens_past_limit:,} trained tokens",
-        }[report.overlength]
+        consequence = LengthPolicy(limit, report.overlength).consequence(split.trained_tokens_past_limit,
+                                                                         split.trained_tokens_in_over_length)
         lines.append(f"longer than max_seq_length {limit:,}: {split.over_length} [{where}]: {consequence}")
     if split.no_trained_token:
         where = listed_locations(split.no_trained_token_locations, split.no_trained_token)

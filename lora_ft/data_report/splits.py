@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from lora_ft.config import DataSection
 from lora_ft.data import tokenization
+from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data.statistics import MAX_LISTED, Bucket, LengthStats, histogram
 from lora_ft.data.tokenization import IGNORE, ChatRenderer
 from lora_ft.samples import Sample
@@ -92,16 +93,13 @@ def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> R
         ends = list(itertools.accumulate(len(p) for p in pieces))
         offsets = [(end - len(p), end) for p, end in zip(pieces, ends)]
         text = "".join(pieces)
-    cut_at, note = None, ""
-    if len(ids) > limit:
-        if cfg.overlength == "drop":
-            note = f"{len(ids)} tokens, longer than max_seq_length {limit}: left out (data.overlength: drop)"
-        else:
+    cut_at, note, policy = None, "", LengthPolicy.of(cfg)
+    if policy.is_over(len(ids)):
+        note = policy.sample_note(len(ids))
+        if policy.keeps(len(ids)):
             cut_at = offsets[limit][0]
             labels = labels[:limit]
-            note = f"{len(ids)} tokens: cut at max_seq_length {limit}" + (
-                "; data.overlength is 'error', so training would stop" if cfg.overlength == "error" else "")
-    if not any(t != IGNORE for t in labels) and not (len(ids) > limit and cfg.overlength == "drop"):
+    if not any(t != IGNORE for t in labels) and policy.keeps(len(ids)):
         note = (note + "; " if note else "") + "no trained token left: left out of training"
     spans: list[tuple[int, int]] = []
     previous_trained = False

@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
+from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.samples import Sample
 from lora_ft.tokenized.encoding import sample_from_json
 
@@ -92,19 +93,19 @@ class TokenizedSplit(StoredSplit):
                  moves: dict[str, str] | None = None):
         super().__init__(table, rows, moves)
         self.max_length, self.overlength = max_length, overlength
+        self.policy = LengthPolicy(max_length, overlength)
 
     # what training takes
 
     @cached_property
     def over_length_mask(self) -> np.ndarray:
-        return self.column("length") > self.max_length
+        return self.policy.over_mask(self.column("length"))
 
     @cached_property
     def kept_mask(self) -> np.ndarray:
         """Samples that train: over the length limit only when the policy keeps them cut, and a trained token left
         (``error`` counts as ``truncate`` here: :meth:`over_length_locations` is what stops such a run)."""
-        kept = self.column("trained_kept") > 0
-        return kept & ~self.over_length_mask if self.overlength == "drop" else kept
+        return (self.column("trained_kept") > 0) & self.policy.kept_mask(self.column("length"))
 
     @cached_property
     def kept_rows(self) -> np.ndarray:
@@ -120,7 +121,7 @@ class TokenizedSplit(StoredSplit):
 
     @property
     def tokens(self) -> int:
-        return int(np.minimum(self.column("length"), self.max_length)[self.kept_mask].sum())
+        return int(self.policy.fitted_lengths(self.column("length"))[self.kept_mask].sum())
 
     @property
     def trained_tokens(self) -> int:
@@ -128,7 +129,7 @@ class TokenizedSplit(StoredSplit):
 
     @property
     def truncated(self) -> int:
-        return 0 if self.overlength == "drop" else int(self.over_length_mask.sum())
+        return int((self.over_length_mask & ~self._dropped_long).sum())
 
     @property
     def trained_tokens_past_limit(self) -> int:
@@ -137,7 +138,7 @@ class TokenizedSplit(StoredSplit):
 
     @property
     def truncated_trained_tokens(self) -> int:
-        return 0 if self.overlength == "drop" else self.trained_tokens_past_limit
+        return self.trained_tokens_past_limit if self.policy.cuts else 0
 
     @property
     def over_length(self) -> int:
@@ -154,7 +155,7 @@ class TokenizedSplit(StoredSplit):
 
     @property
     def _dropped_long(self) -> np.ndarray:
-        return self.over_length_mask if self.overlength == "drop" else np.zeros(len(self), dtype=bool)
+        return ~self.policy.kept_mask(self.column("length"))
 
     def over_length_locations(self, limit: int = MAX_LOCATIONS) -> list[str]:
         return self.locations(np.nonzero(self.over_length_mask)[0][:limit])
@@ -170,7 +171,7 @@ class TokenizedSplit(StoredSplit):
     def lengths(self, kept_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(total tokens, trained tokens) per sample: before the cut, or as trained (``kept_only``)."""
         if kept_only:
-            return (np.minimum(self.column("length"), self.max_length)[self.kept_mask],
+            return (self.policy.fitted_lengths(self.column("length"))[self.kept_mask],
                     self.column("trained_kept")[self.kept_mask])
         return self.column("length"), self.column("trained")
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from lora_ft.config import LoadedConfig, RunConfig
 from lora_ft.data.loading import DatasetReport, check_drops, data_files, source_report
-from lora_ft.data.tokenization import ChatRenderer, overlength_error
+from lora_ft.data.length_policy import LengthPolicy
+from lora_ft.data.tokenization import ChatRenderer
 from lora_ft.tokenized.encoding import Settings
 from lora_ft.tokenized.writing import Encoders, source_batches
 
@@ -70,8 +71,8 @@ def _stream_rows(key: str):
 def _rows(stream: StreamedTrainSet):
     """Every row that trains, in file order: one pass over the data (the trainer starts another for a new epoch)."""
     cfg = stream.config
-    limit, policy = cfg.data.max_seq_length, cfg.data.overlength
-    settings = Settings(stream.renderer, cfg.data.train_on, limit, cfg.data.system_prompt)
+    policy = LengthPolicy.of(cfg.data)
+    settings = Settings(stream.renderer, cfg.data.train_on, policy.max_length, cfg.data.system_prompt)
     encoders = Encoders(settings, 1)  # in the training process: one tokenizing thread keeps ahead of any GPU
     for source, report in zip(cfg.data.train, stream.reports):
         report.rows_read, report.kept, report.dropped = 0, 0, {}  # the counts of this pass
@@ -82,9 +83,9 @@ def _rows(stream: StreamedTrainSet):
             for location, ids, labels, length, trained_kept in zip(
                     columns["location"], columns["input_ids"], columns["labels"], columns["length"],
                     columns["trained_kept"]):
-                if length > limit and policy == "error":
-                    raise overlength_error([location], limit, length)
-                if trained_kept == 0 or (length > limit and policy == "drop"):
+                if policy.is_over(length) and policy.stops:
+                    raise policy.error([location], length)
+                if trained_kept == 0 or not policy.keeps(length):
                     continue
                 yield {"input_ids": ids, "labels": labels}
         check_drops([report], cfg.data.max_dropped_fraction)
