@@ -112,6 +112,18 @@ def chat_tokenizer(tiny_llama):
     return AutoTokenizer.from_pretrained(tiny_llama)
 
 
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """Run a lora-ft command in this process: its exit code, standard output and standard error (never a
+    traceback: every fault a command meets is a one-screen error)."""
+    from lora_ft import cli
+
+    capsys.readouterr()
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ from lora_ft import cli
 from lora_ft.config import load_config
 from lora_ft.errors import UserError
 
-from .conftest import legal_rows, write_config, write_jsonl
+from .conftest import legal_rows, run_cli, write_config, write_jsonl
 
 SURROGATE_ROW = '{"instruction": "bad \\ud800 here", "input": "", "output": "An answer."}'
 DEEP_ROW = "[" * 100_000 + "]" * 100_000
@@ -33,10 +33,7 @@ def finished_run(tiny_llama, tmp_path_factory) -> Path:
 
 
 def _exit_and_error(capsys, argv: list[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
+    code, _out, err = run_cli(capsys, argv)
     return code, err
 
 

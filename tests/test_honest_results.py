@@ -14,17 +14,9 @@ import pytest
 
 from lora_ft import cli
 from lora_ft.errors import UserError
-from tests.conftest import legal_rows, preference_rows, write_config, write_jsonl
+from tests.conftest import legal_rows, preference_rows, run_cli, write_config, write_jsonl
 
 LONG_PROMPT = " ".join(f"clause {i} of the lease says the tenant shall pay rent on the first day" for i in range(80))
-
-
-def _exit_and_error(capsys, argv: list[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ LLAMA_LINEAR = "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
 def test_a_mistyped_target_module_stops_training_naming_it_the_closest_names_and_the_fix(
         tiny_llama, legal_data, tmp_path, capsys, targets):
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
-    code, _, err = _exit_and_error(capsys, ["train", str(config), "--set", f"lora.target_modules={targets}"])
+    code, _, err = run_cli(capsys, ["train", str(config), "--set", f"lora.target_modules={targets}"])
     assert code == 2
     assert "qproj_typo" in err and "matches no module of the model" in err
     assert "did you mean q_proj" in err  # the closest module names (difflib)
@@ -157,7 +149,7 @@ def identical_run(trained_run, tmp_path_factory) -> Path:
 
 def test_a_model_evaluated_against_itself_gives_no_difference(identical_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, printed, _ = _exit_and_error(capsys, ["eval", str(identical_run), "--no-general", "--max-new-tokens", "8",
+    code, printed, _ = run_cli(capsys, ["eval", str(identical_run), "--no-general", "--max-new-tokens", "8",
                                                 "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -171,7 +163,7 @@ def test_a_model_evaluated_against_itself_gives_no_difference(identical_run, tmp
 
 def test_a_clearly_trained_adapter_is_better_with_each_interval_in_the_report(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, printed, _ = _exit_and_error(capsys, ["eval", str(trained_run), "--no-general", "--max-new-tokens", "16",
+    code, printed, _ = run_cli(capsys, ["eval", str(trained_run), "--no-general", "--max-new-tokens", "16",
                                                 "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -204,7 +196,7 @@ def test_training_from_a_run_whose_adapter_is_truncated_is_a_one_screen_error(tr
     weights = damaged / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])
     config = write_config(tmp_path / "second.yaml", tiny_llama, legal_data, output_dir=tmp_path / "second")
-    code, _, err = _exit_and_error(capsys, ["train", str(config), "--set", f"model.adapter={damaged}"])
+    code, _, err = run_cli(capsys, ["train", str(config), "--set", f"model.adapter={damaged}"])
     assert code == 2
     assert "adapter_model.safetensors (of the run model.adapter names) is damaged" in err  # what
     assert f"error: {weights}: " in err  # where
@@ -218,14 +210,14 @@ def test_training_from_a_run_whose_adapter_is_truncated_is_a_one_screen_error(tr
 def test_generate_on_an_empty_prompts_file_is_an_error_naming_it(trained_run, tmp_path, capsys, name, text):
     prompts = tmp_path / name
     prompts.write_text(text)
-    code, out, err = _exit_and_error(capsys, ["generate", str(trained_run), "--prompts", str(prompts)])
+    code, out, err = run_cli(capsys, ["generate", str(trained_run), "--prompts", str(prompts)])
     assert code == 2 and out == ""
     assert str(prompts) in err and "no prompt" in err
     assert ("one prompt per line" if name.endswith(".txt") else '{"prompt": "..."}') in err
 
 
 def test_a_prompt_longer_than_the_context_is_cut_from_the_left_with_a_warning(trained_run, tmp_path, capsys):
-    code, out, err = _exit_and_error(capsys, ["generate", str(trained_run), "--prompt", LONG_PROMPT,
+    code, out, err = run_cli(capsys, ["generate", str(trained_run), "--prompt", LONG_PROMPT,
                                               "--max-new-tokens", "4"])
     assert code == 0 and out.strip()
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
@@ -235,7 +227,7 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left_with_a_warning(tr
     # a file of prompts (answered in batches): the long one is named, the short one is not warned about
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"What is consideration?\n{LONG_PROMPT}\n")
-    code, out, err = _exit_and_error(capsys, ["generate", str(trained_run), "--prompts", str(prompts),
+    code, out, err = run_cli(capsys, ["generate", str(trained_run), "--prompts", str(prompts),
                                               "--max-new-tokens", "4"])
     assert code == 0 and len(out.strip().splitlines()) == 2
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
@@ -244,7 +236,7 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left_with_a_warning(tr
 
 def test_chat_warns_when_the_conversation_outgrows_the_context(trained_run, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{LONG_PROMPT}\n/exit\n"))
-    code, _, err = _exit_and_error(capsys, ["chat", str(trained_run), "--max-new-tokens", "4"])
+    code, _, err = run_cli(capsys, ["chat", str(trained_run), "--max-new-tokens", "4"])
     assert code == 0
     assert "512-token context" in err and "truncated from the left" in err
 
@@ -252,7 +244,7 @@ def test_chat_warns_when_the_conversation_outgrows_the_context(trained_run, caps
 def test_eval_warns_about_prompts_longer_than_the_context(trained_run, tmp_path, capsys):
     data = write_jsonl(tmp_path / "long.jsonl", legal_rows(2) + [
         {"instruction": LONG_PROMPT, "input": "", "output": "The tenant pays rent."}])
-    code, printed, _ = _exit_and_error(capsys, ["eval", str(trained_run), "--data", str(data), "--no-general",
+    code, printed, _ = run_cli(capsys, ["eval", str(trained_run), "--data", str(data), "--no-general",
                                                 "--max-new-tokens", "4", "--out", str(tmp_path / "eval")])
     assert code == 0
     warnings = [line for line in printed.splitlines() if "512-token context" in line]
@@ -268,7 +260,7 @@ def test_eval_errors_give_fixes_eval_can_act_on(trained_run, tmp_path, capsys, c
         write_jsonl(data, [{"question": "Q?", "reply": "A."}] * 3)
     else:
         write_jsonl(data, preference_rows(3))
-    code, _, err = _exit_and_error(capsys, ["eval", str(trained_run), "--data", str(data), "--no-general",
+    code, _, err = run_cli(capsys, ["eval", str(trained_run), "--data", str(data), "--no-general",
                                             "--out", str(tmp_path / "eval")])
     assert code == 2
     fix = err[err.rindex("fix:"):]
@@ -295,7 +287,7 @@ def test_an_over_long_preference_prompts_fix_names_the_methods_max_prompt_length
     data_dir.mkdir()
     config = write_config(tmp_path / "pref.yaml", tiny_llama, _long_prompt_pairs(data_dir))
     config.write_text(f"method: {method}\n" + config.read_text())
-    code, out, err = _exit_and_error(capsys, [command, str(config), "--set", "data.overlength=error"])
+    code, out, err = run_cli(capsys, [command, str(config), "--set", "data.overlength=error"])
     assert code == 2
     text = err if command == "train" else out + err
     assert "longer than data.max_seq_length" in text
