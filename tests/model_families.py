@@ -1,0 +1,57 @@
+"""Tiny random-weight models of the families our users tune, built from each family's own config class (no model
+hub), beside a tokenizer that is copied in. Each config sets what its family's released checkpoints set in their
+config.json where the default does not fit a tiny model (head_dim, token ids inside the vocabulary, GPT-2's n_ctx,
+which llama.cpp's converter reads)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+# family -> (transformers model_type, keys beyond the shared tiny dimensions)
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {"sliding_window": None}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "gemma2": ("gemma2", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "gemma3": ("gemma3_text", {"head_dim": 16, "query_pre_attn_scalar": 16}),
+    "phi3": ("phi3", {}),
+    "gpt2": ("gpt2", {}),
+}
+
+# Widths every bitsandbytes backend accepts in 4-bit (see conftest.TINY_HIDDEN): k/v are 2 heads x 16 = 32 wide
+SHARED = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "max_position_embeddings": 2048, "tie_word_embeddings": True}
+
+
+def family_config(family: str, vocab_size: int, bos: int, eos: int, pad: int):
+    from transformers import AutoConfig
+
+    model_type, extra = FAMILIES[family]
+    ids = {"vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+    if model_type == "gpt2":
+        # GPT-2's released config.json carries n_ctx beside n_positions; transformers 5 no longer writes it
+        return AutoConfig.for_model("gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=2048, n_ctx=2048, **ids)
+    return AutoConfig.for_model(model_type, **SHARED, **extra, **ids)
+
+
+def build_family_model(family: str, directory: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A tiny ``family`` model saved in ``directory`` with the tokenizer files of ``tokenizer_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in Path(tokenizer_dir).iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "added_tokens", "chat_template", "vocab", "merges")):
+            shutil.copy(path, directory / path.name)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    config = family_config(family, len(tokenizer), bos, eos, pad)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(directory)
+    return directory
