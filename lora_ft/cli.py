@@ -19,6 +19,7 @@ EPILOG = """examples:
   lora-ft eval runs/legal-domain
   lora-ft chat runs/legal-domain
   lora-ft export runs/legal-domain --format gguf
+  lora-ft push runs/legal-domain --repo your-name/legal-lora   # the adapter, private, with a model card
 docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md, docs/evaluation.md,
       docs/serving.md"""
 
@@ -130,6 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     for target in found.values():
         if target.add_arguments is not None:
             target.add_arguments(export)
+
+    from lora_ft.exports.hub import ARTIFACTS  # light: huggingface_hub is imported when a push runs
+
+    push = sub.add_parser("push", help="upload a run's adapter, merged model or GGUF files to the Hugging Face Hub",
+                          description="Upload an export of a finished run (RUN_DIR/export-peft, export-merged or "
+                          "export-gguf, as `lora-ft export` writes them) to a Hub model repo in one commit, with a "
+                          "model card (base model, library, tags, datasets, license). The repo is private unless "
+                          "--public. The token is HF_TOKEN's or that of `hf auth login`. An interrupted push "
+                          "resumes when the same command runs again: files the Hub received are not sent again.")
+    push.add_argument("run_dir", type=PATH, metavar="RUN_DIR", help="a finished run directory (as `lora-ft train` "
+                      "wrote it)")
+    push.add_argument("--repo", required=True, metavar="NAME",
+                      help="the Hub repo: your-name/NAME or an-org/NAME (a bare NAME goes to the token owner)")
+    push.add_argument("--artifact", choices=list(ARTIFACTS), default="adapter",
+                      help="what to upload: adapter (from export-peft, default), merged (export-merged) or gguf "
+                      "(export-gguf)")
+    push.add_argument("--export-dir", type=PATH, metavar="DIR",
+                      help="the export folder, when `lora-ft export --out` wrote it elsewhere")
+    push.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    push.add_argument("--revision", default="main", metavar="BRANCH",
+                      help="the branch to commit to, created from main when missing (default main)")
+    push.add_argument("--endpoint", metavar="URL",
+                      help="the Hub's address (default: HF_ENDPOINT, else https://huggingface.co)")
 
     chat = sub.add_parser("chat", help="chat with a run's model (streaming)",
                           description="Interactive chat with base + adapter and the saved chat template. Commands: "

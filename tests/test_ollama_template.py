@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from lora_ft.exports.ollama import ollama_template, write_modelfile
+from tests.conftest import CHATML
 from tests.gotemplate import render
 
 CHATML_WITH_DEFAULT_SYSTEM = (
@@ -53,16 +54,16 @@ def test_the_go_template_renderer_follows_go_semantics():
     assert render(template, {"System": "", "Messages": []}) == "none\n!"
 
 
-def test_a_gguf_export_writes_a_modelfile_that_renders_as_the_runs_chat_template(tiny_llama, legal_data, tmp_path):
+def test_the_modelfile_renders_as_the_runs_chat_template(tiny_llama, legal_data, tmp_path):
+    """What the GGUF export writes: the template the run trained with (saved beside its adapter), in Go form."""
     from lora_ft import cli
     from tests.conftest import write_config
 
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     assert cli.main(["train", str(config), "--set", "train.max_steps=1"]) == 0
+    saved = (tmp_path / "run" / "adapter" / "chat_template.jinja").read_text()
     out = tmp_path / "gguf"
-    assert cli.main(["export", str(tmp_path / "run"), "--format", "gguf", "--gguf-types", "f16", "--out",
-                     str(out)]) == 0
-    modelfile = (out / "Modelfile").read_text()
+    modelfile = write_modelfile(out / "model-f16.gguf", out, saved, ["<|im_end|>"]).read_text()
     template = re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "adapter")  # the template the run trained with
     for messages in CONVERSATIONS:
@@ -70,3 +71,38 @@ def test_a_gguf_export_writes_a_modelfile_that_renders_as_the_runs_chat_template
         assert _ollama_render(template, messages) == expected
     assert re.findall(r"^PARAMETER stop (.*)$", modelfile, re.M) == ['"<|im_end|>"']
     assert re.search(r"^FROM (.*)$", modelfile, re.M).group(1).endswith("model-f16.gguf")
+
+
+def test_modelfile_for_a_chatml_model(tmp_path):
+    gguf_path = tmp_path / "model-q8_0.gguf"
+    path = write_modelfile(gguf_path, tmp_path, CHATML, ["<|im_end|>", "<|endoftext|>"],
+                           system_prompt="You are a careful legal assistant.")
+    assert path == tmp_path / "Modelfile"
+    text = path.read_text()
+    lines = text.splitlines()
+    assert "FROM ./model-q8_0.gguf" in lines
+    assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|endoftext|>"' in lines
+    assert 'SYSTEM """You are a careful legal assistant."""' in lines
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == ollama_template(CHATML)
+    assert "{{ .System }}" in template and "{{- range .Messages }}" in template
+    assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n" in template
+    assert template.endswith("<|im_start|>assistant\n")
+    assert template.count("{{") == template.count("}}")
+    assert "{{ else }}" not in template, "this template adds no default system message"
+
+
+def test_modelfile_keeps_a_default_system_message_and_absolute_paths(tmp_path):
+    elsewhere = tmp_path / "models" / "model-q8_0.gguf"
+    text = write_modelfile(elsewhere, tmp_path / "ollama", CHATML_WITH_DEFAULT_SYSTEM, ["<|im_end|>"]).read_text()
+    assert f"FROM {elsewhere.resolve()}" in text.splitlines()
+    assert ("{{ else }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+            "Face<|im_end|>\n{{ end }}") in text
+    assert "SYSTEM" not in text
+
+
+def test_modelfile_for_another_template_leaves_it_to_ollama(tmp_path):
+    llama3 = "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
+    text = write_modelfile(tmp_path / "model-q8_0.gguf", tmp_path, llama3, ["<|eot_id|>"]).read_text()
+    assert "TEMPLATE" not in text.replace("No TEMPLATE", "")
+    assert 'PARAMETER stop "<|eot_id|>"' in text

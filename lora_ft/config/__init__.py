@@ -6,6 +6,7 @@
 - :mod:`.overrides`: ``--set KEY=VALUE``;
 - :mod:`.checks`: rules across keys, files and this machine;
 - :mod:`.resolution`: every ``auto`` decided for the hardware present;
+- :mod:`.attention`: the attention kernels the model's transformers class supports, and ``auto``'s choice;
 - :mod:`.reference`: the schema as the generated reference (docs/config.md).
 
 The config names data formats, chat templates, model families and training methods: those live below it

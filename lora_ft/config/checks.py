@@ -1,7 +1,8 @@
 """Cross-key checks: what each key allows alone but not together, not with the files named, or not on this machine.
 
-Cheap: no model is loaded. :func:`cpu_precision_problem` is the one statement of what a CPU cannot train in; the
-resolution of ``auto`` values applies the same rule to the device it picks.
+Cheap: no model is loaded (an explicit attention kernel imports the model's transformers class to ask it).
+:func:`cpu_precision_problem` is the one statement of what a CPU cannot train in; the resolution of ``auto``
+values applies the same rule to the device it picks.
 """
 
 from __future__ import annotations
@@ -146,6 +147,18 @@ def check_consistency(
             add(("model", "chat_template"), f"unknown chat template '{template}'",
                 f"did you mean '{guess[0]}'?" if guess else f"use one of: auto, tokenizer, {', '.join(names)}, "
                 "or a path to a .jinja file")
+
+    # Attention: a kernel set explicitly that the model's class does not support (asked of its transformers class,
+    # imported, not instantiated: only for an explicit sdpa or flash_attention_2), or FlashAttention-2 without
+    # flash-attn. Whether this device can run it is decided when the config is resolved.
+    attention = cfg.model.attn_implementation
+    if attention in ("sdpa", "flash_attention_2"):
+        from lora_ft.config.attention import class_support, flash_problem, model_config, unsupported
+
+        problem = flash_problem(None, None) if attention == "flash_attention_2" else None
+        problem = problem or unsupported(class_support(model_config(loaded), cfg.model.trust_remote_code), attention)
+        if problem:
+            add(("model", "attn_implementation"), *problem)
 
     # Model shape limits, when the shape can be read without loading the model
     shape = _local_model_config(loaded)

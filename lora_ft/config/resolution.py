@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_ft.adapter_files import check_adapter_files
+from lora_ft.config.attention import resolve_attention
 from lora_ft.config.checks import cpu_precision_problems
 from lora_ft.config.loaded import LoadedConfig
 from lora_ft.config.schema import RunConfig
@@ -78,12 +79,11 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     if device == "cpu" and (problems := cpu_precision_problems(model)):
         _key, what, fix = problems[0]
         raise UserError(what, fix=fix)
-    if model.attn_implementation == "auto":
-        # FlashAttention-2 runs padding-free batches as variable-length sequences, with no mask at all; SDPA
-        # needs a block-diagonal mask for them.
-        flash = device == "cuda" and model.dtype in ("bfloat16", "float16") and \
-            importlib.util.find_spec("flash_attn") is not None
-        model.attn_implementation = "flash_attention_2" if flash else "sdpa"
+    # The kernel the model's class supports (config/attention.py). FlashAttention-2 runs padding-free batches as
+    # variable-length sequences with no mask at all; SDPA runs them one sample at a time (model/attention.py).
+    attention = resolve_attention(loaded, device, model.dtype)
+    model.attn_implementation = attention.implementation
+    notes.append(attention.describe())
     if model.gradient_checkpointing is None:
         model.gradient_checkpointing = model.quantization in ("nf4", "int8") and device == "cuda"
     if cfg.train.optimizer == "auto":
@@ -121,6 +121,7 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
     if model.adapter is not None:
         start_from_adapter(cfg, loaded, notes)
     method_defaults(cfg, loaded, notes)
+    eager_batches(cfg, loaded, notes)
     return Resolved(config=cfg, device=device, notes=notes)
 
 
@@ -176,3 +177,20 @@ def method_defaults(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> N
     notes += method.notes(cfg, rate_given)
     if not method.padding_free:
         cfg.train.padding_free = False  # TRL's trainers of pairs and labelled answers have no padding-free path
+
+
+def eager_batches(cfg: RunConfig, loaded: LoadedConfig, notes: list[str]) -> None:
+    """Padded batches under eager attention unless padding-free ones are asked for. A padding-free micro-batch is
+    one row of all its samples: eager attention (as transformers runs it, with a block-diagonal mask) scores every
+    token of the row against every other, about batch_size times the attention memory and time of padded rows.
+    The loss is the same either way (tests/test_attention_choice.py)."""
+    if cfg.model.attn_implementation != "eager":
+        return
+    if cfg.train.padding_free and "padding_free" not in loaded.config.train.model_fields_set:
+        cfg.train.padding_free = False
+        notes.append("padded batches under eager attention (a padding-free row would be scored whole, every token "
+                     "against every other); train.padding_free: true keeps padding-free batches, with the same loss")
+    if cfg.train.packing:
+        notes.append("train.packing under eager attention: each micro-batch is scored as one row of batch_size x "
+                     "data.max_seq_length tokens, every token against every other (correct, but memory and time "
+                     "grow with the square of that length)")

@@ -62,8 +62,11 @@ class ModelSection(Section):
         "probe's answer is cached per CPU, and LORA_FT_CPU_BF16=1 or 0 decides without it.",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel. `auto` is `flash_attention_2` on a CUDA GPU in 16-bit when the "
-        "flash-attn package is installed (padding-free batches then need no mask), else PyTorch's `sdpa`."
+        "auto", description="Attention kernel. `auto` picks one the model's transformers class supports (asked "
+        "before any weight loads, and said when the run starts): `flash_attention_2` on a CUDA GPU in 16-bit when "
+        "the flash-attn package is installed, else PyTorch's `sdpa`, else `eager` (Gemma 2); `sdpa` where the class "
+        "cannot be known (a hub model not downloaded yet, remote code). A kernel set here that the model does not "
+        "support is refused before loading. Under `eager`, batches are padded unless `train.padding_free` is set."
     )
     gradient_checkpointing: bool | None = Field(
         None,
@@ -219,7 +222,8 @@ class TrainSection(Section):
     padding_free: bool = Field(
         True,
         description="Concatenate each batch into one row with per-sample position ids instead of padding it: no "
-        "compute is spent on pad tokens, and attention stays within each sample (same loss as padded batches).",
+        "compute is spent on pad tokens, and attention stays within each sample (same loss as padded batches). "
+        "Unless set, it is turned off where the attention resolves to `eager`, which would score the row whole.",
     )
     fused_kernels: bool | Literal["auto"] = Field(
         "auto",

@@ -15,6 +15,7 @@ update away. For a QLoRA run there are two honest choices:
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ PARITY_PROMPTS = [
     "What is the difference between a warranty and a condition?",
 ]
 PARITY_FILE = "parity.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 # Float LoRA merged into float32 weights must agree to this; 16-bit merges and QLoRA runs are measured by KL and
 # greedy answers (16-bit rounding alone moves logits by about 1e-2).
 FLOAT32_MAX_ABS_LOGIT_DIFF = 1e-3
@@ -116,11 +118,29 @@ def compare_outputs(reference: list[dict], candidate: list[dict]) -> dict:
             "greedy_answers_match": same, "stops_match": stops, "answers": answers}
 
 
-def save_tokenizer_and_generation_config(model, tokenizer, stop_ids: list[int], directory: Path) -> None:
+def save_tokenizer_and_generation_config(model, tokenizer, stop_ids: list[int], directory: Path,
+                                         base_path: str) -> None:
     from lora_ft.rundir.artifacts import write_generation_config
 
     tokenizer.save_pretrained(directory)  # with the chat template used in training
+    copy_sentencepiece_model(base_path, directory)
     write_generation_config(directory, tokenizer, stop_ids, model.config)
+
+
+def copy_sentencepiece_model(base_path: str, directory: Path) -> None:
+    """The base's sentencepiece model (tokenizer.model), which transformers does not write back when it saves a
+    tokenizer, beside the merged weights: llama.cpp's converter reads it for the families that ship one (Gemma,
+    Phi-3, Llama 2, Mistral v0.x), and refuses them without it."""
+    if (directory / SENTENCEPIECE_FILE).exists():
+        return
+    source = Path(base_path) / SENTENCEPIECE_FILE
+    if not Path(base_path).is_dir():  # a hub id: the file as the hub cache holds it, if it was downloaded
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_path, SENTENCEPIECE_FILE)
+        source = Path(cached) if isinstance(cached, str) else source
+    if source.is_file():
+        shutil.copy(source, directory / SENTENCEPIECE_FILE)
 
 
 def merge_device(base_path: str) -> str:
@@ -205,7 +225,7 @@ def merge_run(run: FinishedRun, out_dir: Path, *, dtype: str | None = None, into
     merged = tuned.merge_and_unload().to(getattr(torch, dtype)).eval()
     with staged_directory(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True, max_shard_size="2GB")
-        save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging)
+        save_tokenizer_and_generation_config(merged, tokenizer, stop_ids, staging, base_path)
         console.say("checking parity (logits and greedy answers) ...")
         # The saved weights (rounded to `dtype`) computed in float32, as the reference is: the check measures the
         # merge and the storage dtype, not the arithmetic precision of this machine.

@@ -6,8 +6,19 @@ import re
 from pathlib import Path
 
 from lora_ft.errors import UserError
-from lora_ft.exports.gguf_writer import prepare_out_dir
 from lora_ft.files import write_text_atomic
+
+def prepare_out_dir(out_dir: Path) -> None:
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir}: {exc.strerror or exc}",
+                        fix="choose a directory you can write to, with room for the model files") from exc
+
 
 def write_modelfile(gguf_path: Path, out_dir: Path, chat_template: str, stop_tokens: list[str],
                     system_prompt: str | None = None) -> Path:

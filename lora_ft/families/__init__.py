@@ -2,9 +2,9 @@
 ``FAMILY`` (a :class:`ModelFamily`).
 
 A family says how to read its ``config.json`` (dimensions, layer count, context length: for ``plan`` and the
-config checks) and, when it can be exported to GGUF, how its tensors and hyperparameters map to llama.cpp's.
-Adding a family is adding a file here; nothing else changes. Families are plain Python (no torch, no gguf at
-import), so the config checks can use them.
+config checks). GGUF export needs nothing here: llama.cpp's own converter knows the architectures it supports.
+Adding a family is adding a file here; nothing else changes. Families are plain Python (no torch at import), so
+the config checks can use them.
 """
 
 from __future__ import annotations
@@ -46,20 +46,6 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
-class GgufRules:
-    """How a family's Hugging Face checkpoint becomes a llama.cpp GGUF file."""
-
-    arch: str  # llama.cpp's architecture name (gguf.MODEL_ARCH)
-    tied_by_default: bool  # whether the output head shares the embedding when config.json does not say
-    # (gguf tensor name, Hugging Face tensor name, shape, config) -> (transform, shape after it); transforms are
-    # "" (as is), "transpose", or "permute:<heads>" (rotary rows to llama.cpp's layout)
-    transform: Callable[[str, str, tuple, dict], tuple[str, tuple]]
-    add_hparams: Callable[[object, dict], None]  # (gguf.GGUFWriter, config) -> None
-    # tensors llama.cpp needs that the checkpoint does not hold: (gguf name, values)
-    extra_tensors: Callable[[dict], list[tuple[str, tuple[float, ...]]]] = lambda config: []
-
-
-@dataclass(frozen=True)
 class ModelFamily:
     name: str
     architectures: tuple[str, ...]  # config.json "architectures" that belong to it
@@ -67,7 +53,6 @@ class ModelFamily:
     shape: Callable[[dict], ModelShape]
     layers: Callable[[dict], int | None]
     context_length: Callable[[dict], int | None]
-    gguf: GgufRules | None = None  # None: no GGUF export for this family
 
 
 @cache
@@ -98,13 +83,3 @@ def decoder_family(config: dict) -> ModelFamily:
     if family is not None:
         return family
     return registry()["llama"]
-
-
-def gguf_family(config: dict) -> ModelFamily | None:
-    """The family that can write this model as GGUF, by config.json "architectures"; None when none can."""
-    names = config.get("architectures") or []
-    return next((f for f in registry().values() if f.gguf and any(n in f.architectures for n in names)), None)
-
-
-def gguf_architectures() -> list[str]:
-    return [name for f in registry().values() if f.gguf for name in f.architectures]

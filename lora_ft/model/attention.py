@@ -19,7 +19,8 @@ def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
     FlashAttention-2 does this in one kernel where it is installed (resolved as ``attn_implementation``); this is
     the exact path for everywhere else: CPUs, and GPUs without a flash-attn build (none exists for current
     torch with CUDA 13). The sample boundaries are read once per forward pass (one host synchronisation, not one
-    per layer): every layer gets the same position-id tensor.
+    per layer): every layer gets the same position-id tensor. A sliding-window layer keeps its window: a sample
+    longer than it gets the banded mask transformers would build.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -32,14 +33,28 @@ def per_sample_sdpa(module, query, key, value, attention_mask, dropout=0.0, scal
         starts = (position_ids[0] == 0).nonzero().flatten().tolist()
         _BOUNDARIES.update(ids=position_ids, starts=starts if starts and starts[0] == 0 else [0, *starts])
     starts = _BOUNDARIES["starts"]
+    window = kwargs.get("sliding_window")  # a sliding-window layer (Mistral, Gemma 3, Phi-3, Qwen2 where set)
     outputs = [
-        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout=dropout,
-                               scaling=scaling, is_causal=True)[0]
+        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                               _window_mask(b - a, window, query.device), dropout=dropout, scaling=scaling,
+                               is_causal=not (window and b - a > window))[0]
         for a, b in zip(starts, [*starts[1:], length])
     ]
     import torch
 
     return torch.cat(outputs, dim=1), None
+
+
+def _window_mask(length: int, window: int | None, device):
+    """The causal sliding-window mask of one sample (True: attend), as transformers builds it: a token sees the
+    ``window`` tokens ending with itself. None where the sample fits in the window (plain causal attention)."""
+    if not window or length <= window:
+        return None
+    import torch
+
+    position = torch.arange(length, device=device)
+    distance = position[:, None] - position[None, :]
+    return ((distance >= 0) & (distance < window))[None, None]
 
 
 def use_per_sample_attention(model, enabled: bool) -> None:

@@ -188,6 +188,11 @@ def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: st
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "attention" in text.lower():  # a kernel the class refuses, where the class was not known beforehand
+            raise UserError(f"cannot load the model {source.display_name} with model.attn_implementation: "
+                            f"{model_cfg.attn_implementation}: {text.split('. ')[0]}",
+                            fix="set model.attn_implementation: eager") from None
         raise UserError(f"cannot load the model {source.display_name}: {exc}",
                         fix="check model.base, model.trust_remote_code and model.attn_implementation") from exc
     if quant is None and device == "cuda":
@@ -319,7 +324,8 @@ def load_for_training(source: BaseModelSource, cfg, device: str) -> TrainableMod
         model = PeftModel.from_pretrained(base, str(Path(cfg.model.adapter) / "adapter"), is_trainable=True)
     else:
         model = attach_lora(base, cfg.lora)
-    # exact per-sample attention for padding-free rows wherever FlashAttention-2 is not installed (CPU or GPU)
+    # exact per-sample attention for padding-free rows through SDPA (FlashAttention-2 keeps the samples apart
+    # itself; eager attention gets transformers' block-diagonal mask from the position ids: the same loss, tested)
     per_sample = cfg.model.attn_implementation == "sdpa" and (cfg.train.padding_free or cfg.train.packing)
     if per_sample:
         use_per_sample_attention(model, True)

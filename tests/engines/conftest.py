@@ -31,8 +31,17 @@ def engine_python(name: str) -> Path:
     return python
 
 
+def llama_python_env() -> dict[str, str]:
+    """lora-ft's environment with llama.cpp's binding found in the llama engine's (the set-up a user has when
+    llama-cpp-python lives in another environment; the export's quantizer and check run there)."""
+    from lora_ft.exports.llama_cpp_tools import LLAMA_PYTHON_ENV
+
+    return {**os.environ, LLAMA_PYTHON_ENV: str(engine_python("llama"))}
+
+
 def _lora_ft(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "lora_ft", *args], check=True, cwd=REPO, timeout=1800)
+    subprocess.run([sys.executable, "-m", "lora_ft", *args], check=True, cwd=REPO, timeout=1800,
+                   env=llama_python_env())
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +72,7 @@ def exports(legal_run, work) -> dict[str, Path]:
         return out
     _lora_ft("export", str(legal_run), "--format", "peft", "--out", str(out["peft"]))
     _lora_ft("export", str(legal_run), "--format", "merged", "--out", str(out["merged"]))
-    _lora_ft("export", str(legal_run), "--format", "gguf", "--gguf-types", "f16,q8_0", "--out", str(out["gguf"]))
+    _lora_ft("export", str(legal_run), "--format", "gguf", "--gguf-types", "f16,q8_0,q4_k_m", "--out", str(out["gguf"]))
     (work / "exports.done").write_text("")
     return out
 

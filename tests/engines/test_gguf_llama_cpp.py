@@ -1,6 +1,7 @@
-"""llama.cpp (llama-cpp-python, in its own environment) reads lora-ft's GGUF files of tiny models as transformers
-reads the Hugging Face weights: the same tokens for the same text under each supported pre-tokenizer, the same
-logits, and text generated from the quantized file. The embedded model, exported to q8_0, answers sensibly."""
+"""llama.cpp (llama-cpp-python, in its own environment) reads what llama.cpp's converter writes for lora-ft as
+transformers reads the Hugging Face weights: for every family, the same logits for the same token ids from the
+f16 file; for the embedded model's tokenizer, the same tokens for the same text; and the real embedded model,
+converted to q8_0, answers sensibly."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_ft.exports import gguf_vocab
-from lora_ft.exports.gguf_writer import export_gguf
+from lora_ft.exports.llama_cpp_tools import convert
+from tests.conftest import CHATML, CORPUS
 from tests.engines.conftest import engine_python
-from tests.test_gguf_export import TOKEN_IDS, hf_logits, metadata
+from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, build_sentencepiece_tokenizer
 
 pytestmark = pytest.mark.engines
-# f16 weights against float32 ones: on these tiny models (logits' std about 0.16) llama.cpp's largest difference
-# measured 3.0e-4 (transformers reading the same file: 2.2e-4); the bound is about 3x that
-F16_LOGITS_ATOL = 1e-3
+TOKEN_IDS = [1, 5, 40, 77, 120, 250, 399, 2, 3, 7]
+# f16 weights against float32 ones: on the tiny llama (logits' std about 0.16) llama.cpp's largest difference
+# measured 3.0e-4; other families' measured differences are in docs/families.md; the bound is about 3x the largest
+F16_LOGITS_ATOL = 2e-3
 
 
 def llama_cpp(model: Path, steps: list[dict], tmp_path: Path, logits_all: bool = False) -> list:
@@ -32,65 +34,46 @@ def llama_cpp(model: Path, steps: list[dict], tmp_path: Path, logits_all: bool =
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_llama, tmp_path_factory) -> dict[str, Path]:
-    paths = export_gguf(tiny_llama, tmp_path_factory.mktemp("gguf"), types=("f16", "q8_0"))
-    return {p.name.removeprefix("model-").removesuffix(".gguf"): p for p in paths}
+def tokenizers(tmp_path_factory) -> dict[str, Path]:
+    from lora_ft.embedded import ensure_embedded_model
+
+    spm = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("spm-tokenizer"), CORPUS, CHATML)
+    return {"embedded": ensure_embedded_model(), "sentencepiece": spm}
 
 
-def test_llama_cpp_tokenizes_and_computes_like_transformers(exported, tiny_llama, chat_tokenizer, tmp_path):
-    text = "<|im_start|>user\nWhat is a contract? 12345 tenants' rent!<|im_end|>\n"
-    ids = chat_tokenizer(text, add_special_tokens=False)["input_ids"]
-    tokens, back, logits = llama_cpp(exported["f16"], [{"tokenize": text, "special": True},
-                                                       {"detokenize": ids, "special": True},
-                                                       {"logits": TOKEN_IDS}], tmp_path, logits_all=True)
-    assert tokens == ids and back == text
-    np.testing.assert_allclose(np.asarray(logits), hf_logits(tiny_llama, TOKEN_IDS), atol=F16_LOGITS_ATOL, rtol=0)
+def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def test_llama_cpp_generates_from_the_q8_0_file(exported, tmp_path):
-    (completion,) = llama_cpp(exported["q8_0"], [{"complete": "<|im_start|>user\nhello<|im_end|>\n"
-                                                              "<|im_start|>assistant\n", "max_tokens": 5}], tmp_path)
-    assert completion["completion_tokens"] >= 1
-
-
-def test_llama_cpp_runs_the_gpt2_export(tiny_gpt2, tmp_path):
-    (path,) = export_gguf(tiny_gpt2, tmp_path, types=("f16",))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_llama_cpp_computes_each_familys_f16_file_like_transformers(family, tokenizers, tmp_path):
+    tokenizer = tokenizers["sentencepiece" if family in SENTENCEPIECE_FAMILIES else "embedded"]
+    model_dir = build_family_model(family, tmp_path / "model", tokenizer)
+    path = convert(model_dir, tmp_path / "model-f16.gguf", "f16")
     (logits,) = llama_cpp(path, [{"logits": TOKEN_IDS}], tmp_path, logits_all=True)
-    np.testing.assert_allclose(np.asarray(logits), hf_logits(tiny_gpt2, TOKEN_IDS), atol=F16_LOGITS_ATOL, rtol=0)
+    expected = hf_logits(model_dir, TOKEN_IDS)
+    difference = float(np.abs(np.asarray(logits) - expected).max())
+    print(f"{family}: max |logit difference| {difference:.2e} (logits' std {expected.std():.3f})")
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=F16_LOGITS_ATOL, rtol=0)
 
 
-def with_pre_tokenizer(model_dir: Path, target: Path, style: str) -> Path:
-    """A copy of ``model_dir`` whose tokenizer splits text the SmolLM way (digits one by one) or the Llama 3 way."""
-    import shutil
-
-    from tokenizers import Regex, Tokenizer, pre_tokenizers
-
-    shutil.copytree(model_dir, target)
-    tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
-    if style == "smollm":
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(gguf_vocab._LLAMA3_REGEX), behavior="isolated", invert=False),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tokenizer.save(str(target / "tokenizer.json"))
-    return target
-
-
-@pytest.mark.parametrize(("style", "pre"), [("smollm", "smollm"), ("llama3", "llama-bpe")])
-def test_llama_cpp_splits_text_like_each_supported_pre_tokenizer(tiny_llama, tmp_path, style, pre):
+def test_llama_cpp_tokenizes_the_embedded_tokenizer_like_transformers(tokenizers, tmp_path):
     from transformers import AutoTokenizer
 
-    model_dir = with_pre_tokenizer(tiny_llama, tmp_path / "model", style)
-    (path,) = export_gguf(model_dir, tmp_path / "out", types=("f16",))
-    assert metadata(path)["tokenizer.ggml.pre"] == pre
+    model_dir = build_family_model("llama", tmp_path / "model", tokenizers["embedded"])
+    path = convert(model_dir, tmp_path / "model-f16.gguf", "f16")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # Each of gpt-2, smollm and llama-bpe splits this text differently with this vocabulary (checked by hand).
-    text = ("Rent: 12345 USD,\n\n   due   2024-01-01!! It's   the tenant's  (3.5%) share\t\tof 1,000,000. "
-            "hello world 0123456789 THE TENANT'S")
-    (tokens,) = llama_cpp(path, [{"tokenize": text}], tmp_path)
-    assert tokens == tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = ("<|im_start|>user\nRent: 12345 USD,\n\n   due   2024-01-01!! It's   the tenant's  (3.5%) share\t\tof "
+            "1,000,000.<|im_end|>\n")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens, back = llama_cpp(path, [{"tokenize": text, "special": True}, {"detokenize": ids, "special": True}],
+                             tmp_path)
+    assert tokens == ids and back == text
 
 
 def test_the_embedded_model_answers_in_llama_cpp(tmp_path):
@@ -100,7 +83,7 @@ def test_the_embedded_model_answers_in_llama_cpp(tmp_path):
     from lora_ft.embedded import ensure_embedded_model
 
     model_dir = ensure_embedded_model()
-    (path,) = export_gguf(model_dir, tmp_path, types=("q8_0",))
+    path = convert(model_dir, tmp_path / "model-q8_0.gguf", "q8_0")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     text = "Section 12(b): the tenant's 3,500 USD deposit — refundable within 30 days.\n\n  Indemnify?"
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is a contract?"}],
