@@ -25,19 +25,32 @@ SHARED = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "
           "num_key_value_heads": 2, "max_position_embeddings": 2048, "tie_word_embeddings": True}
 
 
-def family_config(family: str, vocab_size: int, bos: int, eos: int, pad: int):
+# Serving engines' CPU kernels take heads of 32 values and more (vLLM's refuses 16): two heads of 64
+WIDE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+def family_config(family: str, vocab_size: int, bos: int, eos: int, pad: int, wide: bool = False):
     from transformers import AutoConfig
 
     model_type, extra = FAMILIES[family]
     ids = {"vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
     if model_type == "gpt2":
         # GPT-2's released config.json carries n_ctx beside n_positions; transformers 5 no longer writes it
-        return AutoConfig.for_model("gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=2048, n_ctx=2048, **ids)
-    return AutoConfig.for_model(model_type, **SHARED, **extra, **ids)
+        width, heads = (128, 2) if wide else (64, 4)
+        return AutoConfig.for_model("gpt2", n_embd=width, n_layer=2, n_head=heads, n_positions=2048, n_ctx=2048,
+                                    **ids)
+    shape = {**SHARED, **extra}
+    if wide:
+        shape.update(WIDE)
+        if "head_dim" in shape:
+            shape.update(head_dim=64, query_pre_attn_scalar=64) if "query_pre_attn_scalar" in shape else \
+                shape.update(head_dim=64)
+    return AutoConfig.for_model(model_type, **shape, **ids)
 
 
-def build_family_model(family: str, directory: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A tiny ``family`` model saved in ``directory`` with the tokenizer files of ``tokenizer_dir``."""
+def build_family_model(family: str, directory: Path, tokenizer_dir: Path, seed: int = 0, wide: bool = False) -> Path:
+    """A tiny ``family`` model saved in ``directory`` with the tokenizer files of ``tokenizer_dir`` (``wide``: heads
+    of 64 values, for the serving engines' kernels)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,7 +63,7 @@ def build_family_model(family: str, directory: Path, tokenizer_dir: Path, seed: 
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    config = family_config(family, len(tokenizer), bos, eos, pad)
+    config = family_config(family, len(tokenizer), bos, eos, pad, wide)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(directory)

@@ -276,7 +276,6 @@ def test_eval_ranks_pairs_as_training_measured_and_exports_work(tmp_path, tiny_l
                      str(out)]) == 0
     check = json.loads((out / "export_check.json").read_text())
     assert check["parity_within_tolerance"] is True
-    assert cli.main(["export", str(result.run_dir), "--format", "gguf", "--out", str(tmp_path / "gguf")]) == 0
 
 
 def test_data_report_for_pairs(tmp_path, tiny_llama, preference_data, capsys):

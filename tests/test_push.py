@@ -57,7 +57,8 @@ def exported_run(tmp_path_factory) -> Path:
     for name, size in (("model-f16.gguf", 300_000), ("model-q8_0.gguf", 160_000)):
         (gguf / name).write_bytes(b"GGUF" + os.urandom(size))
     (gguf / "Modelfile").write_text('FROM ./model-q8_0.gguf\nPARAMETER stop "<|im_end|>"\n')
-    (gguf / "README.md").write_text("# the export's own README, with local paths\n")
+    (gguf / "README.md").write_text("# the export's own README, with local paths\n\n## Files and how close each is "
+                                     "to f16\n\n| type | file |\n| q8_0 | model-q8_0.gguf |\n\n## Run it\n")
     (gguf / "export_check.json").write_text(json.dumps({"format": "gguf", "passed": None, "loader": "test",
                                                         "files": ["model-f16.gguf", "model-q8_0.gguf"]}))
     return run
@@ -177,7 +178,8 @@ def test_a_merged_model_and_gguf_files_are_pushed_with_their_library(exported_ru
     card = _card(files["README.md"])
     assert card.data.library_name == "gguf" and "gguf" in card.data.tags
     assert "llama-cli -m model/model-f16.gguf" in card.text and "ollama create" in card.text
-    assert "the export's own README" not in card.text
+    assert "the export's own README" not in card.text and "## Run it" not in card.text
+    assert "## Files and how close each is to f16" in card.text and "| q8_0 | model-q8_0.gguf |" in card.text
 
 
 def test_an_upload_cut_after_its_files_resumes_without_sending_them_again(exported_run, hub, tmp_path):

@@ -179,7 +179,8 @@ def push(run: FinishedRun, export: ExportFolder, repo: str, *, token: str, endpo
     base_id = hub_card.base_model_id(run)
     relative = [p.relative_to(export.path).as_posix() for p in export.files]
     card = hub_card.hub_model_card(run, export.artifact.name, repo_id, export.artifact.library_name,
-                                   export.artifact.relation, export.artifact.tags, relative)
+                                   export.artifact.relation, export.artifact.tags, relative,
+                                   hub_card.export_figures(export.path))
     if not hub_card.base_license(run, base_id):
         console.note("the model card names no license: the base model's is not known here; set it on the Hub "
                      "(a fine-tune's license follows its base model's and its data's)")

@@ -162,8 +162,20 @@ llama-cli -m model/{first} -cnv{ollama}
 ```"""
 
 
+def export_figures(export_dir: Path) -> str:
+    """What the export measured of itself, from its README (the GGUF export's table: each file's size and
+    agreement with f16), for the Hub card; empty where the export wrote none."""
+    readme = export_dir / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    start = text.find("## Files and how close each is to f16")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 4)
+    return text[start:end if end > 0 else None].strip()
+
+
 def hub_model_card(run: FinishedRun, artifact: str, repo_id: str, library_name: str | None, relation: str,
-                   extra_tags: tuple[str, ...], files: list[str]) -> str:
+                   extra_tags: tuple[str, ...], files: list[str], export_figures: str = "") -> str:
     """The README.md to upload: metadata front matter, then what this is, how to use it, and the run's card."""
     from huggingface_hub import ModelCard
 
@@ -182,6 +194,8 @@ def hub_model_card(run: FinishedRun, artifact: str, repo_id: str, library_name: 
 A {what} fine-tuned from {base} with lora-ft {__version__} (run `{run.run_dir.name}`).{copy}
 
 {_use_section(artifact, repo_id, run, base_id, files)}
+
+{export_figures}
 
 {run_card_sections(run)}
 """

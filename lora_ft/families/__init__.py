@@ -27,10 +27,11 @@ class ModelShape:
     tied: bool
     max_positions: int
     linear: dict[str, tuple[int, int]] = field(default_factory=dict)  # per layer: name -> (in, out)
+    head_size: int = 0  # config.json's head_dim where it says one (Gemma, Qwen3): not always hidden / heads
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_size or self.hidden // self.heads
 
     @property
     def linear_params(self) -> int:

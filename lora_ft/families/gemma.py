@@ -27,7 +27,7 @@ def shape(config: dict) -> ModelShape:
     linear = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
               "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
     return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", True),
-                      config.get("max_position_embeddings", 8192), linear)
+                      config.get("max_position_embeddings", 8192), linear, head_dim)
 
 
 FAMILY = ModelFamily(

@@ -20,7 +20,7 @@ def shape(config: dict) -> ModelShape:
     linear = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (heads * head_dim, h),
               "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
     return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", False),
-                      config.get("max_position_embeddings", 4096), linear)
+                      config.get("max_position_embeddings", 4096), linear, head_dim)
 
 
 FAMILY = ModelFamily(

@@ -20,7 +20,7 @@ def shape(config: dict) -> ModelShape:
     q, kv = heads * head_dim, kv_heads * head_dim
     linear = {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
     return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", False),
-                      config.get("max_position_embeddings", 4096), linear)
+                      config.get("max_position_embeddings", 4096), linear, head_dim)
 
 
 FAMILY = ModelFamily(

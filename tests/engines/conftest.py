@@ -119,4 +119,5 @@ def references(exports) -> dict[str, list[dict]]:
 def record(name: str, figures: dict) -> None:
     """Keep each engine's measured figures (.engines/work/figures-NAME.json) for the report and docs."""
     folder = Path(os.environ.get("LORA_FT_ENGINE_WORK", ENGINES / "work"))
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / f"figures-{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
