@@ -51,7 +51,6 @@ def table(files: list[GgufFile]) -> list[str]:
 
 def readme(*, base_name: str, run_name: str, files: list[GgufFile], modelfile_gguf: str, check: dict,
            llama_cpp_version: str, system_prompt: str | None) -> str:
-    kept = [f for f in files if f.kept]
     lines = [
         f"# {run_name}: GGUF files for llama.cpp and Ollama",
         "",
@@ -72,7 +71,7 @@ def readme(*, base_name: str, run_name: str, files: list[GgufFile], modelfile_gg
         "## Run it",
         "",
         "```bash",
-        f"llama-cli -m {kept[0].file if kept else modelfile_gguf} -cnv   # llama.cpp, chat with the template in the file",
+        f"llama-cli -m {modelfile_gguf} -cnv   # llama.cpp: chat, with the template and stop tokens in the file",
         f"ollama create {run_name.lower()} -f Modelfile && ollama run {run_name.lower()}   # Ollama ({modelfile_gguf})",
         "```",
         "",

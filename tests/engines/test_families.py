@@ -22,7 +22,7 @@ from tests.engines.conftest import engine_python, llama_python_env, record
 from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, build_sentencepiece_tokenizer
 
 pytestmark = pytest.mark.engines
-TYPES = ("f16", "q8_0", "q4_k_m")
+TYPES = ("f16", "q4_k_m")  # q8_0 is the legal run's (test_llama_cpp.py)
 # llama.cpp's architecture for each family, as its converter writes it (Mistral is a Llama layout)
 LLAMA_CPP_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
                   "gemma3": "gemma3", "phi3": "phi3", "gpt2": "gpt2"}
@@ -87,9 +87,8 @@ def test_family_exports_to_gguf_and_answers_in_llama_cpp(family, family_runs):
     assert {t.tensor_type.name for t in quantized.tensors} - {"F32", "F16"}, "q4_k_m holds quantized tensors"
     gguf = json.loads((out / "parity.json").read_text())["gguf"]
     by_type = {row["type"]: row for row in gguf["files"]}
-    for name in ("q8_0", "q4_k_m"):  # compared with f16 over f16's greedy answers: figures, not a bound
-        assert by_type[name]["positions"] > 0 and 0.0 <= by_type[name]["top1_agreement"] <= 1.0
-        assert by_type[name]["answered"] is True
+    q4 = by_type["q4_k_m"]  # compared with f16 over f16's greedy answers: figures, not a bound
+    assert q4["positions"] > 0 and 0.0 <= q4["top1_agreement"] <= 1.0 and q4["answered"] is True
     record(f"family-{family}-gguf", gguf)
     readme = (out / "README.md").read_text()
     assert "| q4_k_m | model-q4_k_m.gguf |" in readme and "FROM ./model-" in (out / "Modelfile").read_text()
