@@ -46,6 +46,7 @@ def _logits(model) -> np.ndarray:
 READ_BACK_BY_TRANSFORMERS = ("llama", "mistral", "qwen2", "phi3")
 
 
+@pytest.mark.embedded  # the embedded model's tokenizer
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_the_converter_writes_each_family(family, tokenizers, tmp_path):
     import torch
@@ -73,6 +74,7 @@ def test_the_converter_writes_each_family(family, tokenizers, tmp_path):
         np.testing.assert_allclose(read_back, expected, atol=F16_LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.embedded
 def test_the_end_of_turn_token_is_written_where_the_converter_left_it_out(tokenizers, tmp_path):
     from gguf import GGUFReader
 
