@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train on N processes on this machine (one per GPU) through torchrun; several "
                        "machines: see docs/distributed.md")
+    train.add_argument("--nnodes", type=POSITIVE_INT, default=1, metavar="M",
+                       help="with --rdzv-endpoint: this machine is one of M, each running this same command (a "
+                       "c10d rendezvous at HOST:PORT, named after the output directory)")
+    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="where the machines of a --nnodes run meet: the first machine's address and a free port")
     validate = sub.add_parser("validate", help="check a config and print it with every default filled in",
                               description="Check a config without loading anything heavy; exit 2 on any fault.")
     _add_config_args(validate)
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_arg(plan)
     plan.add_argument("--gpu", metavar="GB", help="plan for a GPU of this size (24, 40, 48, 80, 141) instead of "
                       "this machine")
+    plan.add_argument("--nproc", type=POSITIVE_INT, default=1, metavar="N",
+                      help="plan for N processes (GPUs) with the config's distributed.strategy: memory per process "
+                      "(sharded under fsdp), time per epoch over all of them")
     plan.add_argument("--measure", action="store_true",
                       help="also run a few real training steps here and compare the estimate with the measured peak")
 
@@ -244,35 +252,39 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return importlib.import_module(f"lora_ft.commands.{args.command}").run(args)
     except UserError as exc:
-        sys.stdout.flush()
-        print(exc.render(), file=sys.stderr, flush=True)
-        return exc.exit_code
+        return _fail(exc.render(), exc.exit_code)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("error: out of memory. fix: lower train.batch_size or data.max_seq_length, or use "
-              "model.quantization: nf4", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail("error: out of memory. fix: lower train.batch_size or data.max_seq_length, or use "
+                     "model.quantization: nf4", EXIT_FAILURE)
     except OSError as exc:
         from lora_ft.errors import file_system_error
 
         error = file_system_error(exc)
         if error is None:
             raise
-        sys.stdout.flush()
-        print(error.render(), file=sys.stderr, flush=True)
-        return error.exit_code
+        return _fail(error.render(), error.exit_code)
     except RuntimeError as exc:
         if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError: the GPU's memory
             raise
-        sys.stdout.flush()
-        print(f"error: out of GPU memory ({str(exc).splitlines()[0][:200]})\n  fix: run `lora-ft plan CONFIG --gpu "
-              "GB` for settings that fit; lower train.batch_size (raise train.gradient_accumulation_steps to keep "
-              "the effective batch) or data.max_seq_length, keep model.quantization: nf4 and "
-              "model.gradient_checkpointing on. A training run resumes from its last checkpoint with the same "
-              "command (add --force-resume after changing the batch)", file=sys.stderr, flush=True)
-        return EXIT_FAILURE
+        return _fail(f"error: out of GPU memory ({str(exc).splitlines()[0][:200]})\n  fix: run `lora-ft plan CONFIG "
+                     "--gpu GB` for settings that fit; lower train.batch_size (raise train.gradient_accumulation_steps "
+                     "to keep the effective batch) or data.max_seq_length, keep model.quantization: nf4 and "
+                     "model.gradient_checkpointing on. A training run resumes from its last checkpoint with the same "
+                     "command (add --force-resume after changing the batch)", EXIT_FAILURE)
+
+
+def _fail(text: str, exit_code: int) -> int:
+    """Tell a failure on one screen: on standard error, or, in a process that `train --nproc` started, to the
+    launcher, which tells the first process's failure once (lora_ft/launching.py)."""
+    from lora_ft.launching import report_failure
+
+    sys.stdout.flush()
+    if not report_failure(text, exit_code):
+        print(text, file=sys.stderr, flush=True)
+    return exit_code
 
 
 if __name__ == "__main__":

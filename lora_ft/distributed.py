@@ -1,7 +1,7 @@
 """Several processes (GPUs, or CPU processes for testing): launched by torchrun, run by the trainer's Accelerate.
 
-lora-ft does not launch or coordinate processes itself. ``lora-ft train CONFIG --nproc N`` hands the same command to
-``torch.distributed.run`` (torchrun) for one machine; on a cluster, ``torchrun`` or ``accelerate launch`` start
+lora-ft does not coordinate processes itself. ``lora-ft train CONFIG --nproc N`` runs torchrun's agent for one
+machine (:mod:`lora_ft.launching`); on a cluster, ``torchrun`` or ``accelerate launch`` start
 ``python -m lora_ft train CONFIG`` on each node (see ``scripts/slurm_train.sh``). Inside each process, the HF
 Trainer (through Accelerate) sets up DDP or FSDP from the environment torchrun provides; this module only reads
 that environment, gives the trainer the settings the chosen strategy needs, and keeps the run's decisions (stop on
@@ -11,11 +11,8 @@ a signal, save on a timer, no room to save) the same on every process.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
-from lora_ft import console
 from lora_ft.errors import UserError
 
 
@@ -42,17 +39,6 @@ def current_world() -> World:
                  size=int(os.environ.get("WORLD_SIZE", 1)), launched="WORLD_SIZE" in os.environ)
 
 
-def launch(train_argv: list[str], nproc: int) -> int:
-    """Run ``lora-ft train`` in ``nproc`` processes on this machine through torchrun; return its exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "lora_ft", "train", *train_argv]
-    console.say(f"launching {nproc} processes: {' '.join(command[2:])}")
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:  # torchrun forwards the signal to the workers, which save and stop
-        return 130
-
-
 def trainer_settings(strategy: str, device: str, world: World, gradient_checkpointing: bool) -> dict:
     """The TrainingArguments a strategy needs; empty for one process that no launcher started (FSDP also runs
     in a single launched process, which is how its path is checked on one GPU)."""
@@ -72,11 +58,18 @@ def trainer_settings(strategy: str, device: str, world: World, gradient_checkpoi
             "version": 2,
             "reshard_after_forward": True,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one unit per decoder layer (the model's no-split list)
-            "cpu_ram_efficient_loading": True,
+            "cpu_ram_efficient_loading": device == "cuda",  # CUDA only (prepare_sharded_loading)
             "state_dict_type": "SHARDED_STATE_DICT",
-            # FSDP's own activation checkpointing replaces the trainer's: the trainer refuses both at once
-            "activation_checkpointing": bool(gradient_checkpointing),
+            # Not FSDP's own activation checkpointing: its checkpoint wrappers put `_checkpoint_wrapped_module` into
+            # the module names, which PEFT's save does not expect (it strips only FSDP1's `_fsdp_wrapped_module`,
+            # peft/tuners/tuners_utils.py, _get_tuner_state_dict_key_prefixes), so the adapter was saved with no
+            # tensors. The trainer's gradient checkpointing does the same work inside the layers, with no wrapper.
+            "activation_checkpointing": False,
         }
+        if device != "cuda":
+            # CPU processes: the trainer keeps the process state lora-ft set up (shard_cpu_processes) instead of
+            # building a new one, which Accelerate would make plain DDP on CPUs
+            settings["accelerator_config"] = {"use_configured_state": True}
     return settings
 
 
@@ -114,26 +107,62 @@ def finish(world: World) -> None:
         dist.destroy_process_group()
 
 
-def prepare_sharded_loading(strategy: str, world: World) -> None:
-    """Before the model loads, under FSDP with several processes: start the process group and ask transformers
-    for CPU-RAM-efficient loading, so that only the first process reads the weights and the others build an empty
-    (meta) model that FSDP fills when it shards. Otherwise every process loads the whole model first."""
-    if strategy != "fsdp" or not world.distributed:
+def start_process_group(world: World, device: str, timeout_minutes: float) -> None:
+    """Start the processes' group before the model loads, with the run's collective timeout
+    (distributed.timeout_minutes): a collective that waits longer for a process that died or froze fails instead of
+    hanging. Started here because the trainer passes its ddp_timeout only on GPUs: on CPU processes it starts the
+    group without one (transformers/training_args.py, the use_cpu branch of _setup_devices), and gloo's default is
+    30 minutes. Accelerate's state, which the trainer and FSDP's loading use later, is this one."""
+    if not world.distributed:
         return
-    os.environ["ACCELERATE_USE_FSDP"] = "true"
-    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    PartialState()  # initialises torch.distributed from torchrun's environment, as the trainer would later
+    PartialState(cpu=device != "cuda", backend="nccl" if device == "cuda" else "gloo",
+                 timeout=timedelta(minutes=timeout_minutes))
+
+
+def prepare_sharded_loading(strategy: str, world: World, device: str = "cuda") -> None:
+    """Before the model loads, under FSDP in launched processes: start the process group. On CUDA GPUs with several
+    processes, also ask transformers for CPU-RAM-efficient loading, so that only the first process reads the
+    weights and the others build an empty (meta) model that FSDP fills when it shards; otherwise every process
+    loads the whole model first. On CPUs, the process state is made one that shards (:func:`shard_cpu_processes`)."""
+    if strategy != "fsdp" or not (world.distributed or world.launched):
+        return
+    if device == "cuda" and not world.distributed:
+        return  # one launched GPU process: the trainer sets up its state itself
+    from accelerate import PartialState
+
+    if device == "cuda":
+        os.environ["ACCELERATE_USE_FSDP"] = "true"
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+        PartialState()  # initialises torch.distributed from torchrun's environment, as the trainer would later
+        return
+    shard_cpu_processes(PartialState(cpu=True))
+
+
+def shard_cpu_processes(state) -> None:
+    """Let Accelerate's FSDP run on CPU processes (gloo), through the same code as on GPUs.
+
+    Accelerate 1.16 gives the trainer's FSDP plugin to its state only for accelerator process types
+    (``AcceleratorState.__init__``, accelerate/state.py lines 947-977: MULTI_GPU, MULTI_NPU, ...); for MULTI_CPU it
+    drops the plugin without a word and the model is wrapped in DDP (accelerator.py line 2030). So the process
+    state, once torch.distributed is up on gloo with the CPU as device, is given the GPU process type: the
+    trainer, told to keep it (``accelerator_config.use_configured_state``), then takes the FSDP branch, which sets
+    the type to FSDP, and every later step (fully_shard, gathers, sharded and full state dicts) is the GPU run's.
+    Nothing else reads the type in between; the device and backend stay the CPU and gloo.
+    """
+    from accelerate.utils import DistributedType
+
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU
 
 
 def check_supported(cfg, world: World) -> None:
     """Refuse what the libraries cannot do with several processes, before anything is loaded."""
     if not (world.distributed or world.launched):
         return
-    if cfg.distributed.strategy == "fsdp" and cfg.train.device != "cuda":
-        raise UserError("distributed.strategy fsdp needs CUDA GPUs",
-                        fix="use distributed.strategy: ddp (it also runs on CPU processes)")
     if cfg.distributed.strategy == "fsdp" and cfg.model.quantization == "int8":
         raise UserError("8-bit weights cannot be sharded by FSDP",
                         fix="use model.quantization: nf4 (QLoRA shards under FSDP) or none")
@@ -141,15 +170,3 @@ def check_supported(cfg, world: World) -> None:
                                                                                            "paged_adamw_8bit"):
         raise UserError(f"train.optimizer {cfg.train.optimizer} fails on FSDP's sharded (DTensor) parameters with "
                         "several processes", fix="use train.optimizer: auto (adamw_torch_fused)")
-
-
-def launch_training(args) -> int:
-    """``lora-ft train CONFIG --nproc N``: the same command in N processes on this machine (torchrun)."""
-    if args.nproc < 1:
-        raise UserError(f"--nproc {args.nproc}: the number of processes must be at least 1", fix="--nproc 2")
-    if current_world().distributed:
-        raise UserError("--nproc was given inside a launcher that already started several processes",
-                        fix="drop --nproc when running under torchrun or accelerate launch")
-    argv = [args.config, *(a for o in args.overrides for a in ("--set", o)), "--resume", args.resume,
-            *(["--force-resume"] if args.force_resume else []), *(["--no-cache"] if args.no_cache else [])]
-    return launch(argv, args.nproc)

@@ -12,6 +12,13 @@ settings and the data's token count:
 - the logits of a micro-batch, in fp32, with their log-softmax and gradient;
 - a fixed runtime overhead (the CUDA context, or the Python process and its libraries on a CPU).
 
+With several processes (``--nproc N``) the estimate is per process. Under DDP every process holds all of the above;
+under FSDP (FSDP2: every parameter a DTensor sharded along its first dimension) the weights, the LoRA weights, their
+gradients and the optimizer state are 1/N each, and for the computation a process gathers the whole embeddings (the
+root unit) and two decoder layers (the one computing and the next, prefetched); activations and logits are not
+sharded. A 4-bit model is first loaded whole by every process before FSDP shards it (as transformers loads it), a
+peak of its own. Time per epoch divides by N (communication left out).
+
 ``--measure`` runs a few real steps and reports the estimate's error against the measured peak; its step time
 replaces the assumed throughput in the time estimate.
 """
@@ -63,10 +70,18 @@ class Estimate:
     flops_per_token: float
     seconds_per_epoch: float | None = None
     throughput_note: str = ""
+    processes: int = 1
+    sharded: bool = False  # FSDP over several processes: weights and LoRA states are 1/processes each
+    gathered: float = 0.0  # FSDP: whole embeddings and two decoder layers, gathered for the computation
+    loading_peak: float = 0.0  # FSDP with 4-bit weights: the whole quantized model, before it is sharded
 
     @property
     def total(self) -> float:
-        return self.weights + self.lora_states + self.activations + self.logits + self.overhead
+        return self.weights + self.gathered + self.lora_states + self.activations + self.logits + self.overhead
+
+    @property
+    def peak(self) -> float:
+        return max(self.total, self.loading_peak)
 
 
 def lora_param_count(shape: ModelShape, cfg: RunConfig) -> int:
@@ -78,8 +93,9 @@ def lora_param_count(shape: ModelShape, cfg: RunConfig) -> int:
 
 
 def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_name: str = "cpu",
-             cpu_cores: int | None = None, longest_sample: int | None = None) -> Estimate:
-    """Estimate peak memory and time per epoch for the resolved config ``cfg`` (no ``auto`` left in it)."""
+             cpu_cores: int | None = None, longest_sample: int | None = None, processes: int = 1) -> Estimate:
+    """Estimate peak memory per process and time per epoch for the resolved config ``cfg`` (no ``auto`` left in
+    it) on ``processes`` processes."""
     compute = DTYPE_BYTES[cfg.model.dtype]
     quant = cfg.model.quantization
     per_linear = {"nf4": NF4_BYTES, "int8": 1.06, "none": compute}[quant]
@@ -111,7 +127,13 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     flops += 2 * body * reference_forwards(cfg)
     overhead = CUDA_OVERHEAD if device_name != "cpu" else CPU_OVERHEAD
     result = Estimate(weights=weights, lora_states=lora_states, activations=activations, logits=logits,
-                      overhead=overhead, lora_params=lora, tokens_per_micro_batch=tokens, flops_per_token=flops)
+                      overhead=overhead, lora_params=lora, tokens_per_micro_batch=tokens, flops_per_token=flops,
+                      processes=processes)
+    if cfg.distributed.strategy == "fsdp" and processes > 1:
+        layer = shape.linear_params / shape.layers * per_linear + 2 * h * compute
+        result.sharded, result.weights, result.lora_states = True, weights / processes, lora_states / processes
+        result.gathered = shape.embedding_params * compute + 2 * layer
+        result.loading_peak = weights + overhead if quant != "none" else 0.0
     if device_name == "cpu":
         cores = cpu_cores or os.cpu_count() or 1
         rate = CPU_GFLOPS_PER_CORE * 1e9 * cores
@@ -123,12 +145,12 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
             return result
         rate = peak * 1e12 * ASSUMED_MFU[quant]
         result.throughput_note = f"assumed {ASSUMED_MFU[quant]:.0%} of {device_name}'s {peak} TFLOP/s"
-    result.seconds_per_epoch = tokens_per_epoch * flops / rate
+    result.seconds_per_epoch = tokens_per_epoch * flops / rate / processes
     return result
 
 
 def suggestions(shape: ModelShape, cfg: RunConfig, tokens: int, device: str, budget: float,
-                longest_sample: int | None = None) -> list[str]:
+                longest_sample: int | None = None, processes: int = 1) -> list[str]:
     """Settings that bring the estimate under ``budget`` bytes, each with its new estimate."""
     out = []
     tries = []
@@ -152,7 +174,7 @@ def suggestions(shape: ModelShape, cfg: RunConfig, tokens: int, device: str, bud
             part = getattr(updated, section)
             for key, value in values.items():
                 setattr(part, key, value)
-        total = estimate(shape, updated, tokens, device, longest_sample=longest_sample).total
+        total = estimate(shape, updated, tokens, device, longest_sample=longest_sample, processes=processes).peak
         out.append(f"--set {label}: about {total / GiB:.1f} GiB")
         current = updated
         if total <= budget:
@@ -172,6 +194,7 @@ class Plan:
     measured_peak: float | None = None
     measured_step_seconds: float | None = None
     method_note: str = ""
+    processes_note: str = ""
 
     def compared_estimate(self) -> tuple[float, str]:
         """The part of the estimate that the measured peak counts too, and what that measurement is. A GPU's peak
@@ -184,16 +207,27 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.estimate.total <= self.budget_bytes
+        return self.estimate.peak <= self.budget_bytes
 
     def render(self) -> str:
         e = self.estimate
-        rows = [("weights", e.weights), ("LoRA weights, gradients, optimizer", e.lora_states),
-                ("activations", e.activations), ("logits", e.logits), ("runtime overhead", e.overhead)]
-        lines = [f"peak memory estimate ({self.device}; micro-batch {e.tokens_per_micro_batch:,} tokens at most):"]
-        lines = ([self.method_note] if self.method_note else []) + lines
-        lines += [f"  {name:<36} {value / GiB:7.2f} GiB" for name, value in rows]
-        lines.append(f"  {'total':<36} {e.total / GiB:7.2f} GiB   of {self.budget_label}")
+        share = f" (1/{e.processes} shard)" if e.sharded else ""
+        rows = [(f"weights{share}", e.weights)] + ([("gathered: embeddings + 2 layers", e.gathered)] if e.sharded
+                                                   else [])
+        rows += [(f"LoRA weights, gradients, optimizer{share}", e.lora_states), ("activations", e.activations),
+                 ("logits", e.logits), ("runtime overhead", e.overhead)]
+        each = f", per process of {e.processes}" if e.processes > 1 else ""
+        lines = [f"peak memory estimate ({self.device}{each}; micro-batch {e.tokens_per_micro_batch:,} tokens at "
+                 "most):"]
+        lines = ([self.method_note] if self.method_note else []) + ([self.processes_note] if self.processes_note
+                                                                    else []) + lines
+        width = max(36, *(len(name) for name, _ in rows))
+        lines += [f"  {name:<{width}} {value / GiB:7.2f} GiB" for name, value in rows]
+        lines.append(f"  {'total':<{width}} {e.total / GiB:7.2f} GiB   of {self.budget_label}")
+        if e.loading_peak:
+            loading = "loading: the whole 4-bit model"
+            lines.append(f"  {loading:<{width}} {e.loading_peak / GiB:7.2f} GiB   (every process quantizes its own "
+                         "copy before FSDP shards it)")
         lines.append(f"LoRA parameters: {e.lora_params:,}")
         if self.measured_peak is not None:
             compared, what = self.compared_estimate()
@@ -210,9 +244,9 @@ class Plan:
         else:
             lines.append(f"time per epoch: {e.throughput_note}")
         if self.fits:
-            lines.append(f"fits: yes ({(self.budget_bytes - e.total) / GiB:.1f} GiB to spare)")
+            lines.append(f"fits: yes ({(self.budget_bytes - e.peak) / GiB:.1f} GiB to spare)")
         else:
-            lines.append(f"fits: NO, about {(e.total - self.budget_bytes) / GiB:.1f} GiB over. Settings that fit:")
+            lines.append(f"fits: NO, about {(e.peak - self.budget_bytes) / GiB:.1f} GiB over. Settings that fit:")
             lines += [f"  {fix}" for fix in self.fixes] or ["  none found: use a smaller model or a larger GPU"]
         return "\n".join(lines)
 
@@ -256,16 +290,16 @@ def reference_forwards(cfg: RunConfig) -> int:
 
 
 def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
-              gpu: str | None = None, longest_sample: int | None = None) -> Plan:
+              gpu: str | None = None, longest_sample: int | None = None, processes: int = 1) -> Plan:
     budget, label, name = device_budget(device, gpu)
     if gpu and resolved_cfg.train.device == "cpu":  # planning for a GPU from a CPU machine: decide as on the GPU
         resolved_cfg = resolved_cfg.model_copy(deep=True)
         resolved_cfg.model.dtype = "bfloat16" if resolved_cfg.model.dtype == "float32" else resolved_cfg.model.dtype
-    est = estimate(shape, resolved_cfg, tokens_per_epoch, name, longest_sample=longest_sample)
-    effective = resolved_cfg.train.batch_size * resolved_cfg.train.gradient_accumulation_steps
+    est = estimate(shape, resolved_cfg, tokens_per_epoch, name, longest_sample=longest_sample, processes=processes)
+    effective = resolved_cfg.train.batch_size * resolved_cfg.train.gradient_accumulation_steps * processes
     steps = max(1, -(-samples // effective))
-    fixes = [] if est.total <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
-                                                       longest_sample)
+    fixes = [] if est.peak <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
+                                                      longest_sample, processes)
     note = ""
     if method_of(resolved_cfg.method).pairs:
         forwards = reference_forwards(resolved_cfg)
@@ -274,7 +308,18 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
                 + (", chosen and rejected side by side in each micro-batch" if sequences_per_sample(resolved_cfg) == 2
                    else "") + (f"; {forwards} forward pass(es) without gradient per sequence (reference"
                                f"{', KL estimate' if forwards > 1 else ''})" if forwards else "; no reference"))
-    return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes, method_note=note)
+    return Plan(est, name, budget, label, tokens_per_epoch, steps, fixes, method_note=note,
+                processes_note=_processes_note(resolved_cfg, processes))
+
+
+def _processes_note(cfg: RunConfig, processes: int) -> str:
+    if processes == 1:
+        return ""
+    if cfg.distributed.strategy == "fsdp":
+        return (f"fsdp over {processes} processes: weights, LoRA weights, gradients and optimizer state sharded 1/"
+                f"{processes}; activations and logits whole in every process; effective batch x{processes}")
+    return (f"ddp over {processes} processes: every process holds the whole model and its own micro-batch; "
+            f"effective batch x{processes}")
 
 
 def measure(prepared, resolved, steps: int = 4) -> tuple[float, float]:

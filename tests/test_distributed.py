@@ -117,7 +117,12 @@ def test_strategy_settings_for_the_trainer():
     assert ddp == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
     fsdp = distributed.trainer_settings("fsdp", "cuda", two, True)
     assert fsdp["ddp_backend"] == "nccl" and fsdp["fsdp"] == "full_shard auto_wrap"
-    assert fsdp["fsdp_config"]["activation_checkpointing"] is True and fsdp["fsdp_config"]["version"] == 2
+    # the trainer's gradient checkpointing, not FSDP's wrappers, whose module names PEFT's save cannot match
+    assert fsdp["fsdp_config"]["activation_checkpointing"] is False and fsdp["fsdp_config"]["version"] == 2
+    assert fsdp["fsdp_config"]["cpu_ram_efficient_loading"] is True and "accelerator_config" not in fsdp
+    on_cpus = distributed.trainer_settings("fsdp", "cpu", two, False)
+    assert on_cpus["ddp_backend"] == "gloo" and on_cpus["fsdp_config"]["cpu_ram_efficient_loading"] is False
+    assert on_cpus["accelerator_config"] == {"use_configured_state": True}  # the state shard_cpu_processes set
     assert distributed.agree([True, False], one) == [True, False]
 
 
@@ -128,7 +133,9 @@ def test_fsdp_is_refused_where_it_cannot_run(tiny_llama, legal_data, tmp_path, m
     loaded = load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["distributed.strategy=fsdp"])
     cfg = settings.resolve(loaded).config
     distributed.check_supported(cfg, distributed.World())  # one process: the strategy does not apply
-    with pytest.raises(UserError, match="fsdp needs CUDA GPUs"):
+    distributed.check_supported(cfg, distributed.World(size=2))  # CPU processes shard too (tests/test_fsdp.py)
+    cfg.model.quantization = "int8"
+    with pytest.raises(UserError, match="8-bit weights cannot be sharded by FSDP"):
         distributed.check_supported(cfg, distributed.World(size=2))
     with pytest.raises(UserError, match=r"'distributed.strategy' = \"zero9\": Input should be 'ddp' or 'fsdp'"):
         load_config(write_config(tmp_path / "run.yaml", tiny_llama, legal_data), ["distributed.strategy=zero9"])

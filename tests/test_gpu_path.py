@@ -62,7 +62,7 @@ def test_fsdp_arguments_are_ones_the_trainer_accepts():
     launched = distributed.World(rank=0, local_rank=0, size=2, launched=True)
     settings = distributed.trainer_settings("fsdp", "cpu", launched, gradient_checkpointing=True)
     config = settings["fsdp_config"]
-    assert config["version"] == 2 and config["activation_checkpointing"] is True
+    assert config["version"] == 2 and config["activation_checkpointing"] is False  # the trainer's instead
     assert not {"use_orig_params", "sync_module_states", "backward_prefetch", "forward_prefetch"} & set(config), \
         "FSDP1 keys that FSDP2 ignores"
     args = TrainingArguments(output_dir="unused", use_cpu=True, gradient_checkpointing=False, report_to=[],
@@ -70,7 +70,7 @@ def test_fsdp_arguments_are_ones_the_trainer_accepts():
     assert args.fsdp_config["version"] == 2 and args.fsdp_config["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
 
 
-def test_the_sft_config_leaves_checkpointing_to_fsdp_given_stub_fsdp_arguments(tiny_llama, legal_data, tmp_path, monkeypatch):
+def test_the_sft_config_checkpoints_inside_the_layers_under_fsdp_given_stub_fsdp_arguments(tiny_llama, legal_data, tmp_path, monkeypatch):
     from lora_ft.methods.sft import sft_arguments
     from lora_ft.training import common_arguments
 
@@ -82,7 +82,8 @@ def test_the_sft_config_leaves_checkpointing_to_fsdp_given_stub_fsdp_arguments(t
                            has_cuda=False).config
     monkeypatch.setattr(distributed, "trainer_settings", lambda *a: {})  # the CPU cannot build FSDP arguments
     args = sft_arguments(cfg, common_arguments(cfg, tmp_path / "ckpt", has_eval=False, report_to=["none"]))
-    assert args.gradient_checkpointing is False
+    # the trainer's gradient checkpointing (no module wrappers: the saved adapter keeps every tensor, tests/test_fsdp.py)
+    assert args.gradient_checkpointing is True
 
 
 def test_8bit_optimizers_are_refused_under_multi_process_fsdp(tiny_llama, legal_data, tmp_path):

@@ -98,3 +98,46 @@ def test_a_gpu_measurement_is_compared_like_with_like():
     assert gpu.compared_estimate()[0] == 8 * GiB and "estimate error +0%" in gpu.render()
     cpu = Plan(est, "cpu", 24 * GiB, "RAM", 1, 1, [], measured_peak=8.6 * GiB)
     assert cpu.compared_estimate()[0] == est.total and "estimate error +0%" in cpu.render()
+
+
+LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192}
+
+
+def test_fsdp_shards_weights_and_lora_states_not_activations(tiny_llama, legal_data, tmp_path):
+    """FSDP2 over N processes: base weights (NF4 too), LoRA weights, gradients and optimizer state 1/N each; the
+    whole embeddings and two decoder layers gathered for the computation; activations and logits whole; before
+    sharding, every process loads the whole 4-bit model. DDP keeps everything whole in every process."""
+    shape = plan.shape_from_config(LLAMA_70B)
+    _, ddp = _resolved(tmp_path, tiny_llama, legal_data, ["data.max_seq_length=512"], has_cuda=True)
+    ddp.data.max_seq_length = 2048
+    fsdp = ddp.model_copy(deep=True)
+    fsdp.distributed.strategy = "fsdp"
+    one, eight = plan.estimate(shape, fsdp, 10**6, "H100"), plan.estimate(shape, fsdp, 10**6, "H100", processes=8)
+    assert not one.sharded and eight.sharded
+    assert eight.weights == pytest.approx(one.weights / 8) and eight.lora_states == pytest.approx(one.lora_states / 8)
+    assert (eight.activations, eight.logits, eight.overhead) == (one.activations, one.logits, one.overhead)
+    layer = shape.linear_params / 80 * plan.NF4_BYTES + 2 * 8192 * 2  # NF4 linear weights and two bf16 norms
+    assert eight.gathered == pytest.approx(shape.embedding_params * 2 + 2 * layer)
+    assert eight.loading_peak == pytest.approx(one.weights + plan.CUDA_OVERHEAD)  # the whole 4-bit model
+    assert eight.peak == max(eight.total, eight.loading_peak)
+    assert eight.seconds_per_epoch == pytest.approx(one.seconds_per_epoch / 8)
+    whole = plan.estimate(shape, ddp, 10**6, "H100", processes=8)
+    assert not whole.sharded and whole.total == pytest.approx(plan.estimate(shape, ddp, 10**6, "H100").total)
+
+    # 16-bit 70B (about 131 GiB of weights) fits 80 GB GPUs only sharded, with no 4-bit loading peak
+    fsdp.model.quantization = "none"
+    assert not plan.make_plan(fsdp, shape, 10**6, 1000, "cuda", gpu="80").fits
+    sharded = plan.make_plan(fsdp, shape, 10**6, 1000, "cuda", gpu="80", processes=8)
+    assert sharded.fits and sharded.estimate.loading_peak == 0 and sharded.steps_per_epoch == 1000 // (2 * 8) + 1
+    text = sharded.render()
+    assert "fsdp over 8 processes" in text and "weights (1/8 shard)" in text and "per process of 8" in text
+
+
+def test_cli_plan_for_several_processes(tiny_llama, legal_data, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    assert cli.main(["plan", str(config), "--set", "distributed.strategy=fsdp", "--gpu", "80", "--nproc", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fsdp over 2 processes" in out and "gathered: embeddings + 2 layers" in out and "fits: yes" in out
+    assert cli.main(["plan", str(config), "--nproc", "2", "--measure"]) == 2
+    assert "cannot measure several" in capsys.readouterr().err

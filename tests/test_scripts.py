@@ -32,7 +32,7 @@ def _run(*command: str, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
 
 
 def test_every_script_is_covered_by_this_file():
-    covered = {"bench.py", "bench_data.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
+    covered = {"bench.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
                "engine_envs.sh", "gen_config_docs.py", "gpu_check.py", "gpu_check.sh", "gpu_wheels.sh", "setup.sh",
                "slurm_train.sh", "gpu_reference_losses.json"}
     present = {p.name for p in SCRIPTS.iterdir() if p.is_file()}
@@ -45,6 +45,16 @@ def test_every_shell_script_parses(script):
     # through `gpu_check.py prepare` where the GPU check is prepared; here each must at least parse
     result = _run("bash", "-n", str(SCRIPTS / script))
     assert result.returncode == 0, result.stderr
+
+
+def test_bench_distributed_prints_ddp_and_fsdp_side_by_side_in_smoke_mode(tmp_path):
+    out = tmp_path / "bench-distributed"
+    result = _run(sys.executable, str(SCRIPTS / "bench_distributed.py"), "--smoke", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "flags: avx2=" in result.stdout and "| ddp |" in result.stdout and "| fsdp |" in result.stdout
+    rows = json.loads((out / "RESULTS.json").read_text())["rows"]
+    assert [r["strategy"] for r in rows] == ["ddp", "fsdp"]
+    assert all(r["steps_per_s"] > 0 and len(r["peak_rss_bytes"]) == 2 and min(r["peak_rss_bytes"]) > 0 for r in rows)
 
 
 @pytest.mark.embedded

@@ -14,6 +14,8 @@ def run(args) -> int:
     loaded = load_config(args.config, args.overrides)
     if args.measure and args.gpu:
         raise UserError("--measure runs on this machine and cannot measure a named GPU", fix="drop --gpu")
+    if args.measure and args.nproc > 1:
+        raise UserError("--measure runs one process and cannot measure several", fix="drop --nproc (or --measure)")
     console.quiet_libraries()
     resolved = resolve(loaded, has_cuda=True if args.gpu else None)
     with console.held_back():  # the plan says it all; waits, damaged entries and progress still show
@@ -25,7 +27,7 @@ def run(args) -> int:
         trained_lengths = tokens.lengths(kept_only=True)[0]
         longest, samples = int(trained_lengths.max()) if len(trained_lengths) else 0, tokens.kept
     result = planning.make_plan(resolved.config, planning.read_shape(prepared.chat.source.path), tokens.tokens,
-                                samples, resolved.device, args.gpu, longest)
+                                samples, resolved.device, args.gpu, longest, processes=args.nproc)
     if args.measure:
         console.say("measuring a few real training steps ...")
         result.measured_peak, result.measured_step_seconds = planning.measure(prepared, resolved)

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_ft import console, distributed, tracking
+from lora_ft import console, distributed, launching, tracking
 from lora_ft.config import LoadedConfig, dump_config, resolve
 from lora_ft.errors import EXIT_OK
 from lora_ft.methods import method_of
@@ -33,8 +33,8 @@ def run(args) -> int:
     from lora_ft.config import load_config
 
     loaded = load_config(args.config, args.overrides)
-    if args.nproc != 1:
-        return distributed.launch_training(args)
+    if args.nproc != 1 or args.nnodes != 1:
+        return launching.launch_training(args, loaded)
     train(loaded, resume=args.resume, force_resume=args.force_resume, cache=not args.no_cache)
     distributed.finish(distributed.current_world())
     return EXIT_OK
@@ -54,7 +54,8 @@ def train(loaded: LoadedConfig, say=None, resume: str = "auto", force_resume: bo
     world = distributed.current_world()
     distributed.check_supported(resolved.config, world)
     voice = console.capture(say) if say and world.is_main else nullcontext() if world.is_main else console.silenced()
-    with voice, TrainingRunDir.held(resolved.config.output_dir, resume, world) as run_dir:
+    with voice, TrainingRunDir.held(resolved.config.output_dir, resume, world) as run_dir, \
+            launching.peers_lost(world, resolved.config.output_dir):
         return _train(loaded, resolved, world, run_dir, started, resume, force_resume, cache)
 
 
@@ -80,6 +81,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     fingerprint = prepared.fingerprint()
     resume_lib.check_same_run(start, compared, fingerprint, force_resume)
 
+    distributed.start_process_group(world, resolved.device, cfg.distributed.timeout_minutes)
     model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
     train_set, eval_set = prepared.datasets()
     run_dir.begin(start, cfg, model.trainable, prepared.chat.source.path)

@@ -303,8 +303,16 @@ class DistributedSection(Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="`ddp`: every process holds a whole (4-bit) model copy on its own GPU and the data is split "
-        "between them. `fsdp`: the model's weights, gradients and optimizer state are sharded across the GPUs "
-        "(QLoRA included), for models that do not fit one GPU. Ignored in a single process.",
+        "between them. `fsdp`: FSDP2; the model's weights, gradients and optimizer state are sharded across the "
+        "processes (QLoRA included), for models that do not fit one GPU. Both also run on CPU processes (gloo), "
+        "for testing. Ignored in a single process.",
+    )
+    timeout_minutes: float = Field(
+        10.0, gt=0, json_schema_extra=RESUME_MAY_CHANGE,
+        description="How long a process waits for the others in one collective (a gradient all-reduce, a barrier) "
+        "before the run stops with a message, instead of hanging when a process or machine died or froze. It must "
+        "cover the longest step one process takes while the others wait: loading the model, writing a checkpoint, "
+        "an evaluation. Fractions are allowed (0.5: 30 seconds).",
     )
 
 

@@ -213,6 +213,20 @@ def load_base_model(source: BaseModelSource, model_cfg: ModelSection, device: st
     return model
 
 
+def keep_cpu_4bit_trainable(model) -> None:
+    """Keep bitsandbytes' 4-bit layers on the CPU in the layout that backpropagates.
+
+    On CPUs with AVX-512 BF16, a 4-bit layer that runs without gradients in eval mode (the evaluation before
+    training) repacks its weight for a CPU inference kernel (bitsandbytes/nn/modules.py, Linear4bit.forward) and
+    keeps it so: only saving its state dict unpacks it. Every later training step then multiplies through
+    ``gemv_4bit`` (bitsandbytes/autograd/_functions.py, matmul_4bit), which has no backward: the gradient through
+    the frozen 4-bit weights to the LoRA weights below them is dropped (torch warns "an autograd kernel was not
+    registered"). Switched off per layer, every pass takes the dequantizing path, which backpropagates."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _uses_conv1d(model) -> bool:
     from transformers.pytorch_utils import Conv1D
 
@@ -316,8 +330,10 @@ def load_for_training(source: BaseModelSource, cfg, device: str) -> TrainableMod
     from lora_ft.model.attention import use_per_sample_attention
 
     console.say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {device} ...")
-    distributed.prepare_sharded_loading(cfg.distributed.strategy, current_world())
+    distributed.prepare_sharded_loading(cfg.distributed.strategy, current_world(), device)
     base = load_base_model(source, cfg.model, device)
+    if cfg.model.quantization == "nf4" and device == "cpu":
+        keep_cpu_4bit_trainable(base)
     if cfg.model.adapter is not None:  # a finished run's adapter, trained further (checked when resolved)
         from peft import PeftModel
 

@@ -172,6 +172,8 @@ def save_adapter(trainer, tokenizer, chat_template: str, run_dir: Path, is_main:
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(staging))
+        if is_main:  # the trainer's pickled arguments are a checkpoint's, not part of an adapter to serve
+            (staging / "training_args.bin").unlink(missing_ok=True)
     elif is_main:
         trainer.model.save_pretrained(str(staging), safe_serialization=True)
     if is_main:

@@ -37,8 +37,13 @@ def final_save_failed(run_dir: Path, steps: int, exc: OSError, adapter_size: int
 
 
 def _resume_command(loaded: LoadedConfig) -> str:
+    """The command that resumes: the config, its overrides, and the flags ``lora-ft train --nproc`` launched the
+    processes with (``LORA_FT_LAUNCH_FLAGS``, which the launcher gives them)."""
+    import os
+
     overrides = "".join(f" --set {o}" for o in loaded.overrides)
-    return f"lora-ft train {loaded.path or 'CONFIG'}{overrides}"
+    launched = os.environ.get("LORA_FT_LAUNCH_FLAGS")
+    return f"lora-ft train {loaded.path or 'CONFIG'}{overrides}{' ' + launched if launched else ''}"
 
 
 def interrupted(outcome, loaded: LoadedConfig, run_dir: Path) -> UserError:

@@ -106,8 +106,8 @@ def common_arguments(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, repor
         greater_is_better=False if keep_best else None,
         **mixed_precision(cfg),
         use_cpu=cfg.train.device == "cpu",
-        # under FSDP its own activation checkpointing does this (distributed.trainer_settings)
-        gradient_checkpointing=bool(cfg.model.gradient_checkpointing) and not fsdp_active(cfg),
+        # also under FSDP, in place of FSDP's own activation checkpointing (distributed.trainer_settings says why)
+        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=report_to,
         run_name=cfg.tracking.run_name,
@@ -116,6 +116,8 @@ def common_arguments(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, repor
         include_num_input_tokens_seen="non_padding",
         push_to_hub=False,
         hub_token=None,
+        # how long a collective waits for the other processes (accelerate's init_process_group timeout)
+        ddp_timeout=max(1, round(cfg.distributed.timeout_minutes * 60)),
         **distributed.trainer_settings(cfg.distributed.strategy, cfg.train.device, distributed.current_world(),
                                        bool(cfg.model.gradient_checkpointing)),
     )
