@@ -186,6 +186,36 @@ def test_an_fsdp_run_stopped_by_sigterm_resumes_and_ends_as_the_uninterrupted_ru
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_an_fsdp_run_killed_while_committing_a_checkpoint_resumes_from_the_one_before(legal_config, tmp_path):
+    """SIGKILL, as an OOM killer would, in every process while checkpoint-20's sharded files are on disk but not yet
+    committed (lora-ft hashes them before writing the manifest that makes a checkpoint count): the same
+    ``lora-ft train --nproc 2`` skips the uncommitted checkpoint, resumes from checkpoint-10, and ends bitwise as the
+    uninterrupted run."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    result = _train(legal_config, reference, "fsdp", *LONG)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    options = [str(legal_config), *STEPS, *LONG, "--set", f"output_dir={run_dir}", "--set",
+               "distributed.strategy=fsdp"]
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(REPO / "tests" / "crash_run.py"), "commit:20", *options],
+                            capture_output=True, text=True, timeout=900, env=_env())
+    assert killed.returncode != 0 and not (run_dir / "manifest.json").exists(), killed.stderr[-2000:]
+    from lora_ft.rundir import checkpoints
+
+    complete, _rejected = checkpoints.scan(run_dir / "checkpoints")
+    assert max(c.step for c in complete) == 10, [c.step for c in complete]
+    assert '"step": 20' in (run_dir / "metrics.jsonl").read_text(), "the kill came at checkpoint-20, not before"
+
+    result = subprocess.run([sys.executable, "-m", "lora_ft", "train", *options, "--nproc", "2"],
+                            capture_output=True, text=True, timeout=900, env=_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 30 and manifest["metrics"]["resumed_from_step"] == 10
+    assert _losses(run_dir)[-20:] == _losses(reference)[-20:]
+    ours, theirs = _adapter(run_dir), _adapter(reference)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_qlora_under_fsdp_shards_4bit_weights_and_trains_as_one_process(tiny_llama, legal_config, tmp_path):
     """NF4 base weights stored in float32 (bnb_4bit_quant_storage = the compute dtype), so FSDP shards them like
     any tensor; LoRA trains in float32 on bitsandbytes' CPU kernels. The same steps as one process, and no pass
