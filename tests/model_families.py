@@ -101,3 +101,19 @@ def build_sentencepiece_tokenizer(directory: Path, corpus: list[str], chat_templ
     shutil.copy(source / "tokenizer.model", directory / "tokenizer.model")
     shutil.rmtree(source)
     return directory
+
+
+def family_builder(root: Path):
+    """family -> a tiny model of it under ``root`` with the suite's ChatML test tokenizer (vocab 400), built once,
+    on first use: what a module-scoped fixture hands its tests."""
+    from tests.conftest import build_tokenizer
+
+    build_tokenizer(root / "tokenizer")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_family_model(family, root / family, root / "tokenizer")
+        return built[family]
+
+    return get

@@ -15,23 +15,13 @@ from lora_ft.config import load_config, resolve
 from lora_ft.config.attention import AttentionSupport, choose
 from lora_ft.errors import UserError
 
-from .conftest import build_tokenizer, run_cli, write_config
-from .model_families import build_family_model
+from .conftest import run_cli, write_config
+from .model_families import family_builder
 
 
 @pytest.fixture(scope="module")
 def family_dir(tmp_path_factory):
-    """family -> a tiny model of it (built once per module, on first use), with the ChatML test tokenizer."""
-    root = tmp_path_factory.mktemp("attention-families")
-    build_tokenizer(root / "tokenizer")
-    built: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in built:
-            built[family] = build_family_model(family, root / family, root / "tokenizer")
-        return built[family]
-
-    return get
+    return family_builder(tmp_path_factory.mktemp("attention-families"))
 
 
 def _config(tmp_path: Path, model_dir: Path, data_dir: Path, name: str = "run") -> Path:

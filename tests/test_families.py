@@ -6,7 +6,6 @@ rows stay exact under the attention each family gets."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ from safetensors import safe_open
 from lora_ft import planning
 from lora_ft.config import load_config, resolve
 
-from .conftest import build_tokenizer, run_cli, write_config
-from .model_families import FAMILIES, build_family_model
+from .conftest import run_cli, write_config
+from .model_families import FAMILIES, family_builder
 
 # The linear layers `lora.target_modules: all-linear` (the default) must find in every decoder layer
 LLAMA_LAYOUT = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -41,17 +40,7 @@ PROMPT = [{"role": "user", "content": "What is consideration in a contract?"}]
 
 @pytest.fixture(scope="module")
 def family_dir(tmp_path_factory):
-    """family -> a tiny model of it with the ChatML test tokenizer (vocab 400), built once, on first use."""
-    root = tmp_path_factory.mktemp("families")
-    build_tokenizer(root / "tokenizer")
-    built: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in built:
-            built[family] = build_family_model(family, root / family, root / "tokenizer")
-        return built[family]
-
-    return get
+    return family_builder(tmp_path_factory.mktemp("families"))
 
 
 def _logits_and_greedy(model, tokenizer) -> tuple[torch.Tensor, list[int]]:

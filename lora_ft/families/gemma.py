@@ -5,8 +5,8 @@ Gemma 3 checkpoints with a vision tower keep the text model's keys under ``text_
 
 from __future__ import annotations
 
-from lora_ft.errors import UserError
 from lora_ft.families import ModelFamily, ModelShape
+from lora_ft.families.llama import dimensions
 
 
 def text_config(config: dict) -> dict:
@@ -15,14 +15,7 @@ def text_config(config: dict) -> dict:
 
 def shape(config: dict) -> ModelShape:
     config = text_config(config)
-    try:
-        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-        heads = config["num_attention_heads"]
-    except KeyError as exc:
-        raise UserError(f"the Gemma model's config.json has no {exc.args[0]}",
-                        fix="use --measure, or re-save the model with save_pretrained") from exc
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
+    h, i, layers, heads, kv_heads, head_dim = dimensions(config, "Gemma")
     q, kv = heads * head_dim, kv_heads * head_dim
     linear = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
               "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}

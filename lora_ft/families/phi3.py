@@ -4,19 +4,12 @@ matrices for the whole fused width, so ``plan`` counts its parameters on these s
 
 from __future__ import annotations
 
-from lora_ft.errors import UserError
 from lora_ft.families import ModelFamily, ModelShape
+from lora_ft.families.llama import dimensions
 
 
 def shape(config: dict) -> ModelShape:
-    try:
-        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-        heads = config["num_attention_heads"]
-    except KeyError as exc:
-        raise UserError(f"the Phi-3 model's config.json has no {exc.args[0]}",
-                        fix="use --measure, or re-save the model with save_pretrained") from exc
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or h // heads
+    h, i, layers, heads, kv_heads, head_dim = dimensions(config, "Phi-3")
     q, kv = heads * head_dim, kv_heads * head_dim
     linear = {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
     return ModelShape(h, i, layers, heads, kv_heads, config["vocab_size"], config.get("tie_word_embeddings", False),
