@@ -117,3 +117,15 @@ def family_builder(root: Path):
         return built[family]
 
     return get
+
+
+def converter_tokenizers(root: Path) -> dict[str, Path]:
+    """The tokenizer folder llama.cpp's converter recognises for each family (SENTENCEPIECE_FAMILIES: a small real
+    sentencepiece model trained here; the others: the embedded model's), by family name, and the embedded one as
+    "embedded"."""
+    from lora_ft.embedded import ensure_embedded_model
+    from tests.conftest import CHATML, CORPUS
+
+    embedded = ensure_embedded_model()
+    spm = build_sentencepiece_tokenizer(Path(root) / "sentencepiece", CORPUS, CHATML)
+    return {"embedded": embedded, **{f: spm if f in SENTENCEPIECE_FAMILIES else embedded for f in FAMILIES}}

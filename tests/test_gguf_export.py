@@ -15,8 +15,8 @@ import pytest
 
 from lora_ft.errors import UserError
 from lora_ft.exports import llama_cpp_tools
-from tests.conftest import CHATML, CORPUS, run_cli
-from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, build_sentencepiece_tokenizer
+from tests.conftest import CHATML, run_cli
+from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, converter_tokenizers
 
 TOKEN_IDS = [1, 5, 40, 77, 120, 250, 399, 2, 3, 7]
 # transformers dequantizes f16 to float32: the only difference from the float32 weights is f16 rounding, measured
@@ -26,10 +26,7 @@ F16_LOGITS_ATOL = 1e-3
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict[str, Path]:
-    from lora_ft.embedded import ensure_embedded_model
-
-    spm = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("spm-tokenizer"), CORPUS, CHATML)
-    return {"embedded": ensure_embedded_model(), "sentencepiece": spm}
+    return converter_tokenizers(tmp_path_factory.mktemp("tokenizers"))
 
 
 def _logits(model) -> np.ndarray:
@@ -53,7 +50,7 @@ def test_the_converter_writes_each_family(family, tokenizers, tmp_path):
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer = tokenizers["sentencepiece" if family in SENTENCEPIECE_FAMILIES else "embedded"]
+    tokenizer = tokenizers[family]
     model_dir = build_family_model(family, tmp_path / "model", tokenizer)
     path = llama_cpp_tools.convert(model_dir, tmp_path / "model-f16.gguf", "f16")
     types = llama_cpp_tools.tensor_types(path)

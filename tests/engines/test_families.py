@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHATML, CORPUS, legal_rows, write_config, write_jsonl
+from tests.conftest import legal_rows, write_config, write_jsonl
 from tests.engines.conftest import engine_python, llama_python_env, record
-from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, build_sentencepiece_tokenizer
+from tests.model_families import FAMILIES, build_family_model, converter_tokenizers
 
 pytestmark = pytest.mark.engines
 TYPES = ("f16", "q4_k_m")  # q8_0 is the legal run's (test_llama_cpp.py)
@@ -38,10 +38,7 @@ def _lora_ft(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict[str, Path]:
-    from lora_ft.embedded import ensure_embedded_model
-
-    spm = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("spm-tokenizer"), CORPUS, CHATML)
-    return {"embedded": ensure_embedded_model(), "sentencepiece": spm}
+    return converter_tokenizers(tmp_path_factory.mktemp("tokenizers"))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def family_runs(tokenizers, tmp_path_factory, work):
     def get(family: str) -> Path:
         if family not in done:
             root = tmp_path_factory.mktemp(family)
-            tokenizer = tokenizers["sentencepiece" if family in SENTENCEPIECE_FAMILIES else "embedded"]
+            tokenizer = tokenizers[family]
             model = build_family_model(family, root / "model", tokenizer, wide=True)
             data = root / "data"
             data.mkdir()

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from lora_ft.exports.llama_cpp_tools import convert
-from tests.conftest import CHATML, CORPUS
 from tests.engines.conftest import engine_python
-from tests.model_families import FAMILIES, SENTENCEPIECE_FAMILIES, build_family_model, build_sentencepiece_tokenizer
+from tests.model_families import FAMILIES, build_family_model, converter_tokenizers
 
 pytestmark = pytest.mark.engines
 TOKEN_IDS = [1, 5, 40, 77, 120, 250, 399, 2, 3, 7]
@@ -35,10 +34,7 @@ def llama_cpp(model: Path, steps: list[dict], tmp_path: Path, logits_all: bool =
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict[str, Path]:
-    from lora_ft.embedded import ensure_embedded_model
-
-    spm = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("spm-tokenizer"), CORPUS, CHATML)
-    return {"embedded": ensure_embedded_model(), "sentencepiece": spm}
+    return converter_tokenizers(tmp_path_factory.mktemp("tokenizers"))
 
 
 def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
@@ -52,7 +48,7 @@ def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_llama_cpp_computes_each_familys_f16_file_like_transformers(family, tokenizers, tmp_path):
-    tokenizer = tokenizers["sentencepiece" if family in SENTENCEPIECE_FAMILIES else "embedded"]
+    tokenizer = tokenizers[family]
     model_dir = build_family_model(family, tmp_path / "model", tokenizer)
     path = convert(model_dir, tmp_path / "model-f16.gguf", "f16")
     (logits,) = llama_cpp(path, [{"logits": TOKEN_IDS}], tmp_path, logits_all=True)
