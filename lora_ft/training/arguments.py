@@ -123,11 +123,6 @@ def common_arguments(cfg: RunConfig, checkpoint_dir: Path, has_eval: bool, repor
     )
 
 
-def fsdp_active(cfg: RunConfig) -> bool:
-    world = distributed.current_world()
-    return cfg.distributed.strategy == "fsdp" and (world.distributed or world.launched)
-
-
 def mixed_precision(cfg: RunConfig) -> dict:
     """Autocast on a GPU for every run, quantized or not (the 4-bit layers, norms, attention and LM head then run
     in 16 bits, as TRL's own QLoRA does): bf16 where the GPU has it; fp16 with a gradient scaler where it has not
