@@ -165,26 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="chat with a run's model (streaming)",
                           description="Interactive chat with base + adapter and the saved chat template. Commands: "
-                          "/reset, /system TEXT, /exit.")
+                          "/reset, /system TEXT, /tool RESULT (with --tools: the result of the model's last call), "
+                          "/exit.")
     _add_run_args(chat)
     _add_sampling_args(chat, temperature=0.7, max_new_tokens=512)
+    _add_tools_arg(chat)
 
     generate = sub.add_parser("generate", help="answer one prompt or a file of prompts",
                               description="Generate answers with base + adapter; prompts from --prompt or a file "
-                              "with one prompt per line (or a .jsonl with a 'prompt' field); a file's greedy answers "
-                              "(--temperature 0) are generated 32 at a time, each the same as its prompt alone.")
+                              "with one prompt per line (or a .jsonl with a 'prompt' field, and 'tools' of its "
+                              "own); a file's greedy answers (--temperature 0) are generated 32 at a time, each the "
+                              "same as its prompt alone.")
     _add_run_args(generate)
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt")
     source.add_argument("--prompts", type=PATH, metavar="FILE")
     _add_sampling_args(generate, temperature=0.0, max_new_tokens=256)
+    _add_tools_arg(generate)
 
     evaluate = sub.add_parser(
         "eval", help="did the fine-tune help? base vs tuned: loss, answer metrics, forgetting, benchmarks",
         description="Evaluate the base (or starting) model and the tuned one on the run's eval data (or --data "
         "FILE): loss, and answers to its prompts (batched, greedy) scored against the references (ROUGE-L, "
         "chrF, token F1), stop rate, length and repetition; the same on general instructions (a forgetting "
-        "check); lm-evaluation-harness tasks with --tasks. Prints tables and a verdict, and writes "
+        "check); lm-evaluation-harness tasks with --tasks; where the conversations have tools, the calls made at "
+        "each assistant turn, scored against the reference's. Prints tables and a verdict, and writes "
         "RUN_DIR/eval/report.md, report.json and samples.jsonl.")
     _add_run_args(evaluate)
     evaluate.add_argument("--data", type=PATH, help="a data file to evaluate on instead of the run's eval data")
@@ -195,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-answers", type=COUNT, default=100,
                           help="prompts answered per data set, from the top of the file; the loss covers every "
                           "sample (default 100; 0: no answers, losses only)")
+    evaluate.add_argument("--max-tool-turns", type=COUNT, default=200, metavar="N",
+                          help="assistant turns of held-out conversations with tools answered, each from the "
+                          "conversation before it, its calls scored (default 200, spread over all; 0: none)")
     evaluate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=256,
                           help="longest answer in tokens (default 256)")
     evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32,
@@ -233,6 +241,12 @@ def _add_sampling_args(parser: argparse.ArgumentParser, temperature: float, max_
                         help=f"0 for greedy decoding (default {temperature:g})")
     parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=max_new_tokens,
                         help=f"longest answer in tokens (default {max_new_tokens})")
+
+
+def _add_tools_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tools", type=PATH, metavar="FILE.json",
+                        help="functions the model may call: a JSON list of tools in OpenAI's shape or of bare "
+                        "function schemas, put in the prompt by the chat template; the calls made are shown parsed")
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Generating with a finished run: base model + adapter, the saved chat template, stop at end of turn."""
+"""Generating with a finished run: base model + adapter, the saved chat template (with the tools a prompt may
+call, when it has some), stop at end of turn."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from lora_ft.rundir.finished import FinishedRun, locate_base
 
 Warn = Callable[[str], None]
+Tools = list[dict] | None  # the functions a prompt may call, in OpenAI's shape (lora_ft.tool_turns)
 
 
 def inference_device() -> str:
@@ -102,15 +104,21 @@ def fit_to_context(ids: list[int], context: int | None, max_new_tokens: int, nam
     return ids, min(max_new_tokens, context - len(ids))
 
 
+def prompt_tokens(tokenizer, messages: list[dict], tools: Tools = None) -> list[int]:
+    """The prompt as the model reads it: the conversation rendered with the saved chat template, the tools in it,
+    and the assistant's turn opened."""
+    return list(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
+
+
 def prompt_ids(tokenizer, messages: list[dict[str, str]], device: str, model=None, max_new_tokens: int = 0,
-               name: str = "the prompt", warn: Warn | None = None) -> tuple[dict, int]:
+               name: str = "the prompt", warn: Warn | None = None, tools: Tools = None) -> tuple[dict, int]:
     """The prompt's tensors, cut to the model's context (:func:`fit_to_context`), and the answer's token limit."""
     import torch
 
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = prompt_tokens(tokenizer, messages, tools)
     context = context_length(model) if model is not None else None
-    ids, limit = fit_to_context(list(ids), context, max_new_tokens, name, messages, warn)
+    ids, limit = fit_to_context(ids, context, max_new_tokens, name, messages, warn)
     tensor = torch.tensor([ids], dtype=torch.long, device=device)
     return {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}, limit
 
@@ -126,12 +134,13 @@ def generation_kwargs(tokenizer, run: FinishedRun, max_new_tokens: int, temperat
 
 
 def generate(model, tokenizer, run: FinishedRun, messages: list[dict[str, str]], max_new_tokens: int = 256,
-             temperature: float = 0.0, name: str = "the prompt", warn: Warn | None = None) -> tuple[str, bool]:
+             temperature: float = 0.0, name: str = "the prompt", warn: Warn | None = None,
+             tools: Tools = None) -> tuple[str, bool]:
     """One answer and whether it stopped at an end-of-turn token (rather than at max_new_tokens); ``warn`` is told
     when the prompt (called ``name``) is cut to fit the context."""
     import torch
 
-    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn)
+    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn, tools)
     with torch.no_grad():
         output = model.generate(**inputs, **generation_kwargs(tokenizer, run, limit, temperature))
     new = output[0][inputs["input_ids"].shape[1]:].tolist()
@@ -150,21 +159,22 @@ class Answer:
 def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[dict[str, str]]],
                    max_new_tokens: int = 256, batch_size: int = 32,
                    progress: Callable[[int], None] | None = None, names: list[str] | None = None,
-                   warn: Warn | None = None) -> list[Answer]:
+                   warn: Warn | None = None, tools: list[Tools] | None = None) -> list[Answer]:
     """Greedy answers to many conversations, at most ``batch_size`` at a time: prompts of similar length are
     batched together (in batches of even size), padded on the left, and generated with the KV cache; rows that
     have stopped leave the batch (see :func:`_generate_rows`). Each answer equals the one :func:`generate` gives
     for its conversation alone (a test checks it). ``progress`` is told how many answers are done; ``warn`` is
-    told of each prompt cut to fit the context (``names``: what to call them, by default "prompt N")."""
+    told of each prompt cut to fit the context (``names``: what to call them, by default "prompt N"); ``tools``:
+    each conversation's tools (None: none)."""
     import math
 
     context = context_length(model)
     names = names or [f"prompt {number}" for number in range(1, len(conversations) + 1)]
+    tools = tools or [None] * len(conversations)
     prompts, caps = [], []
-    for messages, name in zip(conversations, names):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
-        ids, cap = fit_to_context(list(ids), context, max_new_tokens, name, messages, warn)
+    for messages, name, functions in zip(conversations, names, tools):
+        ids = prompt_tokens(tokenizer, messages, functions)
+        ids, cap = fit_to_context(ids, context, max_new_tokens, name, messages, warn)
         prompts.append(ids)
         caps.append(cap)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -255,12 +265,13 @@ def merged_adapter(model, merge: bool = True):
 
 
 def stream(model, tokenizer, run: FinishedRun, messages: list[dict[str, str]], max_new_tokens: int = 512,
-           temperature: float = 0.7, name: str = "the conversation", warn: Warn | None = None) -> Iterator[str]:
+           temperature: float = 0.7, name: str = "the conversation", warn: Warn | None = None,
+           tools: Tools = None) -> Iterator[str]:
     """Yield the answer's text as it is generated."""
     import torch
     from transformers import TextIteratorStreamer
 
-    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn)
+    inputs, limit = prompt_ids(tokenizer, messages, model.device, model, max_new_tokens, name, warn, tools)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, **generation_kwargs(tokenizer, run, limit, temperature), streamer=streamer)
 
@@ -272,3 +283,34 @@ def stream(model, tokenizer, run: FinishedRun, messages: list[dict[str, str]], m
     thread.start()
     yield from streamer
     thread.join()
+
+
+def tools_file(path: str, flag: str = "--tools") -> list[dict]:
+    """The tools a JSON file lists: a list of tools in OpenAI's shape or of bare function schemas (read as a data
+    row's ``tools`` is, :func:`lora_ft.tool_turns.read_tools`)."""
+    import json
+    from pathlib import Path
+
+    from lora_ft.errors import UserError
+    from lora_ft.samples import RowFault
+    from lora_ft.tool_turns import read_tools
+
+    shape = ('a JSON list of tools, [{"type": "function", "function": {"name": ..., "description": ..., '
+             '"parameters": {JSON schema}}}], or of bare {"name", "description", "parameters"} schemas')
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{flag} {path} does not exist", fix=f"give a file holding {shape}")
+    try:
+        value = json.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise UserError(f"the {flag} file is not UTF-8 text", where=path, fix="save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"the {flag} file is not valid JSON ({exc.msg})", where=f"{path}:{exc.lineno}",
+                        fix=f"write {shape}") from None
+    try:
+        tools = read_tools(value)
+    except RowFault as fault:
+        raise UserError(f"the {flag} file is not a tool list: {fault}", where=path, fix=f"write {shape}") from None
+    if not tools:
+        raise UserError(f"the {flag} file lists no tools", where=path, fix=f"write {shape}, or leave {flag} out")
+    return tools

@@ -1,5 +1,6 @@
-"""A training example (:class:`Sample`), the fault that makes a row unusable (:class:`RowFault`), and the checks
-every conversational format shares: roles, turn order, an answer to learn."""
+"""A training example (:class:`Sample`), the fault that makes a row unusable (:class:`RowFault`), the roles a
+conversation may have and the text of a turn. How the conversational formats read and check turns is
+:mod:`lora_ft.conversations`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ ROLE_ALIASES = {
     "gpt": "assistant",
     "model": "assistant",
     "bot": "assistant",
+    "tool": "tool",  # a tool's result
+    "function": "tool",  # OpenAI's older name for a function's result
+    "ipython": "tool",  # Llama 3's
+    "observation": "tool",  # ShareGPT's (LLaMA-Factory)
+    "function_call": "function_call",  # ShareGPT's assistant call (LLaMA-Factory): the value is the call's JSON
 }
 
 class RowFault(Exception):
@@ -26,13 +32,16 @@ class Sample:
 
     SFT: a conversation (``messages``) or raw ``text``. Preference data: ``messages`` is the prompt (it ends with
     a user turn) and ``chosen``/``rejected`` the answers' turns; an unpaired (KTO) row has only one of the two.
+    An agent's conversation also has the ``tools`` it may call, and turns in the shape :mod:`lora_ft.tool_turns`
+    gives them (calls, results, reasoning).
     """
 
     location: str
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
     text: str | None = None
-    chosen: list[dict[str, str]] | None = None
-    rejected: list[dict[str, str]] | None = None
+    chosen: list[dict[str, Any]] | None = None
+    rejected: list[dict[str, Any]] | None = None
+    tools: list[dict] | None = None
 
     @property
     def is_preference(self) -> bool:
@@ -48,47 +57,6 @@ def content_text(value: Any) -> str:
     if not isinstance(value, str):
         raise RowFault(f"a turn's content is {type(value).__name__}, not text")
     return value
-
-
-def conversation_turns(turns: Any, role_key: str, content_key: str, column: str) -> list[dict[str, str]]:
-    if not isinstance(turns, list) or not turns:
-        raise RowFault(f"'{column}' is empty or not a list")
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise RowFault(f"'{column}' item is not an object")
-        if role_key not in turn:
-            raise RowFault(f"'{column}' item has no '{role_key}' field")
-        if content_key not in turn:
-            raise RowFault(f"'{column}' item has no '{content_key}' field")
-        raw_role = str(turn[role_key]).strip().lower()
-        role = ROLE_ALIASES.get(raw_role)
-        if role is None:
-            raise RowFault(f"unknown role '{turn[role_key]}' (use system, user or assistant)")
-        messages.append({"role": role, "content": content_text(turn[content_key])})
-    return messages
-
-
-def checked_conversation(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    for index, message in enumerate(messages):
-        if message["role"] == "system" and index != 0:
-            raise RowFault("system message after the first turn")
-    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    for prev, cur in zip(body, body[1:]):
-        if prev["role"] == cur["role"]:
-            raise RowFault(f"two {cur['role']} turns in a row")
-    while body and body[-1]["role"] != "assistant":  # a trailing question has no answer to learn
-        body = body[:-1]
-    if not body or all(m["role"] != "assistant" for m in body):
-        raise RowFault("no assistant answer")
-    if body[0]["role"] != "user":
-        raise RowFault("the conversation does not start with a user turn")
-    for message in body:
-        if message["role"] == "assistant" and not message["content"].strip():
-            raise RowFault("empty answer")
-        if message["role"] == "user" and not message["content"].strip():
-            raise RowFault("empty user turn")
-    return (messages[:1] if messages[0]["role"] == "system" else []) + body
 
 
 def required_text(row: dict, column: str, what: str) -> str:

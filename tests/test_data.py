@@ -132,7 +132,7 @@ def test_bad_rows_are_named_by_file_and_line(tmp_path):
     reasons = {reason: locs for reason, locs in report.dropped.items()}
     invalid = [locs for reason, locs in reasons.items() if reason.startswith("invalid JSON")]
     assert len(invalid) == 1 and invalid[0][0].endswith("bad.jsonl:2")
-    assert reasons["unknown role 'robot' (use system, user or assistant)"][0].endswith(":3")
+    assert reasons["unknown role 'robot' (use system, user, assistant or tool)"][0].endswith(":3")
     assert reasons["empty answer"][0].endswith(":4")
     assert reasons["two user turns in a row"][0].endswith(":5")
     assert any("not text" in r and locs[0].endswith(":6") for r, locs in reasons.items())
@@ -204,14 +204,20 @@ def test_invalid_json_array_file_names_line(tmp_path):
 def _sft_examples():
     from lora_ft.formats import registry
 
-    return sorted(p for p in (REPO / "data_templates" / "formats").iterdir() if registry()[p.stem].kind == "sft")
+    return sorted(p for p in (REPO / "data_templates" / "formats").iterdir()
+                  if registry()[_format_of(p)].kind == "sft")
+
+
+def _format_of(example) -> str:
+    """An example's format: its name up to the first dot (messages.tools.jsonl is a `messages` example)."""
+    return example.name.split(".")[0]
 
 
 @pytest.mark.parametrize("example", _sft_examples(), ids=lambda p: p.name)  # preference ones: test_preference.py
 def test_every_format_example_is_detected_and_clean(tmp_path, example):
     loaded = _loaded(tmp_path, f"    - path: {example}\n")
     samples, report = read_dataset(loaded.config.data.train[0], loaded, None)
-    assert report.format == example.stem and report.dropped_count == 0 and samples
+    assert report.format == _format_of(example) and report.dropped_count == 0 and samples
 
 
 def test_legal_sample_dataset_is_clean_and_large_enough():

@@ -86,7 +86,7 @@ def test_messy_file_counts_add_up_and_every_fault_is_named(tiny_llama, tmp_path)
     where = {reason: locations for reason, locations in train_file.dropped.items()}
     invalid = [locs for reason, locs in where.items() if reason.startswith("invalid JSON")]
     assert len(invalid) == 1 and invalid[0][0].endswith("train.jsonl:2")
-    assert where["unknown role 'robot' (use system, user or assistant)"][0].endswith("train.jsonl:3")
+    assert where["unknown role 'robot' (use system, user, assistant or tool)"][0].endswith("train.jsonl:3")
     assert where["missing field 'messages'"][0].endswith("train.jsonl:4")
     assert where["empty answer"][0].endswith("train.jsonl:5")
 

@@ -1,4 +1,5 @@
-"""``lora-ft chat RUN``: talk to the tuned model in the terminal."""
+"""``lora-ft chat RUN``: talk to the tuned model in the terminal; with ``--tools``, see the calls it makes and give
+their results back (``/tool RESULT``)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,55 @@ from lora_ft import console
 from lora_ft.errors import EXIT_OK
 
 
+def _assistant_turn(answer: str, tools: list[dict] | None) -> dict:
+    """The model's answer as a turn of the history: with tools, its valid calls as ``tool_calls`` (each shown as
+    ``call: name({...})``) and its reasoning apart, so the chat template renders them as in training."""
+    if not tools:
+        return {"role": "assistant", "content": answer.strip()}
+    from lora_ft.evaluation.tool_calls import parse_tool_calls
+
+    parsed = parse_tool_calls(answer)
+    turn: dict = {"role": "assistant", "content": parsed.text}
+    if parsed.reasoning:
+        turn["reasoning_content"] = parsed.reasoning
+    calls = []
+    for call in parsed.calls:
+        console.say(f"call: {call.shown()}")
+        if call.valid:
+            calls.append({"type": "function", "id": f"call_{len(calls) + 1}",
+                          "function": {"name": call.name, "arguments": call.arguments}})
+    if calls:
+        turn["tool_calls"] = calls
+    return turn
+
+
+def _pending_call(history: list[dict]) -> dict | None:
+    """The first call of the last assistant turn that no result answers yet."""
+    answered = set()
+    for turn in reversed(history):
+        if turn["role"] == "tool":
+            answered.add(turn["tool_call_id"])
+        elif turn["role"] == "assistant":
+            return next((c for c in turn.get("tool_calls", []) if c["id"] not in answered), None)
+        else:
+            return None
+    return None
+
+
 def run(args) -> int:
     from lora_ft import inference
     from lora_ft.rundir.finished import open_run
 
     run = open_run(args.run_dir)
+    tools = inference.tools_file(args.tools) if args.tools else None
     console.quiet_libraries()
     model = inference.load_tuned(run, args.base)
     tokenizer = inference.load_tokenizer(run)
     system = run.config.data.system_prompt
-    history: list[dict[str, str]] = []
+    history: list[dict] = []
     console.say(f"chatting with {run.run_dir} ({run.base_name} + adapter). /reset clears, /system TEXT sets the system "
-         "message, /exit (or Ctrl-D) quits.")
+         "message, " + (f"/tool RESULT answers the model's call ({len(tools)} tools), " if tools else "")
+         + "/exit (or Ctrl-D) quits.")
     while True:
         try:
             line = input("\nyou> ").strip()
@@ -37,14 +75,25 @@ def run(args) -> int:
             history = []
             console.say(f"(system message {'set' if system else 'cleared'}; conversation cleared)")
             continue
-        history.append({"role": "user", "content": line})
+        if line.startswith("/tool"):
+            call = _pending_call(history)
+            if call is None:
+                console.say("(no call waits for a result: /tool RESULT answers the model's last call)")
+                continue
+            history.append({"role": "tool", "content": line[len("/tool"):].strip(),
+                            "name": call["function"]["name"], "tool_call_id": call["id"]})
+            if _pending_call(history) is not None:  # parallel calls: one result each before the model goes on
+                console.say(f"(result of {call['function']['name']} kept; /tool RESULT answers the next call)")
+                continue
+        else:
+            history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         pieces = inference.stream(model, tokenizer, run, messages, args.max_new_tokens, args.temperature,
-                                  name="the conversation", warn=inference.warn_on_stderr)
+                                  name="the conversation", warn=inference.warn_on_stderr, tools=tools)
         answer = next(pieces, "")  # a conversation cut to fit the context is said before the answer starts
         print("model> " + answer, end="", flush=True)
         for piece in pieces:
             answer += piece
             print(piece, end="", flush=True)
         print(flush=True)
-        history.append({"role": "assistant", "content": answer.strip()})
+        history.append(_assistant_turn(answer, tools))

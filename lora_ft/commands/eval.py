@@ -22,8 +22,9 @@ def options_from(args):
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     return EvalOptions(data_file=args.data, general_file="" if args.no_general else args.general,
                        samples_to_show=args.samples, max_new_tokens=args.max_new_tokens, max_answers=args.max_answers,
-                       batch_size=args.batch_size, tasks=tasks, include_path=args.include_path,
-                       task_limit=args.task_limit, out_dir=Path(args.out) if args.out else None, base=args.base)
+                       max_tool_turns=args.max_tool_turns, batch_size=args.batch_size, tasks=tasks,
+                       include_path=args.include_path, task_limit=args.task_limit,
+                       out_dir=Path(args.out) if args.out else None, base=args.base)
 
 
 def run(args) -> int:

@@ -162,6 +162,12 @@ class DataSection(Section):
         description="`answers`: loss on assistant turns / completions only, each with its end-of-turn token; "
         "`all`: loss on every token.",
     )
+    reasoning: Literal["train", "drop"] = Field(
+        "train",
+        description="The assistant's reasoning in the data (`reasoning_content`, `reasoning`, or "
+        "`<think>...</think>` before the answer): `train` renders it before the answer and trains on it; `drop` "
+        "leaves it out of the text.",
+    )
     max_seq_length: int = Field(
         2048, ge=16, le=1_048_576,
         description="Longest sample in tokens; what happens to longer ones is set by `overlength`.",

@@ -223,8 +223,8 @@ def unpaired(sample: Sample) -> list[Sample]:
     """A sample as KTO trains on it: a pair becomes its chosen answer and its rejected one, each with the prompt."""
     if sample.chosen is None or sample.rejected is None:
         return [sample]
-    return [Sample(sample.location, messages=sample.messages, chosen=sample.chosen),
-            Sample(sample.location, messages=list(sample.messages), rejected=sample.rejected)]
+    return [Sample(sample.location, messages=sample.messages, chosen=sample.chosen, tools=sample.tools),
+            Sample(sample.location, messages=list(sample.messages), rejected=sample.rejected, tools=sample.tools)]
 
 
 def check_format_kind(fmt: str | None, method: str, path: str, location: str | None,

@@ -80,11 +80,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def encode_answer(prompt: list[dict[str, str]], answer: list[dict[str, str]],
-                  renderer: ChatRenderer) -> tuple[list[int], list[int]]:
+def encode_answer(prompt: list[dict], answer: list[dict], renderer: ChatRenderer,
+                  tools: list | None = None) -> tuple[list[int], list[int]]:
     """``(prompt_ids, answer_ids)``: the answer from the assistant's generation prompt through its end-of-turn."""
-    _, ids, labels, offsets = encode_conversation(prompt + answer, renderer, "answers")
-    before = len(renderer.render(prompt, add_generation_prompt=True))
+    _, ids, labels, offsets = encode_conversation(prompt + answer, renderer, "answers", tools)
+    before = len(renderer.render(prompt, add_generation_prompt=True, tools=tools))
     start = sum(1 for begin, _ in offsets if begin < before)
     last = max(i for i, label in enumerate(labels) if label != IGNORE)
     return ids[:start], ids[start:last + 1]
@@ -93,7 +93,7 @@ def encode_answer(prompt: list[dict[str, str]], answer: list[dict[str, str]],
 def encode_preference(sample: Sample, renderer: ChatRenderer):
     """A sample's ``(prompt_ids, chosen_ids or None, rejected_ids or None)``, untruncated, one render and tokenizer
     call per step: the plain definition that :func:`encode_preferences` is tested against."""
-    return _joined([None if turns is None else encode_answer(sample.messages, turns, renderer)
+    return _joined([None if turns is None else encode_answer(sample.messages, turns, renderer, sample.tools)
                     for turns in (sample.chosen, sample.rejected)])
 
 
@@ -113,13 +113,13 @@ def encode_preferences(samples: list[Sample], renderer: ChatRenderer) -> list[tu
     the answer's end found by a binary search of the token offsets. The compiled chat template is checked against
     the library on the first pair."""
     if samples:
-        renderer.check_fast_render(samples[0].messages + (samples[0].chosen or samples[0].rejected))
+        renderer.check_fast_render(samples[0].messages + (samples[0].chosen or samples[0].rejected), samples[0].tools)
     texts, marks = [], []
     for sample in samples:
         answer_turn = sum(1 for m in sample.messages if m["role"] == "assistant")  # the answer's first span
         for turns in (sample.chosen, sample.rejected):
             if turns is not None:
-                text, spans = renderer.trained_spans(sample.messages + turns)
+                text, spans = renderer.trained_spans(sample.messages + turns, sample.tools)
                 texts.append(text)
                 marks.append((spans[answer_turn][0], spans[-1][1]))
     encoded = iter(zip(encodings(renderer.tokenizer, texts), marks))

@@ -4,6 +4,7 @@ tables, histograms, exact duplicates and train/eval leakage, and their text line
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -86,6 +87,12 @@ class Leakage:
     first: list[Leak]
 
 
+def _extra(message: dict) -> str:
+    """A turn's calls, reasoning and call id, as canonical JSON (nothing for a plain turn)."""
+    extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+    return "\x1f" + json.dumps(extra, sort_keys=True) if extra else ""
+
+
 def content_key(sample: Sample) -> bytes:
     """A 16-byte digest of a sample's content after NFKC normalization and whitespace collapsing (case is kept)."""
 
@@ -94,7 +101,9 @@ def content_key(sample: Sample) -> bytes:
 
     if sample.messages is not None:  # a preference sample: its prompt and both answers
         turns = [*sample.messages, *(sample.chosen or []), {"role": "/", "content": ""}, *(sample.rejected or [])]
-        content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}" for m in turns)
+        content = "\x1e".join(f"{m['role']}\x1f{norm(m['content'])}{_extra(m)}" for m in turns)
+        if sample.tools:
+            content += "\x1etools\x1f" + json.dumps(sample.tools, sort_keys=True)
     else:
         content = "text\x1f" + norm(sample.text or "")
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest()

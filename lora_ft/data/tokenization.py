@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from lora_ft.data.length_policy import DEFAULT_OVERLENGTH, LengthPolicy, Overlength
 from lora_ft.errors import UserError
 from lora_ft.samples import Sample
+from lora_ft.tool_turns import drop_reasoning, has_tools
 
 IGNORE = -100
 
@@ -49,32 +50,68 @@ _PROBES = (
 class ChatRenderer:
     """Renders conversations with one chat template and marks the trained character spans."""
 
-    def __init__(self, tokenizer, template: str) -> None:
+    def __init__(self, tokenizer, template: str, reasoning: str = "train") -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise UserError("lora-ft needs a fast (Rust) tokenizer to align labels with the chat template",
                             fix="use a model whose tokenizer has a tokenizer.json")
+        from lora_ft import tool_template
+
         self.tokenizer = tokenizer
         self.template = template
+        self.reasoning = reasoning  # data.reasoning: "train" renders the assistant's reasoning, "drop" leaves it out
         self._compiled = self._compiled_template()
         self.end_of_turn = self._find_end_of_turn()
+        self.renders_tools = tool_template.renders_tools(self.library_render)
+        self.renders_reasoning = tool_template.renders_reasoning(self.library_render)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    def __getstate__(self) -> dict:  # to a tokenizing process: the compiled template is made again there
+        return {"tokenizer": self.tokenizer, "template": self.template, "reasoning": self.reasoning}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["tokenizer"], state["template"], state["reasoning"])
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
+        if self.reasoning == "drop":
+            messages = drop_reasoning(messages)
         if self._compiled is not None:
-            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
                                          documents=None, **self.tokenizer.special_tokens_map)
-        return self.library_render(messages, add_generation_prompt)
+        return self.library_render(messages, add_generation_prompt, tools)
 
-    def library_render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    def library_render(self, messages: list[dict], add_generation_prompt: bool = False,
+                       tools: list | None = None) -> str:
         """The conversation as ``apply_chat_template`` renders it: the reference the fast path is checked against."""
+        if self.reasoning == "drop":
+            messages = drop_reasoning(messages)
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+            messages, chat_template=self.template, tools=tools, tokenize=False,
+            add_generation_prompt=add_generation_prompt)
 
-    def check_fast_render(self, messages: list[dict[str, str]]) -> None:
+    @staticmethod
+    def rendering_with(tokenizer, template: str):
+        """``render(messages, add_generation_prompt, tools)`` with ``template``, as the library renders it."""
+        return lambda messages, prompt, tools: tokenizer.apply_chat_template(
+            messages, chat_template=template, tools=tools, tokenize=False, add_generation_prompt=prompt)
+
+    def check_fast_render(self, messages: list[dict], tools: list | None = None) -> None:
         """Check that the compiled template renders ``messages`` exactly as the library does; if not, every later
         render goes through the library. Called on one conversation per chunk of a large set."""
-        if self._compiled is not None and self.render(messages) != self.library_render(messages):
+        if self._compiled is not None and self.render(messages, tools=tools) != self.library_render(messages,
+                                                                                                    tools=tools):
             self._compiled = None
+
+    def check_renders(self, messages: list[dict]) -> None:
+        """Refuse a conversation whose calls or reasoning this template would leave out of the text trained on."""
+        if not self.renders_tools and has_tools(messages):
+            raise UserError("the chat template drops tool calls and results: the assistant's calls would be trained "
+                            "as empty answers",
+                            fix="set model.chat_template: auto (lora-ft renders calls in the hermes format), or a "
+                                "template that renders tool_calls and tool turns")
+        if self.reasoning == "train" and not self.renders_reasoning and any(
+                "reasoning_content" in m for m in messages):
+            raise UserError("the chat template drops the assistant's reasoning",
+                            fix="set model.chat_template: auto (lora-ft renders reasoning as <think>...</think>), "
+                                "or data.reasoning: drop to train without it")
 
     def _compiled_template(self):
         """The chat template compiled once by transformers' own Jinja environment, rendered without the per-call
@@ -94,15 +131,17 @@ class ChatRenderer:
         except Exception:  # noqa: BLE001 - an older or newer transformers, or a template only the library renders
             return None
 
-    def trained_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-        """The full rendered text and, for each assistant turn, the (start, end) characters to train on."""
-        full = self.render(messages)
+    def trained_spans(self, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+        """The full rendered text and, for each assistant turn (its text, calls and kept reasoning), the (start, end)
+        characters to train on. The tool list, the system turn and the tools' results are never trained on."""
+        self.check_renders(messages)
+        full = self.render(messages, tools=tools)
         spans = []
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self.render(messages[:index], add_generation_prompt=True)
-            upto = full if index == len(messages) - 1 else self.render(messages[: index + 1])
+            before = self.render(messages[:index], add_generation_prompt=True, tools=tools)
+            upto = full if index == len(messages) - 1 else self.render(messages[: index + 1], tools=tools)
             if not (upto.startswith(before) and full.startswith(upto)):
                 raise UserError(
                     "the chat template renders a conversation differently from its beginning, so the answers "
@@ -140,10 +179,10 @@ def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[in
 
 
 def encode_conversation(
-    messages: list[dict[str, str]], renderer: ChatRenderer, train_on: str
+    messages: list[dict], renderer: ChatRenderer, train_on: str, tools: list | None = None
 ) -> tuple[str, list[int], list[int], list[tuple[int, int]]]:
     """Render and tokenize a conversation: ``(text, input_ids, labels, character offsets of each token)``."""
-    text, spans = renderer.trained_spans(messages)
+    text, spans = renderer.trained_spans(messages, tools)
     encoded = renderer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     offsets = [tuple(o) for o in encoded["offset_mapping"]]
@@ -164,7 +203,7 @@ def encode_text(text: str, renderer: ChatRenderer) -> list[int]:
 def encode_sample(sample: Sample, renderer: ChatRenderer, train_on: str) -> tuple[list[int], list[int]]:
     """A sample's full (untruncated) ``input_ids`` and ``labels``; untrained positions are labelled IGNORE."""
     if sample.messages is not None:
-        _, ids, labels, _ = encode_conversation(sample.messages, renderer, train_on)
+        _, ids, labels, _ = encode_conversation(sample.messages, renderer, train_on, sample.tools)
         return ids, labels
     ids = encode_text(sample.text or "", renderer)
     return ids, list(ids)
@@ -236,10 +275,13 @@ def encode_chunk(chunk: list[Sample], renderer: ChatRenderer, train_on: str) -> 
     """:func:`encode_sample` for each sample of ``chunk``, with the same result: the chat template rendered by the
     compiled template (checked on the chunk's first conversation), the texts tokenized in one batch call."""
     tokenizer = renderer.tokenizer
-    first_chat = next((s.messages for s in chunk if s.messages is not None), None)
+    first_chat = next((s for s in chunk if s.messages is not None), None)
     if first_chat is not None:
-        renderer.check_fast_render(first_chat)
-    rendered = [renderer.trained_spans(s.messages) if s.messages is not None else None for s in chunk]
+        renderer.check_fast_render(first_chat.messages, first_chat.tools)
+    first_tools = next((s for s in chunk if s.tools), None)
+    if first_tools is not None and first_tools is not first_chat:
+        renderer.check_fast_render(first_tools.messages, first_tools.tools)
+    rendered = [renderer.trained_spans(s.messages, s.tools) if s.messages is not None else None for s in chunk]
     chats = [r[0] for r in rendered if r is not None]
     texts = [s.text or "" for s in chunk if s.messages is None]
     chat_encoded = encodings(tokenizer, chats)

@@ -75,7 +75,8 @@ def rendered_sides(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> 
     for side in ("chosen", "rejected"):
         turns = getattr(sample, side)
         if turns is not None:
-            rendered = render_sample(Sample(sample.location, messages=sample.messages + turns), renderer, cfg)
+            rendered = render_sample(Sample(sample.location, messages=sample.messages + turns, tools=sample.tools),
+                                     renderer, cfg)
             rendered.note = f"{side} answer" + (f"; {rendered.note}" if rendered.note else "")
             shown.append(rendered)
     return shown

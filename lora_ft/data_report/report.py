@@ -20,6 +20,7 @@ from lora_ft.data import DatasetReport, Sample, template_checks
 from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data.statistics import (Duplicates, Leakage, duplicate_lines, histogram_lines, length_table,
                                      listed_locations, split_duplicates, split_leakage, stats_lines)
+from lora_ft.data_report.agents import AgentCounts, agent_lines, count_agent_turns, first_agent_sample
 from lora_ft.data_report.pairs import analyse_pairs, rendered_sides
 from lora_ft.data_report.splits import RenderedSample, SplitReport, analyse_split
 from lora_ft.errors import UserError
@@ -53,6 +54,7 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what would stop `lora-ft train`
     tokenized: str = ""  # where the tokens came from: tokenized now, or the cache
+    agents: AgentCounts | None = None  # tools, calls and reasoning in the train split, where it has any
 
     @property
     def ok(self) -> bool:
@@ -137,15 +139,24 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
         duplicates=[split_duplicates(loaded_data.train, "train")]
         + ([split_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
         leakage=split_leakage(loaded_data.train, loaded_data.eval),
-        samples=[shown for s in _first(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
+        samples=[shown for s in _shown(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
         problems=problems,
     )
+    agents = count_agent_turns(loaded_data.train, renderer.tokenizer, cfg.data.reasoning)
+    report.agents = agents if agents.any else None
     _judge(report, f"{cfg.method}.max_prompt_length" if prepared.is_preference else None)
     return report
 
 
 def _first(split, count: int) -> list[Sample]:
     return split[:count] if isinstance(split, list) else split.head(count)
+
+
+def _shown(split, count: int) -> list[Sample]:
+    """The first ``count`` samples, and the first that calls a tool where none of them does."""
+    first = _first(split, count)
+    agent = first_agent_sample(split, first) if count else None
+    return first + ([agent] if agent is not None else [])
 
 
 def _judge(report: DataReport, prompt_key: str | None = None) -> None:
@@ -258,6 +269,8 @@ def render_text(report: DataReport, color: bool = False) -> str:
     for split in report.splits:
         lines += ["", f"== {split.name}: {split.samples:,} samples (lengths before truncation)"]
         lines += _split_lines(split, report)
+    if report.agents is not None:
+        lines += ["", "== tools and reasoning (train)", *agent_lines(report.agents)]
     lines += ["", "== duplicates and leakage", *duplicate_lines(report.duplicates, report.leakage)]
     marking = "trained tokens in green" if color else "trained tokens in [[ ]]"
     for index, sample in enumerate(report.samples, start=1):

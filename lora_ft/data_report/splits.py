@@ -85,7 +85,8 @@ def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> R
     """A sample's chat-template text with its trained character spans, as training would see it."""
     limit = cfg.max_seq_length
     if sample.messages is not None:
-        text, ids, labels, offsets = tokenization.encode_conversation(sample.messages, renderer, cfg.train_on)
+        text, ids, labels, offsets = tokenization.encode_conversation(sample.messages, renderer, cfg.train_on,
+                                                                         sample.tools)
     else:  # raw text: every token is trained, special tokens included; show the tokens decoded one by one
         ids = tokenization.encode_text(sample.text or "", renderer)
         labels = list(ids)

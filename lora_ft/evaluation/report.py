@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from lora_ft.evaluation.answer_metrics import AnswerSummary
 from lora_ft.evaluation.stats import LEVEL, MIN_PAIRS, RESAMPLES, SEED, Difference
+from lora_ft.evaluation.tool_calls import ToolCallResult
 
 # When the verdict calls general ability "held": general loss up by at most this fraction, ROUGE-L down by at
 # most this many points (a rise or a fall counts only when its interval says it is beyond noise). Beyond the
@@ -120,6 +121,7 @@ class EvalReport:
     harness: dict | None = None  # lm-evaluation-harness: {task: {metric: {"base": x, "tuned": y}}}
     harness_seconds: float = 0.0
     examples: list[dict] = field(default_factory=list)  # a few samples with both answers, for the markdown
+    tool_calls: ToolCallResult | None = None  # the calls made at the assistant turns of conversations with tools
     seconds: float = 0.0
 
     # --- the verdict -------------------------------------------------------------------------------------------
@@ -129,6 +131,8 @@ class EvalReport:
         if self.general is not None:
             parts.append(self._general_verdict())
         parts += self._harness_verdict()
+        if self.tool_calls is not None:
+            parts.append(self.tool_calls.verdict())
         parts.append(self._stop_verdict())
         return "; ".join(p for p in parts if p) + "."
 
@@ -225,6 +229,8 @@ class EvalReport:
             blocks.append(_text_table(result.rows(self.before)))
         if self.preference is not None:
             blocks.append(_text_table(self._pair_rows()))
+        if self.tool_calls is not None:
+            blocks.append(f"{self.tool_calls.heading()}\n{_text_table(self.tool_calls.rows(self.before))}")
         if self.harness:
             blocks.append(_text_table(self._harness_rows()))
         return "\n\n".join(blocks)
@@ -251,6 +257,17 @@ class EvalReport:
                       f"Held-out pairs ({p['pairs']}): the share whose chosen answer the model finds more likely per "
                       "token, and DPO's implicit reward of the tuned model against the starting one "
                       f"(beta {p['beta']:g}).", "", _markdown_table(self._pair_rows()), ""]
+        if self.tool_calls is not None:
+            t = self.tool_calls
+            parts += ["## Tool calls", "",
+                      f"Each assistant turn of the held-out conversations with tools, answered from the conversation "
+                      f"before it with the row's tools ({t.answered} of {t.turns} turns, {t.conversations} "
+                      f"conversations; {t.source}). Turns whose reference calls: the share where the answer called, "
+                      "every call was valid JSON, named a listed function, had arguments its schema accepts, and "
+                      "made exactly the reference's calls (in any order); each row counts only turns that passed the "
+                      "rows above it. Turns whose reference answers in text: the share where the answer called "
+                      "anyway. n: the turns each rate is over; every call is in `samples.jsonl`.", "",
+                      _markdown_table(t.rows(self.before)), ""]
         if self.harness:
             parts += ["## lm-evaluation-harness", "", f"Scored in {self.harness_seconds:.0f} s.", "",
                       _markdown_table(self._harness_rows()), ""]
@@ -267,7 +284,8 @@ class EvalReport:
                 # the domain's losses at the top, as earlier reports had them
                 "base_loss": self.domain.base_loss, "tuned_loss": self.domain.tuned_loss,
                 "domain": self.domain.as_dict(), "general": self.general.as_dict() if self.general else None,
-                "preference": self.preference, "harness": self.harness, "examples": self.examples}
+                "preference": self.preference, "harness": self.harness, "examples": self.examples,
+                "tool_calls": self.tool_calls.as_dict() if self.tool_calls is not None else None}
 
     def tracker_metrics(self) -> dict[str, float]:
         """Flat numbers for an experiment tracker: ``eval/<set>/<model>_<metric>``."""
@@ -283,6 +301,11 @@ class EvalReport:
             for metric, values in metrics.items():
                 for model in ("base", "tuned"):
                     out[f"eval/harness/{task}/{model}_{metric}"] = float(values[model])
+        if self.tool_calls is not None:
+            for model, summary in (("base", self.tool_calls.base), ("tuned", self.tool_calls.tuned)):
+                for metric, rate in summary.rates.items():
+                    if rate is not None:
+                        out[f"eval/tool_calls/{model}_{metric}"] = rate
         return out
 
 

@@ -1,9 +1,10 @@
 """Evaluating a finished run, base (or starting model) against tuned: held-out loss, answers generated for every
 held-out prompt and scored against the references, the same on general instructions (a forgetting check), and
-lm-evaluation-harness tasks when asked. This module knows the order of those steps; the parts live beside it in
-``losses`` (log-probabilities and losses), ``answer_metrics`` (scores), :mod:`lora_ft.inference` (batched
-generation), ``preferences`` (how held-out pairs are ranked), ``harness`` (lm-evaluation-harness), ``report``
-(tables, verdict) and ``tracking`` (the run's trackers)."""
+lm-evaluation-harness tasks when asked, and, where the held-out conversations have tools, the calls made at each of
+their assistant turns. This module knows the order of those steps; the parts live beside it in ``losses``
+(log-probabilities and losses), ``answer_metrics`` (scores), :mod:`lora_ft.inference` (batched generation),
+``tool_calls`` (calls read back and scored), ``preferences`` (how held-out pairs are ranked), ``harness``
+(lm-evaluation-harness), ``report`` (tables, verdict) and ``tracking`` (the run's trackers)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,7 @@ class EvalOptions:
     samples_to_show: int = 3
     max_new_tokens: int = 256
     max_answers: int | None = 100  # prompts answered per set (the loss covers all samples)
+    max_tool_turns: int = 200  # assistant turns of conversations with tools answered (0: none)
     batch_size: int = 32
     tasks: list[str] | None = None  # lm-evaluation-harness tasks
     include_path: str | None = None
@@ -163,18 +165,26 @@ class _EvalSet:
     labels: list
     conversations: list  # (sample, prompt messages, reference text) for the prompts to answer
     prompts: int
+    tool_turns: list  # the assistant turns of conversations with tools to answer (tool_calls.ToolTurn)
+    tool_turns_total: int
+    tool_conversations: int
 
 
-def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: int | None) -> _EvalSet:
+def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: int | None,
+              max_tool_turns: int = 0) -> _EvalSet:
+    from lora_ft.evaluation.tool_calls import tool_turns
+
     prepared, source = prepared_eval(run, data_file, sft=name == "general")
     tokens = prepared.eval_tokens
     input_ids, labels = tokens.side("chosen") if prepared.is_preference else tokens.kept_tokens()
     if not input_ids:
         raise UserError(f"no {name} eval sample has an answer to score", where=source, fix="check the eval data")
-    conversations = []
+    conversations, with_tools = [], []
     for sample in prepared.data.eval:
         if not sample.messages:
             continue
+        if sample.tools and not sample.is_preference:
+            with_tools.append(sample)
         if sample.is_preference:
             if sample.chosen:
                 conversations.append((sample, sample.messages, sample.chosen[-1]["content"]))
@@ -183,24 +193,45 @@ def _eval_set(name: str, run: FinishedRun, data_file: str | None, max_answers: i
     prompts = len(conversations)
     if data_file is not None and Path(data_file) == general_data_file():
         source = f"general instructions shipped with lora-ft ({general_data_file().name})"
-    return _EvalSet(name, source, prepared, input_ids, labels, conversations[:max_answers], prompts)
+    turns, total = tool_turns(with_tools, max_tool_turns, run.config.data.reasoning)
+    return _EvalSet(name, source, prepared, input_ids, labels, conversations[:max_answers], prompts, turns, total,
+                    len(with_tools))
 
 
-def _answers(model, run: FinishedRun, tokenizer, evalset: _EvalSet, label: str, options: EvalOptions,
+@dataclass
+class _Prompts:
+    """Prompts both models answer: ``what`` they are, in words ("domain prompts"), the conversations, their
+    names (file:line) and the tools each may call."""
+    what: str
+    conversations: list
+    names: list[str]
+    tools: list
+
+
+def _answers(model, run: FinishedRun, tokenizer, prompts: _Prompts, label: str, options: EvalOptions,
              merge: bool, warn: bool) -> tuple[list, float]:
     """Both models answer the same prompts: ``warn`` (the first of the two) says which prompts do not fit."""
     from lora_ft import inference
 
-    total = len(evalset.conversations)
-    console.status(f"answering {total} {evalset.name} prompts with the {label} model ...")
+    total = len(prompts.conversations)
+    console.status(f"answering {total} {prompts.what} with the {label} model ...")
     started = time.time()
     with inference.merged_adapter(model, merge):
         answers = inference.generate_batch(
-            model, tokenizer, run, [c[1] for c in evalset.conversations], options.max_new_tokens,
-            options.batch_size, progress=lambda done: console.status(
-                f"answering {evalset.name} prompts with the {label} model: {done}/{total}"),
-            names=[c[0].location for c in evalset.conversations], warn=console.warn if warn else None)
+            model, tokenizer, run, prompts.conversations, options.max_new_tokens, options.batch_size,
+            progress=lambda done: console.status(f"answering {prompts.what} with the {label} model: {done}/{total}"),
+            names=prompts.names, warn=console.warn if warn else None, tools=prompts.tools)
     return answers, time.time() - started
+
+
+def _both_answers(model, run: FinishedRun, tokenizer, prompts: _Prompts, options: EvalOptions, before: str):
+    """The starting model's answers, then the tuned model's: (answers, seconds) for each."""
+    from lora_ft.evaluation import preferences
+
+    with preferences.starting_model(model, run):  # the start adapter merges; the base has none to merge
+        base = _answers(model, run, tokenizer, prompts, before, options,
+                        merge=run.config.model.adapter is not None, warn=True)
+    return base, _answers(model, run, tokenizer, prompts, "tuned", options, merge=True, warn=False)
 
 
 def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: EvalOptions, before: str):
@@ -226,11 +257,10 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     if not evalset.conversations:
         return result, []
     references = [c[2] for c in evalset.conversations]
-    with preferences.starting_model(model, run):  # the start adapter merges; the base has none to merge
-        base_answers, base_seconds = _answers(model, run, tokenizer, evalset, before, options,
-                                              merge=run.config.model.adapter is not None, warn=True)
-    tuned_answers, tuned_seconds = _answers(model, run, tokenizer, evalset, "tuned", options, merge=True,
-                                            warn=False)
+    prompts = _Prompts(f"{evalset.name} prompts", [c[1] for c in evalset.conversations],
+                       [c[0].location for c in evalset.conversations], [c[0].tools for c in evalset.conversations])
+    (base_answers, base_seconds), (tuned_answers, tuned_seconds) = _both_answers(model, run, tokenizer, prompts,
+                                                                                 options, before)
     records = []
     for (sample, prompt, reference), old, new in zip(evalset.conversations, base_answers, tuned_answers):
         records.append({"set": evalset.name, "location": sample.location, "prompt": prompt[-1]["content"],
@@ -244,6 +274,23 @@ def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: E
     for key in ("rouge_l", "token_f1"):
         result.differences[key] = paired_mean([r["base_scores"][key] for r in records],
                                               [r["tuned_scores"][key] for r in records])
+    return result, records
+
+
+def _score_tool_turns(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: EvalOptions, before: str):
+    """Both models answer each held-out assistant turn of the conversations with tools; their calls scored."""
+    from lora_ft.evaluation.tool_calls import ToolCallResult, rates, turn_record
+
+    turns = evalset.tool_turns
+    prompts = _Prompts("assistant turns of conversations with tools", [t.prompt for t in turns],
+                       [t.location for t in turns], [t.tools for t in turns])
+    (base_answers, _), (tuned_answers, _) = _both_answers(model, run, tokenizer, prompts, options, before)
+    records = [turn_record(turn, old.text, new.text) for turn, old, new in zip(turns, base_answers, tuned_answers)]
+    result = ToolCallResult(source=evalset.source, conversations=evalset.tool_conversations,
+                            turns=evalset.tool_turns_total, answered=len(turns),
+                            base=rates([r["base_scores"] for r in records]),
+                            tuned=rates([r["tuned_scores"] for r in records]))
+    console.say(f"{result.verdict()}, {result.answered} assistant turns answered")
     return result, records
 
 
@@ -264,7 +311,7 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
         manager = harness.task_manager(options.include_path)
         harness.check_tasks(manager, options.tasks, options.include_path)
     with fixes_for_eval(run, "--data", options.data_file):
-        sets = [_eval_set("domain", run, options.data_file, options.max_answers)]
+        sets = [_eval_set("domain", run, options.data_file, options.max_answers, options.max_tool_turns)]
     general = general_data_file() if options.general_file is None else options.general_file
     if general:
         with fixes_for_eval(run, "--general", str(general)):
@@ -277,6 +324,9 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
         result, rows = _score_set(model, run, tokenizer, evalset, options, before)
         results.append(result)
         records += rows
+    tool_result, tool_records = None, []
+    if sets[0].tool_turns:
+        tool_result, tool_records = _score_tool_turns(model, run, tokenizer, sets[0], options, before)
     preference = None
     domain = sets[0]
     if domain.prepared.is_preference:
@@ -297,10 +347,11 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     report = EvalReport(run_dir=str(run.run_dir), domain=results[0], general=results[1] if len(results) > 1 else None,
                         before=before, max_new_tokens=options.max_new_tokens, preference=preference,
                         harness=harness_scores, harness_seconds=harness_seconds, examples=examples,
-                        seconds=time.time() - started)
+                        tool_calls=tool_result, seconds=time.time() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_report_free(out_dir)  # still free: nothing is written over
-    write_text_atomic(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                         for r in records + tool_records))
     write_text_atomic(out_dir / "report.json", json.dumps(report.as_dict(), indent=2) + "\n")
     write_text_atomic(out_dir / "report.md", report.markdown())
     console.say("")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lora_ft.errors import UserError
 from lora_ft.files import write_text_atomic
+from lora_ft.tool_template import is_hermes
 
 def prepare_out_dir(out_dir: Path) -> None:
     import tempfile
@@ -59,6 +60,8 @@ def ollama_template(chat_template: str) -> str | None:
     if "<|im_start|>" not in chat_template or "<|im_end|>" not in chat_template:
         return None
     default_system = _default_system_message(chat_template)
+    if is_hermes(chat_template):
+        return _hermes_template(default_system)
     system = "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
     if default_system is not None:
         system += f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n"
@@ -70,6 +73,69 @@ def ollama_template(chat_template: str) -> str | None:
     )
 
 
+
+
+def _hermes_template(default_system: str | None) -> str:
+    """The Go template that renders a conversation as the ChatML template wrapped by lora-ft's hermes prelude
+    (``data_templates/tools/hermes.jinja``) renders it: the tool list in the system turn (after the system message,
+    or alone when there is none), the model's default system message when there is neither, each call as
+    ``<tool_call>`` JSON after the assistant's text, consecutive tool results merged into one user turn of
+    ``<tool_response>`` blocks, and the generation prompt.
+
+    Ollama returns the calls a model writes as ``tool_calls``: it takes the text that opens the first ``if`` on
+    the field ``.ToolCalls`` as the tag to look for (``tools/template.go``: ``parseTag``), and gives up on the tag
+    when an action or another ``if`` comes before that text. So that branch starts with ``<tool_call>``: the newline
+    between calls follows each call but the last, and the one after the text comes before the branch. (The
+    arguments' ``{`` is an action, ``{{ "{" }}``, since a ``{`` just before ``{{`` would open the action.)
+
+    Where it cannot be the same, because Ollama prints JSON with Go's ``encoding/json`` (``template/template.go``:
+    ``json`` is ``json.Marshal``):
+
+    - A tool in the list is ``json .Function`` (``{{ .Function }}`` prints a Go struct, not JSON, since Ollama
+      0.14): compact (``{"name":"f","description":...}``, not Python's ``{"name": "f", ...}``), with the fields
+      Ollama's types know, in their order (``name``, ``description`` even when empty, ``parameters`` with
+      ``type``, ``required``, ``properties``; a property's ``type``, ``items``, ``description``, ``enum``...), the
+      properties by name in sorted order, other schema keys dropped.
+    - A call's arguments are written key by key with Python's ``", "`` and ``": "`` separators, but in sorted key
+      order (Ollama keeps them in a Go map) and each value compact (``{"a":1}``), so nested objects and lists
+      differ from the training text; arguments whose keys come sorted and whose values are strings, numbers or
+      booleans come out the same.
+    - Go's JSON escapes ``<``, ``>`` and ``&`` in strings (``\\u003c``...) and writes non-ASCII text as it is;
+      Ollama reads every number as a float64 and writes it the shortest way (``2.0`` as ``2``).
+
+    The assistant's reasoning (the wrapper's ``<think>`` block, Ollama's ``.Thinking``) is not written.
+
+    Ollama merges consecutive messages of one role other than ``tool`` into one, and puts every system message in
+    ``.System``; the template writes ``.System`` first and skips the system messages where they stand.
+    """
+    fallback = f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else ""
+    return (
+        "{{- if or .System .Tools }}<|im_start|>system\n"
+        "{{ if .System }}{{ .System }}{{ if .Tools }}\n\n{{ end }}{{ end }}"
+        "{{ if .Tools }}# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+        "{{ range .Tools }}\n{{ json .Function }}{{ end }}\n</tools>\n\n"
+        "For each function call, return a json object with function name and arguments within <tool_call>"
+        "</tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+        "</tool_call>{{ end }}<|im_end|>\n"
+        + fallback + "{{ end }}\n"
+        '{{- $prev := "" }}\n'
+        "{{- range $m := .Messages }}\n"
+        '{{- if and (eq $prev "tool") (ne $m.Role "tool") }}<|im_end|>\n{{ end }}\n'
+        '{{- if eq $m.Role "tool" }}{{ if eq $prev "tool" }}\n{{ else }}<|im_start|>user\n{{ end }}'
+        "<tool_response>\n{{ $m.Content }}\n</tool_response>\n"
+        '{{- else if eq $m.Role "assistant" }}<|im_start|>assistant\n{{ $m.Content }}'
+        "{{ if and $m.Content $m.ToolCalls }}\n{{ end }}\n"
+        "{{- if .ToolCalls }}{{ range $j, $call := .ToolCalls }}<tool_call>\n"
+        '{"name": {{ json $call.Function.Name }}, "arguments": {{ "{" }}{{ $sep := "" }}'
+        "{{ range $key, $value := $call.Function.Arguments }}"
+        '{{ $sep }}{{ json $key }}: {{ json $value }}{{ $sep = ", " }}{{ end }}}}\n</tool_call>'
+        "{{ if ne (len (slice $m.ToolCalls $j)) 1 }}\n{{ end }}{{ end }}{{ end }}<|im_end|>\n"
+        '{{ else if ne $m.Role "system" }}<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n{{ end }}\n'
+        "{{- $prev = $m.Role }}\n"
+        "{{- end }}\n"
+        '{{- if eq $prev "tool" }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
+    )
 
 
 def _default_system_message(chat_template: str) -> str | None:

@@ -3,7 +3,9 @@ conversations that are the same up to their last (assistant) turn; that shared b
 
 from lora_ft.formats import DataFormat
 from lora_ft.formats._preference import answer_turns, pair_sample, prompt_turns
-from lora_ft.samples import RowFault, Sample, conversation_turns
+from lora_ft.conversations import conversation_turns
+from lora_ft.samples import RowFault, Sample
+from lora_ft.tool_turns import read_tools
 
 COLUMNS = ("chosen", "rejected")
 
@@ -28,7 +30,7 @@ def to_sample(row: dict) -> Sample:
     if chosen[:-1] != rejected[:-1]:
         raise RowFault("chosen and rejected have different prompts (the turns before the last answer differ)")
     return pair_sample(prompt_turns(chosen[:-1]), answer_turns(chosen[-1:], "chosen"),
-                       answer_turns(rejected[-1:], "rejected"))
+                       answer_turns(rejected[-1:], "rejected"), read_tools(row.get("tools")))
 
 
-FORMAT = DataFormat("implicit_preference", COLUMNS, detects, to_sample, order=25, kind="pairs")
+FORMAT = DataFormat("implicit_preference", (*COLUMNS, "tools"), detects, to_sample, order=25, kind="pairs")

@@ -5,6 +5,7 @@ assistant's."""
 from lora_ft.formats import DataFormat
 from lora_ft.formats._preference import answer_turns, pair_sample, prompt_turns
 from lora_ft.samples import Sample
+from lora_ft.tool_turns import read_tools
 
 COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -15,7 +16,7 @@ def detects(row: dict) -> bool:
 
 def to_sample(row: dict) -> Sample:
     return pair_sample(prompt_turns(row.get("prompt")), answer_turns(row.get("chosen"), "chosen"),
-                       answer_turns(row.get("rejected"), "rejected"))
+                       answer_turns(row.get("rejected"), "rejected"), read_tools(row.get("tools")))
 
 
-FORMAT = DataFormat("preference", COLUMNS, detects, to_sample, order=20, kind="pairs")
+FORMAT = DataFormat("preference", (*COLUMNS, "tools"), detects, to_sample, order=20, kind="pairs")

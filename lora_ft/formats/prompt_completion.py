@@ -2,7 +2,8 @@
 lists of messages."""
 
 from lora_ft.formats import DataFormat
-from lora_ft.samples import RowFault, Sample, checked_conversation, conversation_turns, required_text
+from lora_ft.conversations import checked_conversation, conversation_turns
+from lora_ft.samples import RowFault, Sample, required_text
 
 COLUMNS = ("prompt", "completion")
 

@@ -48,14 +48,19 @@ class ChatTokenizer:
 
 def load_chat_tokenizer(loaded: LoadedConfig, model_cfg: ModelSection) -> ChatTokenizer:
     """Locate the base model, load its tokenizer, choose the pad token and the chat template (no weights loaded)."""
-    from lora_ft.templates import choose_chat_template
+    from lora_ft.templates import available_chat_templates, choose_chat_template
     from lora_ft.data.tokenization import ChatRenderer
+    from lora_ft.tool_template import tool_ready
 
     source = locate_base_model(loaded)
     tokenizer = load_tokenizer(source, model_cfg)
     pad_note = choose_pad_token(tokenizer)
     template, origin = choose_chat_template(model_cfg.chat_template, tokenizer.chat_template, loaded.resolve_path)
-    return ChatTokenizer(source, tokenizer, pad_note, origin, ChatRenderer(tokenizer, template))
+    if model_cfg.chat_template == "auto" or model_cfg.chat_template in available_chat_templates():
+        template, added = tool_ready(template, lambda text: ChatRenderer.rendering_with(tokenizer, text))
+        origin += f", with {added}" if added else ""
+    return ChatTokenizer(source, tokenizer, pad_note, origin,
+                         ChatRenderer(tokenizer, template, loaded.config.data.reasoning))
 
 
 def load_tokenizer(source: BaseModelSource, model_cfg: ModelSection):

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lora_ft.methods import method_of
+from lora_ft.tool_template import serving_note
 from lora_ft.rundir.record import FinishedTraining
 from lora_ft.errors import UserError
 from lora_ft.files import give_umask_permissions, write_text_atomic
@@ -368,6 +369,7 @@ output = model.generate(**inputs, max_new_tokens=200)
 print(tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
+{serving_note(record.tool_format == "hermes")}
 ## Limitations
 
 This adapter learned from the datasets above only. It inherits the base model's limits and can state wrong

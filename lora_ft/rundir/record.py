@@ -37,12 +37,14 @@ class FinishedTraining:
     started: float = 0.0  # when the command started (time.time())
     run_dir: Path = Path(".")
     tokenized_data: dict = field(default_factory=dict)  # where its tokens are kept (the cache record)
+    tool_format: str | None = None  # "hermes" where the run's template renders calls in lora-ft's hermes wrapper
 
 
 def finished_training(prepared, loaded, resolved, model, outcome, start, trackers, started: float,
                       run_dir: Path) -> FinishedTraining:
     """The record of a run whose training ended: taken once, from the steps that made it."""
     from lora_ft import embedded
+    from lora_ft.tool_template import is_hermes
 
     chat = prepared.chat
     return FinishedTraining(
@@ -53,4 +55,5 @@ def finished_training(prepared, loaded, resolved, model, outcome, start, tracker
         end_of_turn=chat.renderer.end_of_turn, end_of_turn_id=chat.renderer.end_of_turn_token_id(),
         pad_token=chat.tokenizer.pad_token, trainable=model.trainable, total=model.total, outcome=outcome,
         forced_changes=start.forced_changes, tracker_notes=trackers.notes, started=started, run_dir=run_dir,
-        tokenized_data=prepared.cache_record())
+        tokenized_data=prepared.cache_record(),
+        tool_format="hermes" if is_hermes(chat.renderer.template) else None)

@@ -88,13 +88,15 @@ def sample_json(sample: Sample) -> str:
         value = {"messages": sample.messages, "chosen": sample.chosen, "rejected": sample.rejected}
     else:
         value = {"messages": sample.messages} if sample.messages is not None else {"text": sample.text}
+    if sample.tools is not None:
+        value["tools"] = sample.tools
     return json.dumps(value, ensure_ascii=False)
 
 
 def sample_from_json(location: str, text: str) -> Sample:
     value = json.loads(text)
     return Sample(location, messages=value.get("messages"), text=value.get("text"), chosen=value.get("chosen"),
-                  rejected=value.get("rejected"))
+                  rejected=value.get("rejected"), tools=value.get("tools"))
 
 
 def encode_rows(fmt: str | None, items: list) -> EncodedChunk:

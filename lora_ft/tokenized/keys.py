@@ -91,6 +91,7 @@ def key_parts(loaded: LoadedConfig, cfg: RunConfig, renderer: ChatRenderer, hash
         "train": [source(s, f) for s, f in zip(cfg.data.train, listed[:trains])],
         "eval": [source(s, f) for s, f in zip(cfg.data.eval, listed[trains:])],
         "system_prompt": cfg.data.system_prompt,
+        "reasoning": cfg.data.reasoning,
         # preference tokens are kept whole and always train on the answers: the limits apply when they are read
         "train_on": None if pairs else cfg.data.train_on,
         "max_seq_length": None if pairs else cfg.data.max_seq_length,

@@ -50,13 +50,12 @@ class Encoders:
         use_settings(settings)
         self.pool, self.workers = None, workers
         if workers > 1:
-            # fork: the workers start with the tokenizer already loaded. Each is one tokenizing thread; the
-            # tokenizer's own thread pool would only compete with the other workers.
+            # Each worker is one tokenizing thread; the tokenizer's own thread pool would only compete with the
+            # other workers.
             self._parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self.pool = _QuietPool(workers, initializer=_start_worker, initargs=(settings,),
-                                   context=multiprocessing.get_context(method))
+                                   context=_worker_context(settings))
 
     def map(self, chunks: Iterator[tuple[str | None, list]]) -> Iterator[EncodedChunk]:
         if self.pool is None:
@@ -82,6 +81,20 @@ class Encoders:
                 os.environ["TOKENIZERS_PARALLELISM"] = self._parallelism
 
 
+def _worker_context(settings: Settings) -> multiprocessing.context.BaseContext:
+    """How the workers start: from a fork server where there is one (POSIX), else spawned.
+
+    Never forked from this process: a command that has trained, evaluated or served before it tokenizes holds
+    threads (torch's, pyarrow's, a tracker's) whose locks a forked child inherits taken, and a worker that needs one
+    waits forever. The fork server is a fresh process that has imported only the tokenizing code; each worker is
+    forked from it and receives the tokenizer by pickle once, in its initializer."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, type(settings.renderer.tokenizer).__module__])
+    return context
+
+
 def _start_worker(settings: Settings) -> None:
     """A tokenizing process: its settings; Ctrl-C (sent by the terminal to every process of the command) is for the
     main process, which stops the workers itself."""
@@ -93,7 +106,8 @@ def _start_worker(settings: Settings) -> None:
 
 class _QuietWorker:
     """A pool worker that ends quietly once the process that started it is gone (killed): the pipes to it are
-    closed, which the library's worker reports in a traceback, from every worker, on the terminal."""
+    closed, which the library's worker reports in a traceback, from every worker, on the terminal. (Its parent is
+    the fork server, so it asks after the process that made the pool by its id.)"""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -103,16 +117,29 @@ class _QuietWorker:
         try:
             super().run()
         except (BrokenPipeError, ConnectionResetError, EOFError):
-            if os.getppid() == self.started_by:
-                raise  # its parent is alive: a real fault, shown
+            if _alive(self.started_by):
+                raise  # the process that started it is alive: a real fault, shown
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _QuietSpawnWorker(_QuietWorker, multiprocessing.context.SpawnProcess):
     pass
 
 
-if hasattr(multiprocessing.context, "ForkProcess"):  # POSIX
+if hasattr(multiprocessing.context, "ForkServerProcess"):  # POSIX
     class _QuietForkWorker(_QuietWorker, multiprocessing.context.ForkProcess):
+        pass
+
+    class _QuietForkServerWorker(_QuietWorker, multiprocessing.context.ForkServerProcess):
         pass
 
 
@@ -121,7 +148,8 @@ class _QuietPool(multiprocessing.pool.Pool):
 
     @staticmethod
     def Process(ctx, *args, **kwds):  # noqa: N802 - the name the library's pool creates its workers by
-        worker = _QuietForkWorker if ctx.get_start_method() == "fork" else _QuietSpawnWorker
+        worker = {"fork": _QuietForkWorker, "forkserver": _QuietForkServerWorker}.get(ctx.get_start_method(),
+                                                                                      _QuietSpawnWorker)
         return worker(*args, **kwds)
 
 

@@ -14,6 +14,7 @@ from lora_ft.exports.checks import CHECK_PROMPT, write_check
 from lora_ft.exports.targets import ExportTarget
 from lora_ft.files import staged_directory, write_text_atomic
 from lora_ft.rundir.finished import FinishedRun, locate_base
+from lora_ft.tool_template import VLLM_TOOL_FLAGS, is_hermes, serving_note
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's --max-lora-rank accepts
 VLLM_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj",
@@ -66,6 +67,9 @@ def vllm_rank_flag(rank: int) -> int:
 
 def _serving_readme(run: FinishedRun, adapter_dir: Path, base_for_serving: str) -> str:
     rank = vllm_rank_flag(run.lora_rank)
+    template = adapter_dir / "chat_template.jinja"
+    hermes = template.is_file() and is_hermes(template.read_text(encoding="utf-8"))
+    tool_flags = f" \\\n  {VLLM_TOOL_FLAGS}" if hermes else ""
     return f"""# {run.run_dir.name}: LoRA adapter for {run.base_name}
 
 Exported by `lora-ft export {run.run_dir} --format peft`. Base model: `{base_for_serving}`.
@@ -76,13 +80,13 @@ Answers end with `{run.end_of_turn}`: stop generation there (the tokenizer and c
 ```bash
 vllm serve {base_for_serving} --enable-lora --max-lora-rank {rank} \\
   --lora-modules {run.run_dir.name}={adapter_dir.resolve()} \\
-  --chat-template {adapter_dir.resolve()}/chat_template.jinja
+  --chat-template {adapter_dir.resolve()}/chat_template.jinja{tool_flags}
 ```
 
 Answers in float32 (`--dtype float32`) match the tuned model exactly; in bfloat16 they drift after some tokens.
 
 Request the model `{run.run_dir.name}` from the OpenAI-compatible API (`/v1/chat/completions`).
-
+{serving_note(hermes)}
 ## transformers + PEFT
 
 ```python
