@@ -279,6 +279,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _workers(pid: int) -> list[int]:
+    """The tokenizing processes under the command: the children of its fork server (its other child, the
+    resource tracker, has none)."""
+    return [worker for child in _children(pid) for worker in _children(child)]
+
+
 def _cpu_ticks(pid: int) -> int:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -313,7 +319,7 @@ def test_the_workers_of_a_stopped_data_command_exit_without_a_traceback(tmp_path
     workers: list[int] = []
     try:
         while parent.poll() is None and time.monotonic() < deadline:
-            workers = _children(parent.pid)
+            workers = _workers(parent.pid)
             if len(workers) >= 2 and all(_cpu_ticks(w) >= 5 for w in workers):  # each is encoding a chunk
                 break
             time.sleep(0.01)  # polling the process state, not waiting for it to happen

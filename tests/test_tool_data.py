@@ -220,3 +220,26 @@ NATIVE = (
     "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def test_the_data_report_marks_a_tool_conversations_trained_tokens_and_counts_calls(tmp_path, capsys):
+    from .conftest import run_cli
+
+    plain = {"messages": [{"role": "user", "content": "What is consideration?"},
+                          {"role": "assistant", "content": "Something of value."}]}
+    thinking = _openai_row(reasoning_content="The statute tool answers it.")
+    rows = [plain, _openai_row(), thinking, plain | {"tools": TOOLS}]
+    data = write_jsonl(tmp_path / "agents.jsonl", rows)
+    config = tmp_path / "cfg.yaml"
+    # the embedded model's tokenizer (no weights are loaded): the tool list fits its context
+    config.write_text(f"model:\n  base: embedded\ndata:\n  train:\n    - path: {data}\n  eval_fraction: 0\n")
+    code, out, _ = run_cli(capsys, ["data", str(config)])
+    assert code == 0, out
+    counts = out[out.index("== tools and reasoning (train)"):out.index("== duplicates")]
+    assert "tools listed in 3 of 4 conversations; 2 call a tool" in counts
+    assert "calls: 2 (0 turns call several at once), results: 2" in counts
+    assert "functions called: get_statute 2" in counts and "reasoning: 1 assistant turns" in counts
+    # the first sample has no call: the first that has one is shown too, its call and answer marked as trained
+    assert "== sample 2: " in out and f"[[{CALL_TEXT}<|im_end|>]]" in out
+    assert "[[It covers additional terms in an acceptance.<|im_end|>]]" in out
+    assert "[[<tool_response>" not in out and "[[# Tools" not in out

@@ -288,3 +288,27 @@ def test_chat_passes_the_tools_and_keeps_the_calls_in_the_history(tool_run, tmp_
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Weather in Oslo?"}, turn], tools=TOOLS,
                                              tokenize=False)
     assert answer in rendered
+
+
+def test_every_export_carries_the_runs_hermes_template(tool_run, tmp_path, capsys):
+    """The template trained with (the hermes wrapper) is the adapter's, the merged model's and the Modelfile's; the
+    serving notes name vLLM's hermes parser."""
+    from transformers import AutoTokenizer
+
+    from lora_ft.exports.ollama import write_modelfile
+    from lora_ft.tool_template import VLLM_TOOL_FLAGS, is_hermes
+
+    template = (tool_run / "adapter" / "chat_template.jinja").read_text()
+    assert is_hermes(template)
+    assert "## Tool calls" in (tool_run / "adapter" / "README.md").read_text()
+    peft, merged = tmp_path / "peft", tmp_path / "merged"
+    for form, out in (("peft", peft), ("merged", merged)):
+        code, printed, _ = run_cli(capsys, ["export", str(tool_run), "--format", form, "--out", str(out)])
+        assert code == 0, printed
+    assert VLLM_TOOL_FLAGS in (peft / "README.md").read_text()
+    assert (peft / "chat_template.jinja").read_text() == template
+    assert AutoTokenizer.from_pretrained(merged).chat_template == template
+    gguf = tmp_path / "model-f16.gguf"
+    gguf.write_bytes(b"GGUF")
+    modelfile = write_modelfile(gguf, tmp_path, template, ["<|im_end|>"]).read_text()
+    assert "{{ if .ToolCalls }}{{ range $j, $call := .ToolCalls }}<tool_call>" in modelfile.replace("{{- ", "{{ ")

@@ -122,6 +122,13 @@ class _QuietWorker:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a killed process that its own parent has not yet reaped (a zombie) does not."""
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").is_file():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

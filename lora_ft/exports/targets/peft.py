@@ -67,7 +67,7 @@ def vllm_rank_flag(rank: int) -> int:
 
 def _serving_readme(run: FinishedRun, adapter_dir: Path, base_for_serving: str) -> str:
     rank = vllm_rank_flag(run.lora_rank)
-    template = adapter_dir / "chat_template.jinja"
+    template = run.adapter_dir / "chat_template.jinja"  # the run's, copied into the export as it is
     hermes = template.is_file() and is_hermes(template.read_text(encoding="utf-8"))
     tool_flags = f" \\\n  {VLLM_TOOL_FLAGS}" if hermes else ""
     return f"""# {run.run_dir.name}: LoRA adapter for {run.base_name}
