@@ -243,3 +243,37 @@ def test_the_data_report_marks_a_tool_conversations_trained_tokens_and_counts_ca
     assert "== sample 2: " in out and f"[[{CALL_TEXT}<|im_end|>]]" in out
     assert "[[It covers additional terms in an acceptance.<|im_end|>]]" in out
     assert "[[<tool_response>" not in out and "[[# Tools" not in out
+
+
+def test_dpo_trains_on_tool_calls_with_the_hermes_template(tmp_path):
+    """Pairs of a right and a wrong call train (the chosen call's reward rises above the rejected one's), and the
+    adapter carries the hermes template its calls were rendered with."""
+    from lora_ft.config import load_config
+    from lora_ft.tool_template import is_hermes
+    from lora_ft.commands.train import train
+
+    from .conftest import build_llama, build_tokenizer, write_config
+
+    model = tmp_path / "model"
+    build_llama(model, len(build_tokenizer(model)), layers=2)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))  # the tool list
+
+    def pair(i: int) -> dict:
+        section = f"2-{200 + i}"
+        call = lambda name, arguments: [{"role": "assistant", "content": "", "tool_calls": [  # noqa: E731
+            {"type": "function", "function": {"name": name, "arguments": arguments}}]}]
+        return {"prompt": [{"role": "user", "content": f"What does UCC {section} say?"}], "tools": [STATUTE],
+                "chosen": call("get_statute", {"code": "UCC", "section": section}),
+                "rejected": [{"role": "assistant", "content": "I cannot look that up."}]}
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [pair(i) for i in range(8)])
+    write_jsonl(data / "eval.jsonl", [pair(i) for i in range(50, 54)])
+    path = write_config(tmp_path / "dpo.yaml", model, data, output_dir=tmp_path / "run")
+    path.write_text("method: dpo\n" + path.read_text().replace("max_seq_length: 128", "max_seq_length: 1024")
+                    .replace("max_steps: 3", "max_steps: 6").replace("learning_rate: 1.0e-2", "learning_rate: 1.0e-3"))
+    result = train(load_config(path), say=lambda line: None)
+    assert result.outcome.rewards_after["accuracy"] > 0.5 and result.outcome.rewards_after["margin"] > 0
+    assert is_hermes((result.adapter_dir / "chat_template.jinja").read_text())

@@ -143,9 +143,6 @@ class _QuietSpawnWorker(_QuietWorker, multiprocessing.context.SpawnProcess):
 
 
 if hasattr(multiprocessing.context, "ForkServerProcess"):  # POSIX
-    class _QuietForkWorker(_QuietWorker, multiprocessing.context.ForkProcess):
-        pass
-
     class _QuietForkServerWorker(_QuietWorker, multiprocessing.context.ForkServerProcess):
         pass
 
@@ -155,8 +152,7 @@ class _QuietPool(multiprocessing.pool.Pool):
 
     @staticmethod
     def Process(ctx, *args, **kwds):  # noqa: N802 - the name the library's pool creates its workers by
-        worker = {"fork": _QuietForkWorker, "forkserver": _QuietForkServerWorker}.get(ctx.get_start_method(),
-                                                                                      _QuietSpawnWorker)
+        worker = _QuietForkServerWorker if ctx.get_start_method() == "forkserver" else _QuietSpawnWorker
         return worker(*args, **kwds)
 
 
