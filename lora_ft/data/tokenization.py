@@ -64,11 +64,20 @@ class ChatRenderer:
         self.renders_tools = tool_template.renders_tools(self.library_render)
         self.renders_reasoning = tool_template.renders_reasoning(self.library_render)
 
-    def __getstate__(self) -> dict:  # to a tokenizing process: the compiled template is made again there
-        return {"tokenizer": self.tokenizer, "template": self.template, "reasoning": self.reasoning}
+    def __getstate__(self) -> dict:  # to a tokenizing process: what the probes found, and the template compiled
+        # again there (a compiled template does not pickle)
+        state = dict(self.__dict__)
+        state["_compiled"] = self._compiled is not None
+        return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["tokenizer"], state["template"], state["reasoning"])
+        self.__dict__.update(state)
+        if self._compiled:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            self._compiled = _compile_jinja_template(self.template)
+        else:
+            self._compiled = None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
         if self.reasoning == "drop":
