@@ -72,11 +72,24 @@ def hermes_template(template: str, render_with: Callable[[str], Render]) -> str:
     prelude = prelude.rstrip()
     assert prelude.endswith("-%}"), "the prelude ends with a tag"
     place = "system" if _takes_system(render_with(template)) else "user"
-    return f"{{%- set lora_ft_tools_in = '{place}' -%}}\n{prelude[:-3]}%}}{template}"
+    wrapped = f"{{%- set lora_ft_tools_in = '{place}' -%}}\n{prelude[:-3]}%}}{template}"
+    assert own_template(wrapped) == template, "the prelude ends with PRELUDE_END"
+    return wrapped
 
 
 def is_hermes(template: str) -> bool:
     return HERMES_MARK in template
+
+
+PRELUDE_END = "{%- set tools = none %}"  # the wrapper's last tag, which the model's own template follows
+
+
+def own_template(template: str) -> str | None:
+    """The model's own template inside a hermes-wrapped one (what renders a conversation without tools, calls or
+    reasoning, exactly as the wrapped one does); None for a template that is not wrapped."""
+    if not is_hermes(template) or PRELUDE_END not in template:
+        return None
+    return template.split(PRELUDE_END, 1)[1]
 
 
 def tool_ready(template: str, render_with: Callable[[str], Render]) -> tuple[str, str | None]:

@@ -280,9 +280,23 @@ def _children(pid: int) -> list[int]:
 
 
 def _workers(pid: int) -> list[int]:
-    """The tokenizing processes under the command: the children of its fork server (its other child, the
-    resource tracker, has none)."""
-    return [worker for child in _children(pid) for worker in _children(child)]
+    """The tokenizing processes under the command: its children, or, where they start from a fork server, that
+    server's children (the resource tracker and the fork server themselves are not workers)."""
+    found = []
+    for child in _children(pid):
+        below = _children(child)
+        if below:
+            found += below  # the fork server's workers
+        elif "multiprocessing" not in _command_line(child):  # not the resource tracker or an idle fork server
+            found.append(child)
+    return found
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _cpu_ticks(pid: int) -> int:

@@ -173,3 +173,29 @@ def test_the_pair_report_reads_pairs_a_chunk_at_a_time_with_the_figures_of_train
     assert whole["over_length_locations"] == tokens.over_length[:len(whole["over_length_locations"])]
     # what the limit cuts off the answers: of the pairs kept cut, and of those then left out as equal
     assert whole["trained_tokens_past_limit"] >= tokens.truncated_trained_tokens > 0
+
+
+def test_while_another_thread_runs_the_workers_start_from_a_fork_server(pairs_config, monkeypatch):
+    """A process with another thread (a tracker's writer, a progress monitor) never forks its tokenizing workers:
+    they start from a fork server, and tokenize as one process does."""
+    import threading
+
+    config, cache_dir = pairs_config
+    path = config("dpo")
+    alone, _ = _prepared(path, cache_dir, cache=False)
+    started = []
+    real_context = writing._worker_context
+    monkeypatch.setattr(writing, "worker_count", lambda size, requested=None: 2)
+    monkeypatch.setattr(writing, "_worker_context", lambda settings: started.append(real_context(settings))
+                        or started[-1])
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        workers, _ = _prepared(path, cache_dir, cache=False)
+    finally:
+        stop.set()
+        other.join()
+    assert [c.get_start_method() for c in started] == ["forkserver"]
+    assert asdict(workers.train_tokens) == asdict(alone.train_tokens)
+    assert list(workers.data.train) == list(alone.data.train)

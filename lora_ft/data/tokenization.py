@@ -60,6 +60,7 @@ class ChatRenderer:
         self.template = template
         self.reasoning = reasoning  # data.reasoning: "train" renders the assistant's reasoning, "drop" leaves it out
         self._compiled = self._compiled_template()
+        self._plain = self._compiled_plain()
         self.end_of_turn = self._find_end_of_turn()
         self.renders_tools = tool_template.renders_tools(self.library_render)
         self.renders_reasoning = tool_template.renders_reasoning(self.library_render)
@@ -67,24 +68,26 @@ class ChatRenderer:
     def __getstate__(self) -> dict:  # to a tokenizing process: what the probes found, and the template compiled
         # again there (a compiled template does not pickle)
         state = dict(self.__dict__)
-        state["_compiled"] = self._compiled is not None
+        state["_compiled"], state["_plain"] = self._compiled is not None, self._plain is not None
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self._compiled:
-            from transformers.utils.chat_template_utils import _compile_jinja_template
+        from transformers.utils.chat_template_utils import _compile_jinja_template
 
-            self._compiled = _compile_jinja_template(self.template)
-        else:
-            self._compiled = None
+        from lora_ft.tool_template import own_template
+
+        self.__dict__.update(state)
+        self._compiled = _compile_jinja_template(self.template) if self._compiled else None
+        self._plain = _compile_jinja_template(own_template(self.template)) if self._plain else None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
         if self.reasoning == "drop":
             messages = drop_reasoning(messages)
         if self._compiled is not None:
-            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                                         documents=None, **self.tokenizer.special_tokens_map)
+            plain = self._plain is not None and not tools and all(m.keys() <= {"role", "content"} for m in messages)
+            return (self._plain if plain else self._compiled).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, tools=tools, documents=None,
+                **self.tokenizer.special_tokens_map)
         return self.library_render(messages, add_generation_prompt, tools)
 
     def library_render(self, messages: list[dict], add_generation_prompt: bool = False,
@@ -107,7 +110,7 @@ class ChatRenderer:
         render goes through the library. Called on one conversation per chunk of a large set."""
         if self._compiled is not None and self.render(messages, tools=tools) != self.library_render(messages,
                                                                                                     tools=tools):
-            self._compiled = None
+            self._compiled = self._plain = None
 
     def check_renders(self, messages: list[dict]) -> None:
         """Refuse a conversation whose calls or reasoning this template would leave out of the text trained on."""
@@ -121,6 +124,29 @@ class ChatRenderer:
             raise UserError("the chat template drops the assistant's reasoning",
                             fix="set model.chat_template: auto (lora-ft renders reasoning as <think>...</think>), "
                                 "or data.reasoning: drop to train without it")
+
+    def _compiled_plain(self):
+        """For a hermes-wrapped template: the model's own template compiled, which renders a conversation without
+        tools, calls or reasoning exactly as the wrapper does and without its pass over the turns (checked on the
+        probes); None otherwise."""
+        from lora_ft.tool_template import own_template
+
+        own = own_template(self.template)
+        if own is None or self._compiled is None:
+            return None
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            compiled = _compile_jinja_template(own)
+            variables = self.tokenizer.special_tokens_map
+            for probe, prompt in ((_PROBES[0], False), (_PROBES[0][:1], True), (_PROBES[1], False),
+                                  (_PROBES[1][:3], True)):
+                if compiled.render(messages=probe, add_generation_prompt=prompt, tools=None, documents=None,
+                                   **variables) != self.library_render(probe, prompt):
+                    return None
+            return compiled
+        except Exception:  # noqa: BLE001 - as for the compiled template
+            return None
 
     def _compiled_template(self):
         """The chat template compiled once by transformers' own Jinja environment, rendered without the per-call

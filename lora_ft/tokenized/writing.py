@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing.context
 import multiprocessing.pool
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,13 +83,18 @@ class Encoders:
 
 
 def _worker_context(settings: Settings) -> multiprocessing.context.BaseContext:
-    """How the workers start: from a fork server where there is one (POSIX), else spawned.
+    """How the workers start: forked from this process while it runs no other Python thread; else from a fork
+    server (POSIX), else spawned.
 
-    Never forked from this process: a command that has trained, evaluated or served before it tokenizes holds
-    threads (torch's, pyarrow's, a tracker's) whose locks a forked child inherits taken, and a worker that needs one
-    waits forever. The fork server is a fresh process that has imported only the tokenizing code; each worker is
-    forked from it and receives the tokenizer by pickle once, in its initializer."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    A process that has trained, evaluated or served in-process before it tokenizes (a notebook, a test session)
+    holds threads (a tracker's writer, a progress bar's monitor) whose locks a forked child inherits taken: a worker
+    that needs one waits forever. The fork server is a fresh process that has imported only the tokenizing code;
+    each worker is forked from it and receives the tokenizer by pickle once, in its initializer. It costs about
+    2.7 s of start-up on a 2-core CPU, which a command that tokenizes first, with one thread, does not pay."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, type(settings.renderer.tokenizer).__module__])
@@ -143,6 +149,9 @@ class _QuietSpawnWorker(_QuietWorker, multiprocessing.context.SpawnProcess):
 
 
 if hasattr(multiprocessing.context, "ForkServerProcess"):  # POSIX
+    class _QuietForkWorker(_QuietWorker, multiprocessing.context.ForkProcess):
+        pass
+
     class _QuietForkServerWorker(_QuietWorker, multiprocessing.context.ForkServerProcess):
         pass
 
@@ -152,7 +161,8 @@ class _QuietPool(multiprocessing.pool.Pool):
 
     @staticmethod
     def Process(ctx, *args, **kwds):  # noqa: N802 - the name the library's pool creates its workers by
-        worker = _QuietForkServerWorker if ctx.get_start_method() == "forkserver" else _QuietSpawnWorker
+        worker = {"fork": _QuietForkWorker, "forkserver": _QuietForkServerWorker}.get(ctx.get_start_method(),
+                                                                                      _QuietSpawnWorker)
         return worker(*args, **kwds)
 
 
