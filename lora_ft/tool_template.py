@@ -117,4 +117,4 @@ def serving_note(hermes: bool) -> str:
             "`<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>`, and reads the tool list and the tools' "
             "results as the chat template here renders them. Serve it with vLLM's "
             f"`{VLLM_TOOL_FLAGS}` and pass `tools` in the request: the calls come back parsed, as `tool_calls`. "
-            "llama.cpp's server (`--jinja`) and Ollama (the Modelfile's template) render the same template.\n")
+            "llama.cpp (the GGUF file's template) and Ollama (the Modelfile's) render the calls the same way.\n")
