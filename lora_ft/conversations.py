@@ -66,6 +66,6 @@ def checked_conversation(messages: list[dict[str, Any]], tools: list[dict] | Non
         if message["role"] == "user" and not message["content"].strip():
             raise RowFault("empty user turn")
     checked = (messages[:1] if messages[0]["role"] == "system" else []) + body
-    if tools or any("tool_calls" in m or m["role"] == "tool" for m in checked):
+    if tools or tool_turns.has_tools(checked):
         tool_turns.check_tool_turns(checked, tools)
     return checked
