@@ -125,6 +125,7 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     if cfg.model.gradient_checkpointing:
         flops += 2 * body
     flops += 2 * body * reference_forwards(cfg)
+    flops += 2 * body * method_of(cfg.method).generation_forwards(cfg)  # sampling the answers (RL)
     overhead = CUDA_OVERHEAD if device_name != "cpu" else CPU_OVERHEAD
     result = Estimate(weights=weights, lora_states=lora_states, activations=activations, logits=logits,
                       overhead=overhead, lora_params=lora, tokens_per_micro_batch=tokens, flops_per_token=flops,
@@ -289,6 +290,13 @@ def reference_forwards(cfg: RunConfig) -> int:
     return method_of(cfg.method).reference_forwards(cfg)
 
 
+@dataclass
+class SampledTokens:
+    """An RL run's tokens per epoch: its prompts and the answers it will sample, counted at full length."""
+
+    tokens: int
+
+
 def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
               gpu: str | None = None, longest_sample: int | None = None, processes: int = 1) -> Plan:
     budget, label, name = device_budget(device, gpu)
@@ -301,7 +309,15 @@ def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int,
     fixes = [] if est.peak <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,
                                                       longest_sample, processes)
     note = ""
-    if method_of(resolved_cfg.method).pairs:
+    if method_of(resolved_cfg.method).prompts:
+        settings = resolved_cfg.method_settings
+        forwards = reference_forwards(resolved_cfg)
+        note = (f"method {resolved_cfg.method}: {samples // settings.num_generations:,} prompts x "
+                f"{settings.num_generations} sampled answers of up to {settings.max_completion_length} tokens, "
+                "counted at full length; sampling counted as one forward pass per token (decoding one token at a "
+                "time runs below that rate: --measure times real steps)"
+                + (f"; {forwards} reference forward pass per sequence (KL)" if forwards else "; no reference"))
+    elif method_of(resolved_cfg.method).pairs:
         forwards = reference_forwards(resolved_cfg)
         note = (f"method {resolved_cfg.method}: {samples:,} " + ("pairs" if sequences_per_sample(resolved_cfg) == 2
                                                                  else "answers")

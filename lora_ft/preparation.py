@@ -13,7 +13,7 @@ from functools import cached_property
 from lora_ft import console
 from lora_ft.methods import method_of
 from lora_ft.config import LoadedConfig, RunConfig
-from lora_ft.data import LoadedData, check_drops
+from lora_ft.data import LoadedData, check_drops, load_data
 from lora_ft.data import template_checks
 from lora_ft.data.length_policy import LengthPolicy
 from lora_ft.data.statistics import summary_lines, tokenized_stats_lines
@@ -43,12 +43,23 @@ class Prepared:
 
     @cached_property
     def train_tokens(self):
+        if self.method.prompts:
+            return self._prompts("train")
         return self.data.train if not self.is_preference else self._fit("train")
 
     @cached_property
     def eval_tokens(self):
         """The eval set's tokens; None for SFT without eval data."""
+        if self.method.prompts:
+            return self._prompts("eval")
         return self.data.eval if not self.is_preference else self._fit("eval")
+
+    def _prompts(self, split: str):
+        """An RL run's prompts (:mod:`lora_ft.data.prompt_sets`), rendered and measured."""
+        from lora_ft.data.prompt_sets import prompt_set
+
+        return prompt_set(getattr(self.data, split), self.chat.renderer, self.config.data.max_seq_length,
+                          self.config.method_settings.max_completion_length)
 
     @property
     def is_preference(self) -> bool:
@@ -83,6 +94,9 @@ class Prepared:
 
         if self.is_streamed:
             return self.data.fingerprint()
+        if self.method.prompts:
+            return {"tokens_sha256": self.train_tokens.sha256(self.eval_tokens),  # the rendered prompts
+                    "files": {r.path: r.sha256 for r in self.data.reports}}
         if not self.is_preference:
             return {"tokens_sha256": self.data.tokens_sha256(), "files": {r.path: r.sha256 for r in self.data.reports}}
         return data_fingerprint(self.train_tokens.input_ids, self.train_tokens.labels, self.eval_tokens.input_ids,
@@ -90,6 +104,8 @@ class Prepared:
 
     def datasets(self):
         """The tokenized sets as the trainer takes them: (train, eval or None)."""
+        if self.method.prompts:
+            return self.train_tokens.dataset(), self.eval_tokens.dataset()
         if not self.is_preference:  # a tokenized split, or a stream (data.streaming)
             evaluation = self.eval_tokens
             return self.train_tokens.dataset(), evaluation.dataset() if evaluation is not None and evaluation.kept \
@@ -136,6 +152,8 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
         prepared = Prepared(cfg, streamed_data(loaded, cfg, renderer, cache), chat)
         _check_streamed(prepared, checks)
         return prepared
+    if method_of(cfg.method).prompts:
+        return _prepared_prompts(Prepared(cfg, data or load_data(loaded), chat), checks)
     if data is None:
         data = tokenized_data(loaded, cfg, renderer, cache=cache)
         check_drops(data.reports, loaded.config.data.max_dropped_fraction)
@@ -171,6 +189,22 @@ def prepare(loaded: LoadedConfig, cfg: RunConfig | None = None, *, data: LoadedD
                         fix="raise data.max_seq_length, or check that the samples have answers")
     if not prepared.is_preference:
         _check_collated(prepared, *train_tokens.kept_tokens(limit=COLLATED_CHECK_ROWS))
+    return prepared
+
+
+def _prepared_prompts(prepared: Prepared, checks: bool) -> Prepared:
+    """An RL run's prompts: read, rendered and measured, with a line for each split."""
+    cfg = prepared.config
+    for line in summary_lines(prepared.data):
+        console.say(line)
+    completion = cfg.method_settings.max_completion_length
+    for name, prompts in (("train", prepared.train_tokens), ("eval", prepared.eval_tokens)):
+        if len(prompts) or prompts.too_long or name == "train":
+            console.say(prompts.line(name, cfg.data.max_seq_length, completion))
+    if checks and not len(prepared.train_tokens):
+        raise UserError("no training prompt is left after the length limit",
+                        fix="raise data.max_seq_length or lower grpo.max_completion_length",
+                        settings=("data.max_seq_length",))
     return prepared
 
 

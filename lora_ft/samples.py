@@ -33,7 +33,8 @@ class Sample:
     SFT: a conversation (``messages``) or raw ``text``. Preference data: ``messages`` is the prompt (it ends with
     a user turn) and ``chosen``/``rejected`` the answers' turns; an unpaired (KTO) row has only one of the two.
     An agent's conversation also has the ``tools`` it may call, and turns in the shape :mod:`lora_ft.tool_turns`
-    gives them (calls, results, reasoning).
+    gives them (calls, results, reasoning). An RL prompt (``method: grpo``) is ``messages`` ending with a user turn,
+    with the row's other ``columns`` (a reference answer, a test) for its reward functions.
     """
 
     location: str
@@ -42,6 +43,7 @@ class Sample:
     chosen: list[dict[str, Any]] | None = None
     rejected: list[dict[str, Any]] | None = None
     tools: list[dict] | None = None
+    columns: dict[str, Any] | None = None  # a prompt's other columns (RL: the reward functions' references)
 
     @property
     def is_preference(self) -> bool:

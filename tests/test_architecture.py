@@ -45,9 +45,11 @@ LAYERS: list[tuple[str, ...]] = [
     # processes, the embedded model, a finished run's adapter files; the strict base of every config section
     ("lora_ft.errors", "lora_ft.console", "lora_ft.files", "lora_ft.plugins", "lora_ft.distributed",
      "lora_ft.embedded", "lora_ft.adapter_files", "lora_ft.sections"),
-    # what a config may name: a sample and the data formats, the model families, the chat templates, the methods
+    # what a config may name: a sample and the data formats, the model families, the chat templates, the methods,
+    # and what the methods' rewards score answers by
     ("lora_ft.samples", "lora_ft.tool_turns", "lora_ft.conversations", "lora_ft.formats", "lora_ft.families",
-     "lora_ft.templates", "lora_ft.tool_template", "lora_ft.methods"),
+     "lora_ft.templates", "lora_ft.tool_template", "lora_ft.methods", "lora_ft.answer_metrics",
+     "lora_ft.tool_call_text", "lora_ft.rewards"),
     ("lora_ft.config",),  # the run configuration: read, checked against the above, resolved
     ("lora_ft.data",),  # the run's data read as its config says, and turned into tokens
     ("lora_ft.model",),  # the base model, its tokenizer, LoRA

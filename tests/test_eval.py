@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_ft.evaluation import answer_metrics as m
+from lora_ft import answer_metrics as m
 from lora_ft import cli
 from tests.conftest import legal_rows, write_config, write_jsonl
 

@@ -12,7 +12,7 @@ def _assistant_turn(answer: str, tools: list[dict] | None) -> dict:
     ``call: name({...})``) and its reasoning apart, so the chat template renders them as in training."""
     if not tools:
         return {"role": "assistant", "content": answer.strip()}
-    from lora_ft.evaluation.tool_calls import parse_tool_calls
+    from lora_ft.tool_call_text import parse_tool_calls
 
     parsed = parse_tool_calls(answer)
     turn: dict = {"role": "assistant", "content": parsed.text}

@@ -63,7 +63,7 @@ def _result(prompt: str, text: str, stopped: bool, tools: list[dict] | None) -> 
 
     result = {"prompt": prompt, "answer": text, "stopped_at_end_of_turn": stopped}
     if tools:
-        from lora_ft.evaluation.tool_calls import parse_tool_calls
+        from lora_ft.tool_call_text import parse_tool_calls
 
         result["tool_calls"] = [call.as_dict() for call in parse_tool_calls(text).calls]
     return json.dumps(result)
@@ -107,7 +107,7 @@ def run(args) -> int:
         else:
             console.say(answer)
             if own:
-                from lora_ft.evaluation.tool_calls import parse_tool_calls
+                from lora_ft.tool_call_text import parse_tool_calls
 
                 for call in parse_tool_calls(answer).calls:
                     console.say(f"call: {call.shown()}")

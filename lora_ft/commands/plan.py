@@ -21,7 +21,12 @@ def run(args) -> int:
     with console.held_back():  # the plan says it all; waits, damaged entries and progress still show
         prepared = prepare(loaded, resolved.config, cache=not args.no_cache)
     tokens = prepared.train_tokens
-    if prepared.is_preference:
+    if prepared.method.prompts:  # every prompt answered num_generations times, each answer at its longest
+        settings, prompts = resolved.config.method_settings, tokens
+        generations, answer = settings.num_generations, settings.max_completion_length
+        samples, longest = len(prompts) * generations, max(prompts.lengths, default=0) + answer
+        tokens = planning.SampledTokens(generations * (prompts.tokens + len(prompts) * answer))
+    elif prepared.is_preference:
         longest, samples = max((len(ids) for ids, _ in tokens.sequences()), default=0), len(tokens)  # pairs
     else:
         trained_lengths = tokens.lengths(kept_only=True)[0]

@@ -224,7 +224,7 @@ def check_consistency(
     if not method.packing and cfg.train.packing:
         add(("train", "packing"), f"method {cfg.method} trains on whole prompt-answer sequences; packing is for "
             "SFT only", "remove train.packing")
-    for key, what, fix in method.problems(cfg):
+    for key, what, fix in method.problems(cfg, loaded.resolve_path):
         add(key, what, fix)
 
     # Tracking

@@ -22,8 +22,20 @@ def schema_sections() -> list[tuple[str, type[BaseModel]]]:
         ("train", TrainSection),
         ("tracking", TrackingSection),
         ("distributed", DistributedSection),
-        *sections().items(),  # each training method's own section, by the method's name
+        # each training method's own section, by the method's name, and the sections listed inside it
+        *(entry for name, section in sections().items() for entry in [(name, section), *_listed(name, section)]),
     ]
+
+
+def _listed(prefix: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """The sections a section holds lists of (``grpo.rewards[]``), for their own tables."""
+    found = []
+    for name, field in model.model_fields.items():
+        if get_origin(field.annotation) is list:
+            (item,) = get_args(field.annotation)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                found.append((f"{prefix}.{name}[]", item))
+    return found
 
 
 def type_name(annotation: Any) -> str:

@@ -118,6 +118,7 @@ def resolve(loaded: LoadedConfig, has_cuda: bool | None = None) -> Resolved:
         model.base = local_path(loaded, model.base)
     if model.chat_template.endswith(".jinja"):
         model.chat_template = local_path(loaded, model.chat_template)
+    method_of(cfg.method).resolve_paths(cfg, lambda value: local_path(loaded, value))
     if model.adapter is not None:
         start_from_adapter(cfg, loaded, notes)
     method_defaults(cfg, loaded, notes)

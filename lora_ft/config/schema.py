@@ -375,9 +375,9 @@ RunConfig = create_model(
     __validators__={"section_of_the_method": field_validator(*_METHOD_SECTIONS)(_section_of_the_method)}
     if _METHOD_SECTIONS else {},
     method=_method_field(),
-    **{name: (section | None, Field(None, description=f"Settings of `method: {name}` (its section below); defaults "
-                                    "when left out."))
-       for name, section in _METHOD_SECTIONS.items()},
+    **{name: (section | None, Field(None, description=f"Settings of `method: {name}` (its section below); " + (
+        "required under that method." if any(f.is_required() for f in section.model_fields.values())
+        else "defaults when left out."))) for name, section in _METHOD_SECTIONS.items()},
 )
 
 

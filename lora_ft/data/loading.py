@@ -237,7 +237,8 @@ def check_format_kind(fmt: str | None, method: str, path: str, location: str | N
     if kind in method_of(method).reads:
         return
     wanted = ", ".join(format_names(method_of(method).reads))
-    what = {"sft": "SFT examples", "pairs": "preference pairs", "unpaired": "labelled answers (KTO)"}[kind]
+    what = {"sft": "SFT examples", "pairs": "preference pairs", "unpaired": "labelled answers (KTO)",
+            "prompts": "prompts for RL (GRPO)"}[kind]
     readers = [name for name, other in methods().items() if kind in other.reads]
     raise UserError(f"{path} holds {what} (format {fmt}), but this run's method is {method}, which reads "
                     f"{wanted}", where=location or path,

@@ -22,7 +22,7 @@ from lora_ft.data.statistics import (Duplicates, Leakage, duplicate_lines, histo
                                      listed_locations, split_duplicates, split_leakage, stats_lines)
 from lora_ft.data_report.agents import AgentCounts, agent_lines, count_agent_turns, first_agent_sample
 from lora_ft.data_report.pairs import analyse_pairs, rendered_sides
-from lora_ft.data_report.splits import RenderedSample, SplitReport, analyse_split
+from lora_ft.data_report.splits import RenderedSample, SplitReport, analyse_prompts, analyse_split
 from lora_ft.errors import UserError
 
 
@@ -116,7 +116,11 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     except UserError as exc:
         problems.append(_error_text(exc))
 
-    if prepared.is_preference:
+    if prepared.method.prompts:
+        splits = [analyse_prompts(name, tokens, len(rows)) for name, rows, tokens in (
+            ("train", loaded_data.train, prepared.train_tokens), ("eval", loaded_data.eval, prepared.eval_tokens))
+            if rows]
+    elif prepared.is_preference:
         limit = getattr(cfg.method_settings, "max_prompt_length", None)
         splits = [analyse_pairs(name, prepared.encoded_pairs(name), cfg.data, limit)
                   for name, rows in (("train", loaded_data.train), ("eval", loaded_data.eval)) if rows]
@@ -126,7 +130,8 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
     report = DataReport(
         config=str(loaded.path) if loaded.path else "<config>",
         tokenizer=source.display_name,
-        tokenized=loaded_data.describe(),
+        tokenized=(loaded_data.describe() if hasattr(loaded_data, "describe") else
+                   "rendered and measured now (RL prompts are not cached: training samples the answers)"),
         pad_token=pad_note,
         chat_template=origin,
         end_of_turn=renderer.end_of_turn,
@@ -139,7 +144,8 @@ def build_report(loaded: LoadedConfig, samples: int = 1, cache: bool = True) -> 
         duplicates=[split_duplicates(loaded_data.train, "train")]
         + ([split_duplicates(loaded_data.eval, "eval")] if loaded_data.eval else []),
         leakage=split_leakage(loaded_data.train, loaded_data.eval),
-        samples=[shown for s in _shown(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
+        samples=[] if prepared.method.prompts else  # RL prompts have no trained spans to show
+        [shown for s in _shown(loaded_data.train, samples) for shown in rendered_sides(s, renderer, cfg.data)],
         problems=problems,
     )
     agents = count_agent_turns(loaded_data.train, renderer.tokenizer, cfg.data.reasoning)

@@ -81,6 +81,19 @@ def analyse_split(name: str, split: TokenizedSplit) -> SplitReport:
     )
 
 
+def analyse_prompts(name: str, prompts, read: int) -> SplitReport:
+    """Measure an RL run's prompts (:class:`lora_ft.data.prompt_sets.PromptSet`): no answer is known before
+    training samples it, so every token is a prompt's; the prompts too long to leave room for an answer are the
+    over-length ones (dropped)."""
+    lengths = list(prompts.lengths)
+    return SplitReport(
+        name=name, samples=read, prompt=LengthStats.of(lengths), answer=LengthStats.of([]),
+        total=LengthStats.of(lengths), histogram=histogram(lengths), over_length=len(prompts.too_long),
+        over_length_locations=prompts.too_long[:MAX_LISTED], trained_tokens_past_limit=0,
+        trained_tokens_in_over_length=0, no_trained_token=0, no_trained_token_locations=[], kept=len(prompts),
+        tokens=prompts.tokens, trained_tokens=0, prompt_lengths=lengths)
+
+
 def render_sample(sample: Sample, renderer: ChatRenderer, cfg: DataSection) -> RenderedSample:
     """A sample's chat-template text with its trained character spans, as training would see it."""
     limit = cfg.max_seq_length

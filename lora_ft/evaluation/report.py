@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lora_ft.evaluation.answer_metrics import AnswerSummary
+from lora_ft.answer_metrics import AnswerSummary
 from lora_ft.evaluation.stats import LEVEL, MIN_PAIRS, RESAMPLES, SEED, Difference
 from lora_ft.evaluation.tool_calls import ToolCallResult
 
@@ -113,7 +113,7 @@ class SetResult:
 @dataclass
 class EvalReport:
     run_dir: str
-    domain: SetResult
+    domain: SetResult | None  # None for an RL run: its held-out prompts are scored by its rewards instead
     general: SetResult | None = None
     before: str = "base"  # what the tuned model is compared with: "base", or "start" (the adapter it started from)
     max_new_tokens: int = 0
@@ -122,12 +122,13 @@ class EvalReport:
     harness_seconds: float = 0.0
     examples: list[dict] = field(default_factory=list)  # a few samples with both answers, for the markdown
     tool_calls: ToolCallResult | None = None  # the calls made at the assistant turns of conversations with tools
+    rewards: object = None  # an RL run's held-out rewards (lora_ft.evaluation.rewards.RewardResult)
     seconds: float = 0.0
 
     # --- the verdict -------------------------------------------------------------------------------------------
 
     def verdict(self) -> str:
-        parts = [self._domain_verdict()]
+        parts = [self._domain_verdict() if self.domain is not None else self.rewards.verdict(self.before)]
         if self.general is not None:
             parts.append(self._general_verdict())
         parts += self._harness_verdict()
@@ -185,6 +186,8 @@ class EvalReport:
         return out
 
     def _stop_verdict(self) -> str:
+        if self.domain is None:
+            return self.rewards.stop_verdict()
         tuned = self.domain.tuned
         if tuned is None:
             return ""
@@ -196,7 +199,7 @@ class EvalReport:
     # --- rendering ---------------------------------------------------------------------------------------------
 
     def _sets(self) -> list[SetResult]:
-        return [self.domain] + ([self.general] if self.general is not None else [])
+        return [s for s in (self.domain, self.general) if s is not None]
 
     def _pair_rows(self) -> list[tuple[str, ...]]:
         p = self.preference
@@ -222,7 +225,7 @@ class EvalReport:
         return rows
 
     def table(self) -> str:
-        blocks = []
+        blocks = [f"{self.rewards.heading()}\n{_text_table(self.rewards.rows(self.before))}"] if self.rewards else []
         for result in self._sets():
             blocks.append(f"{result.name}: {result.source} ({result.samples} samples"
                           + (f", {result.tuned.answers} answered" if result.tuned else "") + ")")
@@ -245,6 +248,11 @@ class EvalReport:
                  f"interval is a {LEVEL:.0%} paired bootstrap over the n samples both models scored ({RESAMPLES} "
                  f"resamples, seed {SEED}): a change is better or worse only when its interval lies on one side of "
                  "zero, within noise when it holds zero.", ""]
+        if self.rewards is not None:
+            parts += ["## Rewards on held-out prompts", "",
+                      f"{self.rewards.heading()}: each answer scored by the run's rewards (their weighted sum is "
+                      "the total), as training scored its sampled answers.", "",
+                      _markdown_table(self.rewards.rows(self.before)), ""]
         for result in self._sets():
             title = "Domain" if result.name == "domain" else "General instructions (forgetting check)"
             parts += [f"## {title}", "", f"Data: {result.source}: {result.samples} samples, "
@@ -273,7 +281,8 @@ class EvalReport:
                       _markdown_table(self._harness_rows()), ""]
         for index, item in enumerate(self.examples, start=1):
             parts += [f"## Sample {index} ({item['set']}, {item['location']})", "", f"**Prompt:** {item['prompt']}",
-                      "", f"**Reference:** {item['reference']}", "", f"**{self.before.capitalize()}:** "
+                      *(["", f"**Reference:** {item['reference']}"] if item["reference"] is not None else []),
+                      "", f"**{self.before.capitalize()}:** "
                       f"{item['base']}", "", f"**Tuned:** {item['tuned']}", ""]
         parts.append("Every answer with its scores: `samples.jsonl` beside this file.")
         return "\n".join(parts) + "\n"
@@ -282,14 +291,17 @@ class EvalReport:
         return {"run_dir": self.run_dir, "compared_with": self.before, "verdict": self.verdict(),
                 "max_new_tokens": self.max_new_tokens, "seconds": self.seconds,
                 # the domain's losses at the top, as earlier reports had them
-                "base_loss": self.domain.base_loss, "tuned_loss": self.domain.tuned_loss,
-                "domain": self.domain.as_dict(), "general": self.general.as_dict() if self.general else None,
+                "base_loss": self.domain.base_loss if self.domain else None,
+                "tuned_loss": self.domain.tuned_loss if self.domain else None,
+                "domain": self.domain.as_dict() if self.domain else None,
+                "general": self.general.as_dict() if self.general else None,
+                "rewards": self.rewards.as_dict() if self.rewards is not None else None,
                 "preference": self.preference, "harness": self.harness, "examples": self.examples,
                 "tool_calls": self.tool_calls.as_dict() if self.tool_calls is not None else None}
 
     def tracker_metrics(self) -> dict[str, float]:
         """Flat numbers for an experiment tracker: ``eval/<set>/<model>_<metric>``."""
-        out: dict[str, float] = {}
+        out: dict[str, float] = self.rewards.tracker_metrics() if self.rewards is not None else {}
         for result in self._sets():
             prefix = f"eval/{result.name}"
             out[f"{prefix}/base_loss"], out[f"{prefix}/tuned_loss"] = result.base_loss, result.tuned_loss

@@ -92,7 +92,7 @@ def eval_config(run: FinishedRun, sft: bool = False):
     """The run's config to read and tokenize eval data with; ``sft``: as for supervised data whatever the run's
     method (the general instructions of the forgetting check, under a preference run)."""
     config = run.config.model_copy(deep=True)
-    if sft and method_of(config.method).pairs:
+    if sft and (method_of(config.method).pairs or method_of(config.method).prompts):
         config = config.model_copy(update={"method": "sft", **{name: None for name in sections()}})
     return config
 
@@ -237,7 +237,7 @@ def _both_answers(model, run: FinishedRun, tokenizer, prompts: _Prompts, options
 def _score_set(model, run: FinishedRun, tokenizer, evalset: _EvalSet, options: EvalOptions, before: str):
     """Losses and answers of the starting model and the tuned one on one set; and the per-sample records."""
     from lora_ft.evaluation import preferences
-    from lora_ft.evaluation.answer_metrics import answer_scores, summarize
+    from lora_ft.answer_metrics import answer_scores, summarize
     from lora_ft.evaluation.report import SetResult
     from lora_ft.evaluation.stats import paired_mean, paired_ratio
     from lora_ft.inference import merged_adapter
@@ -310,26 +310,36 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     if options.tasks:  # a missing extra or an unknown task is found before anything slow
         manager = harness.task_manager(options.include_path)
         harness.check_tasks(manager, options.tasks, options.include_path)
+    rewards_run = method_of(run.config.method).evaluates_rewards  # RL: held-out prompts scored by its rewards
     with fixes_for_eval(run, "--data", options.data_file):
-        sets = [_eval_set("domain", run, options.data_file, options.max_answers, options.max_tool_turns)]
+        sets = [] if rewards_run else [_eval_set("domain", run, options.data_file, options.max_answers,
+                                                 options.max_tool_turns)]
+        prompts = prepared_eval(run, options.data_file) if rewards_run else None
     general = general_data_file() if options.general_file is None else options.general_file
     if general:
         with fixes_for_eval(run, "--general", str(general)):
             sets.append(_eval_set("general", run, str(general), options.max_answers))
     model = inference.load_tuned(run, options.base)
-    tokenizer = sets[0].prepared.chat.tokenizer
+    tokenizer = (sets[0].prepared if sets else prompts[0]).chat.tokenizer
     before = "base" if run.config.model.adapter is None else "start"
     results, records = [], []
+    reward_result = None
+    if prompts is not None:
+        from lora_ft.evaluation.rewards import score_rewards
+
+        reward_result, records = score_rewards(model, run, *prompts, before)
     for evalset in sets:
         result, rows = _score_set(model, run, tokenizer, evalset, options, before)
         results.append(result)
         records += rows
+    if rewards_run:
+        results.insert(0, None)  # no domain loss: the rewards say how the tuned model does on held-out prompts
     tool_result, tool_records = None, []
-    if sets[0].tool_turns:
+    if sets and sets[0].tool_turns and not rewards_run:
         tool_result, tool_records = _score_tool_turns(model, run, tokenizer, sets[0], options, before)
     preference = None
-    domain = sets[0]
-    if domain.prepared.is_preference:
+    domain = sets[0] if not rewards_run else None
+    if domain is not None and domain.prepared.is_preference:
         with preferences.starting_model(model, run):
             start_scores = preferences.pair_scores(model, domain.prepared.eval_tokens)
         if start_scores.chosen:
@@ -347,7 +357,7 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     report = EvalReport(run_dir=str(run.run_dir), domain=results[0], general=results[1] if len(results) > 1 else None,
                         before=before, max_new_tokens=options.max_new_tokens, preference=preference,
                         harness=harness_scores, harness_seconds=harness_seconds, examples=examples,
-                        tool_calls=tool_result, seconds=time.time() - started)
+                        tool_calls=tool_result, rewards=reward_result, seconds=time.time() - started)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_report_free(out_dir)  # still free: nothing is written over
     write_text_atomic(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
@@ -358,7 +368,8 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     console.say(report.table())
     for item in examples:
         console.say(f"\nprompt:    {item['prompt'][:200]}")
-        console.say(f"reference: {item['reference'][:300]}")
+        if item["reference"] is not None:
+            console.say(f"reference: {item['reference'][:300]}")
         console.say(f"{before + ':':<10} {item['base'][:300]}")
         console.say(f"tuned:     {item['tuned'][:300]}")
     for line in tracking.log_report(run, report, records):

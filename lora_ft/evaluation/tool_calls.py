@@ -1,12 +1,6 @@
 """Tool calls in generated answers, read back and scored against the reference turns of agents' conversations.
 
-An answer is read as the run's chat template taught the model to write calls (the hermes format of
-:mod:`lora_ft.tool_template`, which Qwen's templates share): after an optional ``<think>...</think>``, each
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block is one call (several blocks: parallel calls; a
-last block cut short before its closing tag is a call too), and the text outside the blocks is the answer's text.
-An answer that is one bare JSON object with a ``name`` and ``arguments`` (or ``parameters``, as Llama 3's templates
-ask for) is one call. A call is valid when its block is JSON: an object with a name and an object of arguments
-(or a JSON string holding one, as OpenAI's API writes them).
+An answer's calls are read by :mod:`lora_ft.tool_call_text` (the hermes format, or one bare JSON call).
 
 Each held-out assistant turn of a conversation with tools is answered from the conversation before it, with the
 row's tools in the prompt. Where the reference turn calls, its answer scores, each a yes or no that needs the one
@@ -25,19 +19,14 @@ Where the reference turn answers in text: ``called_anyway``, the answer makes a 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from lora_ft.samples import Sample
+from lora_ft.tool_call_text import ParsedAnswer, parse_tool_calls
 from lora_ft.tool_turns import drop_reasoning, schema_problem
-
-# an open tag, then the block through its closing tag, the next block's opening, or the answer's end
-TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
-# reasoning at the start; the opening tag may be the prompt's (templates that open <think> for the model)
-THINK = re.compile(r"\A\s*(?:<think>)?(.*?)</think>\s*", re.DOTALL)
 
 CALL_METRICS = ("called", "valid_json", "known_function", "schema_valid", "exact")  # reference turns that call
 TEXT_METRICS = ("called_anyway",)  # reference turns that answer in text
@@ -45,81 +34,6 @@ METRIC_LABELS = {"called": "called a tool", "valid_json": "calls valid JSON", "k
                  "schema_valid": "arguments fit schema", "exact": "exact calls",
                  "called_anyway": "called on text turns"}
 DEFAULT_TURNS = 200  # assistant turns answered at most
-
-
-@dataclass
-class ParsedCall:
-    """One call as the model wrote it: its name and arguments when it is valid, else why it is not."""
-
-    raw: str  # the call's JSON text as written
-    name: str | None = None
-    arguments: dict | None = None
-    problem: str | None = None  # None when the call is valid
-
-    @property
-    def valid(self) -> bool:
-        return self.problem is None
-
-    def shown(self) -> str:
-        """``name({"key": "value"})``, or the text written and why it is no call, for a person."""
-        if self.valid:
-            return f"{self.name}({json.dumps(self.arguments, ensure_ascii=False)})"
-        return f"(not a valid call: {self.problem}) {' '.join(self.raw.split())[:200]}"
-
-    def as_dict(self) -> dict:
-        if self.valid:
-            return {"name": self.name, "arguments": self.arguments}
-        return {"raw": self.raw, "problem": self.problem}
-
-
-@dataclass
-class ParsedAnswer:
-    """What a generated answer says: its reasoning, its text outside the calls, and its calls in order."""
-
-    text: str
-    calls: list[ParsedCall]
-    reasoning: str | None = None
-
-
-def parse_tool_calls(text: str) -> ParsedAnswer:
-    """The calls an answer makes, its text outside them and its leading reasoning (module docstring)."""
-    reasoning = None
-    thought = THINK.match(text)
-    if thought is not None:
-        reasoning, text = thought.group(1).strip() or None, text[thought.end():]
-    calls = [_read_call(block.group(1).strip()) for block in TOOL_CALL.finditer(text)]
-    if calls:
-        return ParsedAnswer(TOOL_CALL.sub("", text).strip(), calls, reasoning)
-    bare = text.strip()
-    if bare.startswith("{") and bare.endswith("}"):
-        try:
-            value = json.loads(bare)
-        except json.JSONDecodeError:
-            value = None
-        if isinstance(value, dict) and "name" in value and ("arguments" in value or "parameters" in value):
-            return ParsedAnswer("", [_read_call(bare)], reasoning)
-    return ParsedAnswer(text.strip(), [], reasoning)
-
-
-def _read_call(raw: str) -> ParsedCall:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return ParsedCall(raw, problem=f"not valid JSON ({exc.msg} at character {exc.pos})")
-    if not isinstance(value, dict):
-        return ParsedCall(raw, problem=f"a JSON {type(value).__name__}, not an object")
-    name = value.get("name")
-    if not isinstance(name, str) or not name:
-        return ParsedCall(raw, problem="no function name")
-    arguments = value.get("arguments", value.get("parameters", {}))
-    if isinstance(arguments, str):  # OpenAI's API writes the arguments as a JSON string
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            return ParsedCall(raw, name=name, problem="its arguments are a string that is not JSON")
-    if not isinstance(arguments, dict):
-        return ParsedCall(raw, name=name, problem=f"its arguments are {type(arguments).__name__}, not an object")
-    return ParsedCall(raw, name=name, arguments=arguments)
 
 
 # --- scores ------------------------------------------------------------------------------------------------------

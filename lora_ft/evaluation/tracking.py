@@ -19,7 +19,7 @@ TABLE_COLUMNS = ("set", "location", "prompt", "reference", "base", "tuned", "bas
 def _table_rows(records: list[dict]) -> list[list]:
     return [[r["set"], r["location"], r["prompt"], r["reference"], r["base"], r["tuned"],
              round(r["base_scores"]["rouge_l"], 2), round(r["tuned_scores"]["rouge_l"], 2),
-             r["tuned_scores"]["stopped"]] for r in records]
+             r["tuned_scores"]["stopped"]] for r in records if "base_scores" in r]  # an RL run's: its rewards
 
 
 def _log_wandb(run: FinishedRun, metrics: dict, verdict: str, records: list[dict]) -> str:

@@ -47,9 +47,13 @@ class TrainingMethod:
     packing: bool = False  # whether train.packing applies
     loss_name: str = "loss"  # what its training and eval loss is called in summaries and the model card
     columns: Callable[[Any], dict] | None = None  # pair tokens as its trainer reads them (pairs methods)
-    problems: Callable[[Any], list] = field(default=_nothing)  # cfg -> [(key path, what is wrong, fix)]
+    problems: Callable[..., list] = field(default=_nothing)  # (cfg, resolve_path) -> [(key path, what, fix)]
+    resolve_paths: Callable[..., None] = field(default=_none)  # (cfg, absolute) -> None: its paths made absolute
+    prompts: bool = False  # reads prompts and samples its own answers (RL): no tokenized examples or pairs
+    evaluates_rewards: bool = False  # its evaluation scores held-out answers by rewards instead of a loss
     notes: Callable[[Any, Any], list] = field(default=_nothing)  # (cfg, learning rate given) -> resolution notes
     reference_forwards: Callable[[Any], int] = field(default=lambda cfg: 0)  # no-grad forwards per sequence
+    generation_forwards: Callable[[Any], int] = field(default=lambda cfg: 0)  # forwards per token to sample it
     has_reference: bool = False  # compares the policy with a reference model (its starting point)
     after_training: Callable[[Any], None] = field(default=_none)  # (model) -> None: tidy the model before saving
     order: int = 50  # where it is listed (docs, errors): lower first

@@ -67,7 +67,7 @@ def build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common: di
     return trainer
 
 
-def problems(cfg) -> list:
+def problems(cfg, resolve_path=None) -> list:
     if cfg.kto.loss_type == "kto" and cfg.train.batch_size < 2:
         return [(("train", "batch_size"), "KTO estimates its KL term from mismatched answers within a batch, which "
                  "needs train.batch_size of 2 or more", "set train.batch_size: 2 or more (4 to 8 is usual)")]

@@ -306,12 +306,21 @@ def model_card(record: FinishedTraining) -> str:
     method_line = method.description
     settings = cfg.method_settings
     if settings is not None:
-        method_line += " (" + ", ".join(f"{k} {v}" for k, v in settings.model_dump().items() if v is not None) + ")"
+        method_line += " (" + ", ".join(f"{k} {v}" for k, v in settings.model_dump().items()
+                                        if v is not None and k != "rewards") + ")"
+    if getattr(settings, "rewards", None):
+        method_line += ".\n- Rewards, summed with their weights:\n" + "\n".join(
+            f"  - {spec.describe()}" for spec in settings.rewards)
     reward_rows = "".join(
         f"| {name}, {before} / with this adapter | {_fmt(outcome.rewards_before.get(key))} / "
         f"{_fmt(outcome.rewards_after.get(key))} |\n"
-        for key, name in (("accuracy", "eval reward accuracy"), ("margin", "eval reward margin"))
+        for key, name in (("accuracy", "eval reward accuracy"), ("margin", "eval reward margin"),
+                          ("reward", "held-out mean reward (greedy answers)"),
+                          ("stopped", "held-out answers ending at the end-of-turn token"))
         if key in outcome.rewards_after)
+    loss_rows = "" if method.evaluates_rewards else (
+        f"| {loss}, {before} | {_fmt(outcome.eval_loss_before)} |\n"
+        f"| {loss}, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |\n")
     return f"""---
 library_name: peft
 base_model: {upstream or base_name}
@@ -328,9 +337,7 @@ Base model: {base_name}, loaded from `{base_path}`.{hub_line}{start_line}
 
 | | value |
 | --- | --- |
-| {loss}, {before} | {_fmt(outcome.eval_loss_before)} |
-| {loss}, with this adapter | {_fmt(outcome.eval_loss_after)}{improvement} |
-{reward_rows}| final train loss | {_fmt(outcome.train_loss)} |
+{loss_rows}{reward_rows}| final train loss | {_fmt(outcome.train_loss)} |
 | optimizer steps | {outcome.steps} |
 | tokens seen | {outcome.tokens_seen:,} |
 | training time | {outcome.seconds / 60:.1f} min on {cfg.train.device} |

@@ -17,6 +17,12 @@ from transformers import TrainerCallback
 
 from lora_ft import console, distributed
 
+# what an RL run's progress says of its sampled answers: (logged key, shown name, format)
+SAMPLING_FIGURES = (("reward", "reward", ".3f"), ("completions/mean_length", "length", ".0f"),
+                    ("reward_std", "reward std", ".3f"), ("completions/clipped_ratio", "cut", ".0%"),
+                    ("kl", "kl", ".4f"))
+
+
 class ProgressBar(TrainerCallback):
     """Training progress with the latest loss and non-pad tokens per second.
 
@@ -30,6 +36,7 @@ class ProgressBar(TrainerCallback):
         self.tokens_at_start = 0
         self.step_at_start = 0
         self.last_loss: float | None = None
+        self.sampling: dict[str, float] = {}  # an RL run's last reward, answer length, share cut, KL
         self.reports = True  # only the main process reports
 
     def _rate(self, state) -> float:
@@ -52,6 +59,9 @@ class ProgressBar(TrainerCallback):
         postfix = {"tok/s": f"{self._rate(state):.0f}"}
         if self.last_loss is not None:
             postfix["loss"] = f"{self.last_loss:.3f}"
+        for key, name, form in SAMPLING_FIGURES[:2]:
+            if self.sampling.get(key) is not None:
+                postfix[name] = f"{self.sampling[key]:{form}}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(state.global_step - self.bar.n)
 
@@ -59,6 +69,9 @@ class ProgressBar(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
+        self.sampling.update({key: logs[key] for key, _, _ in SAMPLING_FIGURES if key in logs})
+        if "eval_reward" in logs and self.started and state.global_step:
+            self._write(f"step {state.global_step}: held-out reward {logs['eval_reward']:.3f}")
         if "eval_loss" in logs and self.started:  # evaluations before training are reported by the caller
             rewards = "".join(f", {name} {logs[key]:{form}}" for key, name, form in (
                 ("eval_rewards/accuracies", "reward accuracy", ".1%"), ("eval_rewards/margins", "margin", "+.3f"))
@@ -69,6 +82,8 @@ class ProgressBar(TrainerCallback):
             left = elapsed / max(state.global_step - self.step_at_start, 1) * (state.max_steps - state.global_step)
             self._write(f"step {state.global_step}/{state.max_steps}  loss {self.last_loss:.4f}  "
                         f"lr {logs.get('learning_rate', 0):.2e}  {self._rate(state):.0f} tok/s  "
+                        + "".join(f"{name} {logs[key]:{form}}  " for key, name, form in SAMPLING_FIGURES
+                                  if logs.get(key) is not None) +
                         f"elapsed {elapsed / 60:.1f} min, about {left / 60:.1f} min left")
 
     def _write(self, line: str) -> None:

@@ -55,7 +55,8 @@ class TrainOutcome:
             change = f"  ({self.eval_loss_after - self.eval_loss_before:+.4f})"
         loss = method_of(self.method).loss_name
         rewards = []
-        for key, name in (("accuracy", "reward accuracy"), ("margin", "reward margin")):
+        for key, name in (("accuracy", "reward accuracy"), ("margin", "reward margin"),
+                          ("reward", "held-out reward"), ("stopped", "answers stopped")):
             if key in self.rewards_before or key in self.rewards_after:
                 rewards.append((f"{name} before / after", f"{fmt(self.rewards_before.get(key))} / "
                                                            f"{fmt(self.rewards_after.get(key))}"))
@@ -63,8 +64,9 @@ class TrainOutcome:
             ("steps", f"{self.steps}" + ("  (stopped early)" if self.stopped_early else "")),
             ("time", f"{self.seconds:.0f} s  ({self.tokens_per_second:.0f} non-pad tokens/s)"),
             (f"train {loss}", fmt(self.train_loss)),
-            (f"eval {loss} before", fmt(self.eval_loss_before)),
-            (f"eval {loss} after", fmt(self.eval_loss_after) + change),
+            *([] if method_of(self.method).evaluates_rewards else [
+                (f"eval {loss} before", fmt(self.eval_loss_before)),
+                (f"eval {loss} after", fmt(self.eval_loss_after) + change)]),
             *rewards,
             ("tokens seen", f"{self.tokens_seen:,}"),
             ("peak memory", self.peak_memory),
@@ -135,9 +137,19 @@ def build_trainer(model, tokenizer, cfg: RunConfig, train_dataset, eval_dataset,
 
 def rewards_of(metrics: dict) -> dict:
     """A preference evaluation's reward accuracy (share of pairs whose chosen answer gets the higher implicit
-    reward) and mean reward margin, as TRL logs them; empty for SFT (and KTO, which has no pairs to compare)."""
-    found = {"accuracy": metrics.get("eval_rewards/accuracies"), "margin": metrics.get("eval_rewards/margins")}
+    reward) and mean reward margin, as TRL logs them; an RL run's held-out mean reward and the share of its answers
+    that stopped at the end-of-turn token; empty for SFT (and KTO, which has no pairs to compare)."""
+    found = {"accuracy": metrics.get("eval_rewards/accuracies"), "margin": metrics.get("eval_rewards/margins"),
+             "reward": metrics.get("eval_reward"), "stopped": metrics.get("eval_completions/stopped_ratio")}
     return {key: value for key, value in found.items() if value is not None}
+
+
+def evaluation_line(metrics: dict) -> str:
+    """An evaluation's headline: the eval loss, or an RL run's held-out reward and answers stopped."""
+    if metrics.get("eval_loss") is not None:
+        return f"eval loss: {metrics['eval_loss']:.4f}"
+    return (f"held-out reward: {metrics.get('eval_reward', float('nan')):.4f} (answers ending at the end-of-turn "
+            f"token: {metrics.get('eval_completions/stopped_ratio', float('nan')):.0%})")
 
 
 def finish_complete_run(trainer) -> None:
@@ -165,20 +177,20 @@ def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bo
 
         torch.cuda.reset_peak_memory_stats()
     if resume_from is not None:
-        before = [r for r in history.records if r.get("step") == 0 and "eval_loss" in r]
-        outcome.eval_loss_before = before[0]["eval_loss"] if before else None
+        before = [r for r in history.records if r.get("step") == 0 and ("eval_loss" in r or "eval_reward" in r)]
+        outcome.eval_loss_before = before[0].get("eval_loss") if before else None
         outcome.rewards_before = rewards_of(before[0]) if before else {}
     elif has_eval and eval_before and start_adapter is not None:
         console.say(f"evaluating the starting model (the adapter of {start_adapter}) on the eval data ...")
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        outcome.eval_loss_before, outcome.rewards_before = metrics["eval_loss"], rewards_of(metrics)
-        console.say(f"starting model eval loss: {outcome.eval_loss_before:.4f}")
+        outcome.eval_loss_before, outcome.rewards_before = metrics.get("eval_loss"), rewards_of(metrics)
+        console.say(f"starting model {evaluation_line(metrics)}")
     elif has_eval and eval_before:
         console.say("evaluating the base model (adapter off) on the eval data ...")
         with trainer.model.disable_adapter():
             metrics = trainer.evaluate(metric_key_prefix="eval")
-        outcome.eval_loss_before, outcome.rewards_before = metrics["eval_loss"], rewards_of(metrics)
-        console.say(f"base model eval loss: {outcome.eval_loss_before:.4f}")
+        outcome.eval_loss_before, outcome.rewards_before = metrics.get("eval_loss"), rewards_of(metrics)
+        console.say(f"base model {evaluation_line(metrics)}")
     started = time.perf_counter()
     training_loss = float("nan")
     with stop:
@@ -203,7 +215,7 @@ def run_training(trainer, callbacks: LoopCallbacks, device: str, eval_before: bo
     outcome.checkpoint = committed[-1] if committed else None
     if has_eval and outcome.interrupted_by is None:
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        outcome.eval_loss_after, outcome.rewards_after = metrics["eval_loss"], rewards_of(metrics)
+        outcome.eval_loss_after, outcome.rewards_after = metrics.get("eval_loss"), rewards_of(metrics)
     outcome.peak_memory_bytes, outcome.peak_memory = peak_memory(device)
     outcome.log = history.records
     outcome.skipped_steps = list(callbacks.guard.skipped)

@@ -1,0 +1,81 @@
+"""Held-out prompts answered greedily and scored by the run's rewards: the figure a GRPO run reports before and
+after training (greedy, so that the two are the model's own best answers, not a draw), and the answers kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HeldOutScores:
+    rows: list[dict] = field(default_factory=list)  # per prompt: prompt, completion, stopped, rewards, total
+    labels: list[str] = field(default_factory=list)
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Mean total reward, each reward's mean, the share of answers that ended at the end-of-turn token and
+        their mean length, under ``prefix``."""
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return sum(values) / len(values) if values else float("nan")
+
+        out = {f"{prefix}_reward": mean(r["total"] for r in self.rows)}
+        for label in self.labels:
+            out[f"{prefix}_rewards/{label}/mean"] = mean(r["rewards"][label] for r in self.rows)
+        out[f"{prefix}_completions/stopped_ratio"] = mean(float(r["stopped"]) for r in self.rows)
+        out[f"{prefix}_completions/mean_length"] = mean(r["tokens"] for r in self.rows)
+        return out
+
+
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_ids: list[int],
+                       batch_size: int) -> list[tuple[list[int], bool]]:
+    """Each prompt's greedy completion (token ids, up to and without the stop token) and whether it stopped
+    there: prompts sorted by length into left-padded batches, a KV cache, each row done at its stop token."""
+    import torch
+
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[tuple[list[int], bool]] = [([], False)] * len(encoded)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            longest = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, index in enumerate(batch):
+                tokens = encoded[index]
+                ids[row, longest - len(tokens):] = torch.tensor(tokens)
+                mask[row, longest - len(tokens):] = 1
+            with torch.no_grad():
+                generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                                           pad_token_id=pad, use_cache=True)
+            for row, index in enumerate(batch):
+                completion = generated[row, longest:].tolist()
+                stop = next((k for k, token in enumerate(completion) if token in stop_ids), None)
+                out[index] = (completion[:stop], True) if stop is not None else (completion, False)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def held_out_scores(model, tokenizer, dataset, specs, functions, max_new_tokens: int, stop_ids: list[int],
+                    batch_size: int) -> HeldOutScores:
+    """Every held-out prompt answered greedily and scored by each reward (:func:`greedy_completions`)."""
+    from lora_ft.rewards.functions import score
+
+    rows = list(dataset)
+    prompts = [row["prompt"] for row in rows]
+    answers = greedy_completions(model, tokenizer, prompts, max_new_tokens, stop_ids, batch_size)
+    completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in answers]
+    columns = {key: [row[key] for row in rows] for key in (rows[0] if rows else {}) if key != "prompt"}
+    scored = score(specs, functions, prompts, completions, [ids for ids, _ in answers], columns)
+    result = HeldOutScores(labels=[spec.label for spec in specs])
+    for prompt, completion, (ids, stopped), rewards in zip(prompts, completions, answers, scored):
+        total = rewards.pop("total")
+        result.rows.append({"prompt": prompt, "completion": completion, "tokens": len(ids), "stopped": stopped,
+                            "rewards": rewards, "total": total})
+    return result
