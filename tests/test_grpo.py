@@ -289,7 +289,7 @@ def test_the_shipped_prompt_examples_read_whole():
     data = load_data(loaded)
     assert (len(data.train), len(data.eval)) == (327, 70)
     assert all(r.dropped_count == 0 and r.format == "prompts" for r in data.reports)
-    assert {s.columns["answer"] for s in data.train} == set("ABCD")
+    assert {s.columns["answer"] for s in data.train} == set("AB")
     assert not {s.messages[-1]["content"] for s in data.eval} & {s.messages[-1]["content"] for s in data.train}
     template = REPO / "data_templates" / "formats" / "prompts.jsonl"
     loaded = load_config(REPO / "configs" / "grpo_legal_choice.yaml", [f"data.train.0.path={template}"])
@@ -357,3 +357,18 @@ def test_grpo_on_two_gloo_processes_samples_trains_and_writes_once(tmp_path, tin
     assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").is_file()
     logged = [json.loads(line) for line in (tmp_path / "ddp" / "completions.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["split"] == "train"] == [1] * 4 + [2] * 4 + [3] * 4
+
+
+def test_grpo_starts_from_a_finished_sft_runs_adapter(tmp_path, tiny_llama, prompts, legal_data):
+    from tests.conftest import write_config
+
+    sft = train(load_config(write_config(tmp_path / "sft.yaml", tiny_llama, legal_data)), say=_quiet)
+    config = grpo_config(tmp_path / "grpo.yaml", tiny_llama, prompts, steps=2)
+    config.write_text(config.read_text().replace("model:\n", f"model:\n  adapter: {sft.run_dir}\n"))
+    result = train(load_config(config), say=_quiet)
+    card = (result.adapter_dir / "README.md").read_text()
+    assert f"Started from the adapter of the finished run `{sft.run_dir}`" in card
+    assert "the adapter it started from" in card
+    started = load_file(sft.adapter_dir / "adapter_model.safetensors")
+    trained = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert trained.keys() == started.keys() and any(not torch.equal(trained[k], started[k]) for k in started)

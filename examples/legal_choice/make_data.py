@@ -3,10 +3,11 @@
 
 Run from the repository root:  python examples/legal_choice/make_data.py
 
-Each row asks which of four questions a legal answer responds to: the answer is the first sentence of one
+Each row asks which of two questions a legal answer responds to: the answer is the first sentence of one
 example of examples/legal/ (train.jsonl for train, eval.jsonl for eval, so no answer or question of eval is in
-train), the four options are its own question and three others of the same file, shuffled. The reward checks the
-letter (and a length reward asks for the letter with its question, then the end of the turn):
+train), the two options are its own question and another of the same file; the right letter alternates, so
+each is right equally often (a model that always gives one letter scores chance, 50%). The reward checks the
+letter (and a format reward asks for the letter with its question on one line):
 {"prompt": "...", "answer": "B"}. Deterministic (random.Random with fixed seeds, stdlib only).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LEGAL = HERE.parent / "legal"
-LETTERS = "ABCD"
+LETTERS = "AB"
 SEEDS = {"train": 20251206, "eval": 60613}
 MAX_ANSWER_WORDS = 45
 
@@ -39,9 +40,9 @@ def rows_of(source: Path, seed: int) -> list[dict]:
     for index, example in enumerate(examples):
         others = [e["instruction"] for i, e in enumerate(examples) if i != index
                   and e["instruction"] != example["instruction"]]
-        options = rng.sample(others, 3) + [example["instruction"]]
-        rng.shuffle(options)
-        letter = LETTERS[options.index(example["instruction"])]
+        options = rng.sample(others, len(LETTERS) - 1)
+        letter = LETTERS[index % len(LETTERS)]  # each letter right equally often: a bias toward one earns chance
+        options.insert(LETTERS.index(letter), example["instruction"])
         listed = "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
         prompt = (f"Which question does this answer respond to?\n\nAnswer: {first_sentences(example['output'])}\n\n"
                   f"{listed}\n\nReply with the letter of the right question, then the question.")

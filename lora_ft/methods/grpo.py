@@ -8,6 +8,7 @@ and never a template of its own; the held-out prompts are answered greedily and 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -74,8 +75,6 @@ class GrpoSection(Section):
 
 
 def uses_vllm(cfg) -> bool:
-    import importlib.util
-
     settings = cfg.grpo
     if settings.generation == "transformers" or cfg.train.device != "cuda":
         return False
@@ -96,9 +95,12 @@ def build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common: di
     stop_ids = stop_token_ids(tokenizer)
     model.generation_config.eos_token_id = stop_ids  # TRL ends and masks answers at every id the model declares
     vllm = uses_vllm(cfg)
+    # evaluations (train.eval_steps) score the held-out prompts by their rewards: the best adapter is the one
+    # that earns most (train.early_stopping_patience)
+    best = {"metric_for_best_model": "reward", "greater_is_better": True} if common.get("load_best_model_at_end") \
+        else {"metric_for_best_model": None, "greater_is_better": None}
     args = GRPOConfig(
-        **{**common, "eval_strategy": "no", "eval_steps": None, "load_best_model_at_end": False,
-           "metric_for_best_model": None, "greater_is_better": None},
+        **{**common, **best},
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
         temperature=settings.temperature, top_p=settings.top_p, beta=settings.beta, loss_type=settings.loss_type,
         epsilon=settings.epsilon, epsilon_high=settings.epsilon_high, scale_rewards=settings.scale_rewards,
@@ -180,6 +182,13 @@ def problems(cfg, resolve_path=None) -> list:
     if settings.generation == "vllm" and cfg.train.device == "cpu":
         found.append((("grpo", "generation"), "vLLM sampling needs a CUDA GPU", "use generation: auto or "
                       "transformers on a CPU"))
+    elif settings.generation == "vllm" and importlib.util.find_spec("vllm") is None:
+        found.append((("grpo", "generation"), "generation: vllm, but vllm is not installed here",
+                      "pip install vllm (a build that matches your torch and CUDA), or use generation: auto"))
+    if cfg.train.lr_scheduler == "reduce_on_plateau":
+        found.append((("train", "lr_scheduler"), "reduce_on_plateau lowers the rate when the eval loss stops "
+                      "falling, and a GRPO run has no eval loss (its evaluations score rewards)",
+                      "use cosine, linear or constant"))
     return found
 
 
