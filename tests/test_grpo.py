@@ -110,7 +110,8 @@ def test_grpo_reward_rises_on_a_reward_the_tiny_model_can_learn(grpo_run):
     assert first["prompt"].startswith("<|im_start|>user\nWrite about contract") and set(first["rewards"]) == {"low_ids"}
     card = (result.adapter_dir / "README.md").read_text()
     assert "held-out mean reward" in card and "low_ids: `" in card and "weight 1" in card
-    assert json.loads((result.run_dir / "manifest.json").read_text())["metrics"]["method"] == "grpo"
+    metrics = json.loads((result.run_dir / "manifest.json").read_text())["metrics"]
+    assert metrics["method"] == "grpo" and metrics["held_out_reward_after"] == outcome.rewards_after["reward"]
 
 
 def test_eval_scores_the_held_out_prompts_by_the_runs_rewards_and_exports_work(grpo_run, capsys, tmp_path):
@@ -363,8 +364,9 @@ def test_grpo_starts_from_a_finished_sft_runs_adapter(tmp_path, tiny_llama, prom
     from tests.conftest import write_config
 
     sft = train(load_config(write_config(tmp_path / "sft.yaml", tiny_llama, legal_data)), say=_quiet)
-    config = grpo_config(tmp_path / "grpo.yaml", tiny_llama, prompts, steps=2)
-    config.write_text(config.read_text().replace("model:\n", f"model:\n  adapter: {sft.run_dir}\n"))
+    config = grpo_config(tmp_path / "grpo.yaml", tiny_llama, prompts, steps=2, output=tmp_path / "grpo")
+    config.write_text(config.read_text().replace("model:\n", f"model:\n  adapter: {sft.run_dir}\n")
+                      .replace("  r: 8\n  alpha: 16\n", "  r: 4\n  alpha: 8\n"))  # the SFT adapter's
     result = train(load_config(config), say=_quiet)
     card = (result.adapter_dir / "README.md").read_text()
     assert f"Started from the adapter of the finished run `{sft.run_dir}`" in card

@@ -162,7 +162,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def problems(cfg, resolve_path=None) -> list:
-    settings, train = cfg.grpo, cfg.train
+    settings = cfg.grpo
     found = []
     labels = [spec.label for spec in settings.rewards]
     for index, spec in enumerate(settings.rewards):

@@ -253,6 +253,11 @@ def run_manifest(record: FinishedTraining, adapter_dir: Path) -> dict:
             "reward_accuracy_after": outcome.rewards_after.get("accuracy"),
             "reward_margin_before": outcome.rewards_before.get("margin"),
             "reward_margin_after": outcome.rewards_after.get("margin"),
+            **({"held_out_reward_before": outcome.rewards_before.get("reward"),  # RL: greedy held-out answers
+                "held_out_reward_after": outcome.rewards_after.get("reward"),
+                "held_out_stopped_before": outcome.rewards_before.get("stopped"),
+                "held_out_stopped_after": outcome.rewards_after.get("stopped")}
+               if "reward" in outcome.rewards_before or "reward" in outcome.rewards_after else {}),
             "tokens_seen": outcome.tokens_seen,
             "tokens_per_second": round(outcome.tokens_per_second, 2),
             "trained_tokens_per_epoch": outcome.trained_tokens_per_epoch,
