@@ -240,14 +240,19 @@ class EvalReport:
 
     def markdown(self) -> str:
         loss = "chosen-answer loss" if self.preference is not None else "loss"
-        parts = [f"# Evaluation of {self.run_dir}", "", f"**Verdict:** {self.verdict()}", "",
-                 f"Tuned model against the {self.before} model. Answers are greedy, at most {self.max_new_tokens} "
+        parts = [f"# Evaluation of {self.run_dir}", "", f"**Verdict:** {self.verdict()}", ""]
+        if self.domain is None:  # an RL run: rewards, not a loss
+            parts += [f"Tuned model against the {self.before} model on the run's held-out prompts, each answered "
+                      "greedily and scored by the run's rewards. The interval is a "
+                      f"{LEVEL:.0%} paired bootstrap over the prompts ({RESAMPLES} resamples, seed {SEED}): a change "
+                      "is better or worse only when its interval lies on one side of zero.", ""]
+        parts += [f"Tuned model against the {self.before} model. Answers are greedy, at most {self.max_new_tokens} "
                  f"new tokens; the {loss} is per answer token. ROUGE-L and token F1 are means over answers, chrF "
                  "is the corpus score (all 0-100); stop rate is the share of answers that ended at the end-of-turn "
                  "token; repeated 4-grams is the share of an answer's word 4-grams seen earlier in it. Each "
                  f"interval is a {LEVEL:.0%} paired bootstrap over the n samples both models scored ({RESAMPLES} "
                  f"resamples, seed {SEED}): a change is better or worse only when its interval lies on one side of "
-                 "zero, within noise when it holds zero.", ""]
+                 "zero, within noise when it holds zero.", ""] if self._sets() else []
         if self.rewards is not None:
             parts += ["## Rewards on held-out prompts", "",
                       f"{self.rewards.heading()}: each answer scored by the run's rewards (their weighted sum is "

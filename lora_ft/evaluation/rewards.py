@@ -102,7 +102,8 @@ def score_rewards(model, run, prepared, source: str, before: str) -> tuple[Rewar
              if b["total"] is not None and t["total"] is not None]
     if pairs:
         result.difference = paired_mean([b for b, _ in pairs], [t for _, t in pairs])
-    records = [{"set": "domain", "location": location, "prompt": b["prompt"], "reference": None,
+    asked = {sample.location: sample.messages[-1]["content"] for sample in prepared.data.eval}
+    records = [{"set": "domain", "location": location, "prompt": asked.get(location, b["prompt"]), "reference": None,
                 "base": b["completion"], "tuned": t["completion"], "base_rewards": b["rewards"],
                 "tuned_rewards": t["rewards"], "base_total": b["total"], "tuned_total": t["total"]}
                for location, b, t in zip(prepared.eval_tokens.locations, base.rows, tuned.rows)]
