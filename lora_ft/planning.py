@@ -353,7 +353,7 @@ def measure(prepared, resolved, steps: int = 4) -> tuple[float, float]:
         cfg.train.lr_scheduler = "constant"
     with console.silenced(), tempfile.TemporaryDirectory(prefix="lora-ft-plan-") as scratch:
         training.prepare_process(cfg)
-        model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
+        model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device, prepared.stop_ids)
         train_set, _ = prepared.datasets()
         history = training.LogHistory()
         trainer = training.build_trainer(model.model, prepared.chat.tokenizer, cfg, train_set, None, Path(scratch),

@@ -62,6 +62,13 @@ class Prepared:
                           self.config.method_settings.max_completion_length)
 
     @property
+    def stop_ids(self) -> list[int]:
+        """The ids that end an answer: the template's end-of-turn token, then the tokenizer's EOS."""
+        from lora_ft.data.tokenization import answer_stop_ids
+
+        return answer_stop_ids(self.chat.renderer.end_of_turn_token_id(), self.chat.tokenizer.eos_token_id)
+
+    @property
     def is_preference(self) -> bool:
         return self.method.pairs
 

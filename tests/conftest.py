@@ -124,6 +124,39 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
+CRASH_RUN = Path(__file__).with_name("crash_run.py")
+
+
+def killed_and_resumed(config: Path, tmp_path: Path, kill: str, *options: str):
+    """``config`` run whole into ``tmp_path/reference``, and into ``tmp_path/resumed`` SIGKILLed at ``kill``
+    (tests/crash_run.py) then run again with the same options: (reference, resumed, the resuming process)."""
+    import signal
+    import subprocess
+    import sys
+
+    def run(point: str, output: Path):
+        return subprocess.run([sys.executable, str(CRASH_RUN), point, str(config), *options, "--set",
+                               f"output_dir={output}"], capture_output=True, text=True, timeout=900)
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    whole = run("none", reference)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run(kill, resumed)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    finished = run("none", resumed)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return reference, resumed, finished
+
+
+def same_adapter(one: Path, other: Path) -> bool:
+    """Whether two run directories' adapters hold bitwise equal tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    ours, theirs = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (one, other))
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

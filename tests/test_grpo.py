@@ -2,7 +2,6 @@
 a reward the tiny model can learn rising, the sampled answers logged, and a killed run resumed bitwise."""
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from safetensors.torch import load_file
 from lora_ft.commands.train import train
 from lora_ft.config import load_config
 from lora_ft.errors import UserError
-from tests.conftest import build_llama, build_tokenizer, run_cli, write_jsonl
+from tests.conftest import build_llama, build_tokenizer, killed_and_resumed, run_cli, same_adapter, write_jsonl
 
-CRASH_RUN = Path(__file__).with_name("crash_run.py")
 LOW_IDS = '''
 def low_ids(completions, completion_ids, **kwargs):
     """The share of an answer's tokens whose id is under 200: a reward a tiny random model can learn."""
@@ -143,18 +141,8 @@ def test_plan_counts_the_sampled_answers(tmp_path, peaked_llama, prompts, capsys
 
 def test_a_killed_grpo_run_resumes_bitwise_equal(tmp_path, peaked_llama, prompts):
     config = grpo_config(tmp_path / "grpo.yaml", peaked_llama, prompts, steps=6)
-    base = ["--set", "train.save_steps=2", "--set", "train.keep_last=3"]
-
-    def run(kill, output):
-        return subprocess.run([sys.executable, str(CRASH_RUN), kill, str(config), *base, "--set",
-                               f"output_dir={output}"], capture_output=True, text=True, timeout=900)
-
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    assert run("none", reference).returncode == 0
-    killed = run("step:4", resumed)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    finished = run("none", resumed)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    reference, resumed, finished = killed_and_resumed(config, tmp_path, "step:4", "--set", "train.save_steps=2",
+                                                      "--set", "train.keep_last=3")
     assert "from checkpoint-2 (step 2)" in finished.stdout
 
     def history(run_dir):
@@ -162,9 +150,7 @@ def test_a_killed_grpo_run_resumes_bitwise_equal(tmp_path, peaked_llama, prompts
         return [(r["step"], r["loss"], r["reward"], r["grad_norm"]) for r in records if "loss" in r]
 
     assert history(resumed) == history(reference)
-    ours = load_file(resumed / "adapter" / "adapter_model.safetensors")
-    theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert same_adapter(resumed, reference)
     # the sampled answers too (the sampling RNG resumed), each step's once
     def sampled(run_dir):
         return [line for line in (run_dir / "completions.jsonl").read_text().splitlines()]

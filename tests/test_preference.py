@@ -1,23 +1,15 @@
 """Preference tuning (DPO, ORPO, KTO): config, data, tokens, training, the reference, resume, eval and exports."""
 
 import json
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from lora_ft import cli
 from lora_ft.commands.train import train
 from lora_ft.config import load_config
 from lora_ft.errors import UserError
-from tests.conftest import preference_rows, write_config, write_jsonl
-
-CRASH_RUN = Path(__file__).with_name("crash_run.py")
-
+from tests.conftest import killed_and_resumed, preference_rows, same_adapter, write_config, write_jsonl
 
 def _config(tmp_path, tiny_llama, data_dir, method="dpo", extra="", name="pref.yaml", output=None, steps=8):
     path = write_config(tmp_path / name, tiny_llama, data_dir, output_dir=output or tmp_path / name.split(".")[0])
@@ -230,19 +222,9 @@ def test_dpo_after_sft_compares_with_the_starting_adapter(tmp_path, tiny_llama, 
 
 
 def test_a_killed_dpo_run_resumes_bitwise_equal(tmp_path, tiny_llama, preference_data):
-    base = ["--set", "train.max_steps=8", "--set", "train.save_steps=2", "--set", "train.keep_last=3"]
-
-    def run(kill, output):
-        return subprocess.run([sys.executable, str(CRASH_RUN), kill, str(config), *base, "--set",
-                               f"output_dir={output}"], capture_output=True, text=True, timeout=900)
-
     config = _config(tmp_path, tiny_llama, preference_data)
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    assert run("none", reference).returncode == 0
-    killed = run("step:5", resumed)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    finished = run("none", resumed)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    reference, resumed, finished = killed_and_resumed(config, tmp_path, "step:5", "--set", "train.max_steps=8",
+                                                      "--set", "train.save_steps=2", "--set", "train.keep_last=3")
     assert "from checkpoint-4 (step 4)" in finished.stdout
 
     def history(run_dir):
@@ -250,9 +232,7 @@ def test_a_killed_dpo_run_resumes_bitwise_equal(tmp_path, tiny_llama, preference
         return [(r["step"], r["loss"], r.get("rewards/margins"), r["grad_norm"]) for r in records if "loss" in r]
 
     assert history(resumed) == history(reference)
-    ours = load_file(resumed / "adapter" / "adapter_model.safetensors")
-    theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert same_adapter(resumed, reference)
 
 
 # --- after training ---------------------------------------------------------------------------------------------

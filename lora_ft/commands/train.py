@@ -82,7 +82,7 @@ def _train(loaded, resolved, world, run_dir: TrainingRunDir, started: float, res
     resume_lib.check_same_run(start, compared, fingerprint, force_resume)
 
     distributed.start_process_group(world, resolved.device, cfg.distributed.timeout_minutes)
-    model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device)
+    model = model_lib.load_for_training(prepared.chat.source, cfg, resolved.device, prepared.stop_ids)
     train_set, eval_set = prepared.datasets()
     run_dir.begin(start, cfg, model.trainable, prepared.chat.source.path)
     trackers = (tracking.start_trackers(cfg, run_dir.path, compared, wandb_mode) if world.is_main

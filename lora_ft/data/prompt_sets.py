@@ -58,9 +58,11 @@ def prompt_set(samples, renderer, max_seq_length: int, completion_length: int) -
     """The samples' prompts rendered and measured; those longer than the room left for the answer dropped."""
     room = max_seq_length - completion_length
     result = PromptSet()
-    tokenizer = renderer.tokenizer
-    for sample, row in zip(samples, prompt_rows(samples, renderer)):
-        length = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    rows = prompt_rows(samples, renderer)
+    encoded = renderer.tokenizer([row["prompt"] for row in rows], add_special_tokens=False)["input_ids"] \
+        if rows else []
+    for sample, row, ids in zip(samples, rows, encoded):
+        length = len(ids)
         if length > room:
             result.too_long.append(sample.location)
             continue

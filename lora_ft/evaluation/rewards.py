@@ -67,14 +67,6 @@ class RewardResult:
                 for key, value in figures.items()}
 
 
-def _means(scores) -> dict:
-    figures = scores.metrics("x")
-    out = {"total": figures["x_reward"], "stopped": figures["x_completions/stopped_ratio"],
-           "tokens": figures["x_completions/mean_length"]}
-    out.update({label: figures[f"x_rewards/{label}/mean"] for label in scores.labels})
-    return out
-
-
 def score_rewards(model, run, prepared, source: str, before: str) -> tuple[RewardResult, list[dict]]:
     """Both models answer the held-out prompts greedily; each answer scored by the run's rewards."""
     from lora_ft import console
@@ -97,7 +89,7 @@ def score_rewards(model, run, prepared, source: str, before: str) -> tuple[Rewar
     tuned = held_out_scores(model, tokenizer, dataset, settings.rewards, functions, settings.max_completion_length,
                             stops, batch)
     result = RewardResult(source=source, prompts=len(dataset), labels=[s.label for s in settings.rewards],
-                          weights=weights, base=_means(base), tuned=_means(tuned))
+                          weights=weights, base=base.means(), tuned=tuned.means())
     pairs = [(b["total"], t["total"]) for b, t in zip(base.rows, tuned.rows)
              if b["total"] is not None and t["total"] is not None]
     if pairs:

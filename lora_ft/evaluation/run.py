@@ -314,20 +314,20 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
     with fixes_for_eval(run, "--data", options.data_file):
         sets = [] if rewards_run else [_eval_set("domain", run, options.data_file, options.max_answers,
                                                  options.max_tool_turns)]
-        prompts = prepared_eval(run, options.data_file) if rewards_run else None
+        held_out = prepared_eval(run, options.data_file) if rewards_run else None  # (prepared, source)
     general = general_data_file() if options.general_file is None else options.general_file
     if general:
         with fixes_for_eval(run, "--general", str(general)):
             sets.append(_eval_set("general", run, str(general), options.max_answers))
     model = inference.load_tuned(run, options.base)
-    tokenizer = (sets[0].prepared if sets else prompts[0]).chat.tokenizer
+    tokenizer = (sets[0].prepared if sets else held_out[0]).chat.tokenizer
     before = "base" if run.config.model.adapter is None else "start"
     results, records = [], []
     reward_result = None
-    if prompts is not None:
+    if held_out is not None:
         from lora_ft.evaluation.rewards import score_rewards
 
-        reward_result, records = score_rewards(model, run, *prompts, before)
+        reward_result, records = score_rewards(model, run, *held_out, before)
     for evalset in sets:
         result, rows = _score_set(model, run, tokenizer, evalset, options, before)
         results.append(result)

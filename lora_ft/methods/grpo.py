@@ -92,8 +92,9 @@ def build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common: di
     settings = cfg.grpo
     check_groups(cfg, distributed.current_world().size)
     functions, weights = reward_functions(settings.rewards, str)
-    stop_ids = stop_token_ids(tokenizer)
-    model.generation_config.eos_token_id = stop_ids  # TRL ends and masks answers at every id the model declares
+    # the run's stop ids (load_for_training): TRL ends and masks answers at every EOS id the model declares
+    declared = model.generation_config.eos_token_id
+    stop_ids = [declared] if isinstance(declared, int) else list(declared or [tokenizer.eos_token_id])
     vllm = uses_vllm(cfg)
     # evaluations (train.eval_steps) score the held-out prompts by their rewards: the best adapter is the one
     # that earns most (train.early_stopping_patience)
@@ -149,16 +150,6 @@ def check_groups(cfg, processes: int) -> None:
             where="grpo.num_generations", settings=("train.batch_size",),
             fix=f"set train.batch_size or gradient_accumulation_steps so that the product is a multiple of "
                 f"{generations}, or change grpo.num_generations")
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """The ids that end an answer: the tokenizer's EOS and the template's end-of-turn token when it differs."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
-        if token_id is not None and token_id not in ids:
-            ids.append(token_id)
-    return ids
 
 
 def problems(cfg, resolve_path=None) -> list:

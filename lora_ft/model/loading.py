@@ -329,14 +329,19 @@ class TrainableModel:
     per_sample_attention: bool  # padding-free rows attend within their own sample (switched off after training)
 
 
-def load_for_training(source: BaseModelSource, cfg, device: str) -> TrainableModel:
-    """The base model loaded for this device (4-bit where asked), LoRA attached; say what was loaded."""
+def load_for_training(source: BaseModelSource, cfg, device: str, stop_ids: list[int] | None = None) -> TrainableModel:
+    """The base model loaded for this device (4-bit where asked), LoRA attached; say what was loaded.
+
+    ``stop_ids``: the ids that end the run's answers (end-of-turn, then EOS), made the model's generation EOS, so
+    that whatever samples from it in training stops where the saved generation_config.json will."""
     from lora_ft import distributed
     from lora_ft.model.attention import use_per_sample_attention
 
     console.say(f"loading {source.display_name} ({cfg.model.quantization}, {cfg.model.dtype}) on {device} ...")
     distributed.prepare_sharded_loading(cfg.distributed.strategy, current_world(), device)
     base = load_base_model(source, cfg.model, device)
+    if stop_ids:
+        base.generation_config.eos_token_id = list(stop_ids)
     if cfg.model.quantization == "nf4" and device == "cpu":
         keep_cpu_4bit_trainable(base)
     if cfg.model.adapter is not None:  # a finished run's adapter, trained further (checked when resolved)

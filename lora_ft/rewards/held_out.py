@@ -11,19 +11,26 @@ class HeldOutScores:
     rows: list[dict] = field(default_factory=list)  # per prompt: prompt, completion, stopped, rewards, total
     labels: list[str] = field(default_factory=list)
 
-    def metrics(self, prefix: str = "eval") -> dict[str, float]:
-        """Mean total reward, each reward's mean, the share of answers that ended at the end-of-turn token and
-        their mean length, under ``prefix``."""
+    def means(self) -> dict[str, float]:
+        """Means over the prompts: the weighted ``total``, each reward by its label, the share of answers that
+        ended at the end-of-turn token (``stopped``) and their length (``tokens``)."""
         def mean(values):
             values = [v for v in values if v is not None]
             return sum(values) / len(values) if values else float("nan")
 
-        out = {f"{prefix}_reward": mean(r["total"] for r in self.rows)}
-        for label in self.labels:
-            out[f"{prefix}_rewards/{label}/mean"] = mean(r["rewards"][label] for r in self.rows)
-        out[f"{prefix}_completions/stopped_ratio"] = mean(float(r["stopped"]) for r in self.rows)
-        out[f"{prefix}_completions/mean_length"] = mean(r["tokens"] for r in self.rows)
+        out = {"total": mean(r["total"] for r in self.rows)}
+        out.update({label: mean(r["rewards"][label] for r in self.rows) for label in self.labels})
+        out["stopped"] = mean(float(r["stopped"]) for r in self.rows)
+        out["tokens"] = mean(r["tokens"] for r in self.rows)
         return out
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """:meth:`means` under the names GRPO's training figures have, with ``prefix``."""
+        means = self.means()
+        return {f"{prefix}_reward": means["total"],
+                **{f"{prefix}_rewards/{label}/mean": means[label] for label in self.labels},
+                f"{prefix}_completions/stopped_ratio": means["stopped"],
+                f"{prefix}_completions/mean_length": means["tokens"]}
 
 
 def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_ids: list[int],
