@@ -4,6 +4,11 @@
     python scripts/bench.py --workload llama-8b      # GPU: Llama-3-8B shape, random weights, Alpaca-like lengths
     python scripts/bench.py --steps 6 --rounds 2 --out bench-results
     python scripts/bench.py --workload tiny --steps 3   # a smoke run in seconds (CI): the script works, no figures
+    python scripts/bench.py --method dpo             # DPO: lora-ft against TRL's DPOTrainer + PEFT, and lora-ft's SFT
+
+With ``--method dpo`` the arms are those of scripts/bench_preference.py (its docstring says what each runs):
+trl-dpo (the baseline), ours (lora-ft DPO) and ours-sft (lora-ft SFT on the same model, the figure the DPO
+targets are stated against); the ratios printed are ours against trl-dpo and ours against ours-sft.
 
 Both arms run the same work: same model, data, sequence length, effective batch, learning rate, seed and number of
 optimizer steps. Each arm runs in a fresh process (so peak memory is its own), and the arms alternate round by round
@@ -53,6 +58,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LEGAL_CONFIG = REPO / "configs" / "legal_domain.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_preference import DPO_CONFIG, PAIRS, preference_workload  # noqa: E402
 LORA_R = 16  # both arms: the legal config's rank and the baseline's LoraConfig
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 SHAPES = {  # Llama-architecture shapes, random weights: speed and memory only
@@ -226,6 +233,10 @@ def arm_main(args) -> None:
     model_dir, data, max_len = Path(args.model_dir), Path(args.data), args.max_len
     if args.arm == "ours":
         result = run_ours(Path(args.config), model_dir, data, max_len, args.steps, work, args.ours_overrides)
+    elif args.arm == "trl-dpo":
+        from bench_preference import run_trl_dpo
+
+        result = run_trl_dpo(model_dir, data, max_len, args.steps, work, StepClock())
     else:
         result = run_baseline(model_dir, data, max_len, args.steps, work, trl_defaults=args.arm == "trl-defaults")
     result["rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -327,6 +338,8 @@ def environment(gpu: str | None = None) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=["legal", *SHAPES], default="legal")
+    parser.add_argument("--method", choices=["sft", "dpo"], default="sft",
+                        help="sft (default): lora-ft against TRL's SFTTrainer; dpo: against TRL's DPOTrainer")
     parser.add_argument("--steps", type=int, default=7, help="optimizer steps per run (default 7)")
     parser.add_argument("--warmup", type=int, default=1, help="first steps not timed (default 1)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of baseline and ours")
@@ -358,11 +371,15 @@ def main() -> int:
     model_dir, data, max_len = (embedded_workload(work) if args.workload == "legal"
                                 else synthetic_workload(args.workload, work, args.tokenizer))
     fraction, mean_length, mean_square_length = token_statistics(model_dir, data, max_len)
+    pairs = PAIRS if args.workload == "legal" else preference_workload(data, work)
 
     plan = []
     for _ in range(args.rounds):
-        plan += [("baseline", args.steps), ("ours", args.steps)]
-    if not cuda and args.defaults_steps:
+        if args.method == "dpo":
+            plan += [("trl-dpo", args.steps), ("ours", args.steps), ("ours-sft", args.steps)]
+        else:
+            plan += [("baseline", args.steps), ("ours", args.steps)]
+    if not cuda and args.defaults_steps and args.method == "sft":
         plan.append(("trl-defaults", args.defaults_steps))
     runs: dict[str, list[dict]] = {}
     for i, (arm, steps) in enumerate(plan, 1):
@@ -371,10 +388,14 @@ def main() -> int:
         arm_work.mkdir()
         result_file = arm_work / "result.json"
         started = time.perf_counter()
+        config, arm_data, overrides = LEGAL_CONFIG, data, args.ours_overrides
+        if args.method == "dpo" and arm != "ours-sft":  # the DPO arms read the pairs; ours starts from the base
+            config, arm_data, overrides = DPO_CONFIG, pairs, ["model.adapter=null", *args.ours_overrides]
         proc = subprocess.run(
-            [sys.executable, __file__, "--arm", arm, "--config", str(LEGAL_CONFIG), "--model-dir", str(model_dir),
-             "--data", str(data), "--max-len", str(max_len), "--steps", str(steps), "--work", str(arm_work),
-             "--result", str(result_file), *(a for o in args.ours_overrides for a in ("--set", o))],
+            [sys.executable, __file__, "--arm", "ours" if arm == "ours-sft" else arm, "--config", str(config),
+             "--model-dir", str(model_dir), "--data", str(arm_data), "--max-len", str(max_len), "--steps",
+             str(steps), "--work", str(arm_work), "--result", str(result_file),
+             *(a for o in overrides for a in ("--set", o))],
             capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
@@ -405,13 +426,19 @@ def main() -> int:
                 row["mfu"] = row["tokens_per_s"] * model_flops / (peak * 1e12)
                 row["hfu"] = row["tokens_per_s"] * hardware_flops / (peak * 1e12)
         rows[arm] = row
-    base, ours = rows["baseline"], rows["ours"]
+    base, ours = rows["trl-dpo" if args.method == "dpo" else "baseline"], rows["ours"]
     ratios = {"tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"], "rss": ours["rss_gib"] / base["rss_gib"]}
+    if args.method == "dpo":
+        sft = rows["ours-sft"]
+        ratios["tokens_per_s_vs_sft"] = ours["tokens_per_s"] / sft["tokens_per_s"]
+        ratios["rss_vs_sft"] = ours["rss_gib"] / sft["rss_gib"]
+        if "gpu_reserved_gib" in ours:
+            ratios["gpu_reserved_vs_sft"] = ours["gpu_reserved_gib"] / sft["gpu_reserved_gib"]
     if "gpu_reserved_gib" in ours:
         ratios["gpu_reserved"] = ours["gpu_reserved_gib"] / base["gpu_reserved_gib"]
         ratios["gpu_allocated"] = ours["gpu_allocated_gib"] / base["gpu_allocated_gib"]
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
-    report = {"workload": args.workload, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+    report = {"workload": args.workload, "method": args.method, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
               "max_seq_length": max_len, "effective_batch": 8, "trained_fraction": fraction,
               "environment": environment(next((r[-1].get("gpu") for r in runs.values() if r[-1].get("gpu")), None)),
               "command": command.strip(), "rows": rows, "ratios": ratios}
@@ -447,7 +474,11 @@ def render(report: dict) -> str:
         "",
         *lines,
         "",
-        f"ours / baseline: non-pad tokens/s {ratio['tokens_per_s']:.2f}x, {memory_ratio}",
+        f"ours / {'trl-dpo' if report.get('method') == 'dpo' else 'baseline'}: non-pad tokens/s "
+        f"{ratio['tokens_per_s']:.2f}x, {memory_ratio}",
+        *([f"ours (dpo) / ours-sft: non-pad tokens/s {ratio['tokens_per_s_vs_sft']:.2f}x, "
+           + (f"GPU reserved memory {ratio['gpu_reserved_vs_sft']:.2f}x" if gpu else
+              f"peak RSS {ratio['rss_vs_sft']:.2f}x")] if "tokens_per_s_vs_sft" in ratio else []),
     ]) + "\n"
 
 

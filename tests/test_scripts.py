@@ -32,7 +32,7 @@ def _run(*command: str, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
 
 
 def test_every_script_is_covered_by_this_file():
-    covered = {"bench.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
+    covered = {"bench.py", "bench_preference.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
                "engine_envs.sh", "gen_config_docs.py", "gpu_check.py", "gpu_check.sh", "gpu_wheels.sh", "setup.sh",
                "slurm_train.sh", "gpu_reference_losses.json"}
     present = {p.name for p in SCRIPTS.iterdir() if p.is_file()}
@@ -70,6 +70,19 @@ def test_bench_runs_its_smoke_workload_and_prints_the_machine_with_the_figures(t
     summary = _module("gpu_check").bench_summary(out)  # what the GPU check keeps of a bench folder
     assert summary["ratios"]["tokens_per_s"] == pytest.approx(report["ratios"]["tokens_per_s"])
     assert set(summary["mfu"]) == {"baseline", "ours"}
+
+
+@pytest.mark.embedded
+def test_bench_method_dpo_runs_trl_dpo_ours_and_ours_sft_in_smoke_mode(tmp_path):
+    out = tmp_path / "bench-dpo"
+    result = _run(sys.executable, str(SCRIPTS / "bench.py"), "--method", "dpo", "--workload", "tiny", "--steps", "3",
+                  "--warmup", "1", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "RESULTS.json").read_text())
+    assert set(report["rows"]) == {"trl-dpo", "ours", "ours-sft"}
+    assert all(row["tokens_per_s"] > 0 and row["final_loss"] > 0 for row in report["rows"].values())
+    assert {"tokens_per_s", "tokens_per_s_vs_sft", "rss_vs_sft"} <= set(report["ratios"])
+    assert "flags:" in result.stdout and "| trl-dpo |" in result.stdout and "ours (dpo) / ours-sft" in result.stdout
 
 
 @pytest.mark.embedded

@@ -47,8 +47,13 @@ def build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common: di
                      loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None,
                      label_smoothing=settings.label_smoothing, max_length=None,
                      precompute_ref_log_probs=settings.precompute_reference, dataset_num_proc=None)
-    trainer = PreTokenizedDPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                     processing_class=tokenizer, callbacks=callbacks)
+    trainer_class, collator = PreTokenizedDPOTrainer, None
+    if cfg.train.padding_free:  # one unpadded row per micro-batch (lora_ft.methods._packed)
+        from lora_ft.methods._packed_dpo import packed_dpo_trainer, pair_collator
+
+        trainer_class, collator = packed_dpo_trainer(PreTokenizedDPOTrainer), pair_collator()
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            processing_class=tokenizer, callbacks=callbacks, data_collator=collator)
     keep_reference(trainer.model, starts_from_its_adapter(cfg))
     return trainer
 
@@ -57,7 +62,7 @@ METHOD = TrainingMethod(
     name="dpo", order=10,
     description="Direct Preference Optimization (DPO) on preference pairs (a chosen and a rejected answer per prompt)",
     reads=("pairs",), section=DpoSection, pairs=True, sequences_per_sample=2,
-    learning_rate=PREFERENCE_LEARNING_RATE, padding_free=False, loss_name="dpo loss",
+    learning_rate=PREFERENCE_LEARNING_RATE, loss_name="dpo loss",
     build_trainer=build_trainer, columns=pair_columns, notes=reference_notes, has_reference=True,
     reference_forwards=lambda cfg: 0 if cfg.dpo.precompute_reference else 1,
     after_training=drop_reference,

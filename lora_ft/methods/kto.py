@@ -61,8 +61,13 @@ def build_trainer(model, tokenizer, cfg, train_dataset, eval_dataset, common: di
     args = KTOConfig(**common, beta=settings.beta, loss_type=settings.loss_type,
                      desirable_weight=settings.desirable_weight, undesirable_weight=settings.undesirable_weight,
                      max_length=None, precompute_ref_log_probs=settings.precompute_reference, dataset_num_proc=None)
-    trainer = PreTokenizedKTOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                                     processing_class=tokenizer, callbacks=callbacks)
+    trainer_class, collator = PreTokenizedKTOTrainer, None
+    if cfg.train.padding_free:  # unpadded rows (lora_ft.methods._packed)
+        from lora_ft.methods._packed_kto import answer_collator, packed_kto_trainer
+
+        trainer_class, collator = packed_kto_trainer(PreTokenizedKTOTrainer), answer_collator()
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            processing_class=tokenizer, callbacks=callbacks, data_collator=collator)
     keep_reference(trainer.model, starts_from_its_adapter(cfg))
     return trainer
 
@@ -88,7 +93,7 @@ METHOD = TrainingMethod(
     name="kto", order=30,
     description="Kahneman-Tversky Optimization (KTO) on answers labelled desirable or undesirable",
     reads=("unpaired", "pairs"), section=KtoSection, pairs=True, splits_pairs=True,
-    learning_rate=PREFERENCE_LEARNING_RATE, padding_free=False, loss_name="kto loss",
+    learning_rate=PREFERENCE_LEARNING_RATE, loss_name="kto loss",
     build_trainer=build_trainer, columns=columns, notes=reference_notes, problems=problems, has_reference=True,
     reference_forwards=reference_forwards, after_training=drop_reference,
 )
