@@ -160,13 +160,13 @@ def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[
                    max_new_tokens: int = 256, batch_size: int = 32,
                    progress: Callable[[int], None] | None = None, names: list[str] | None = None,
                    warn: Warn | None = None, tools: list[Tools] | None = None) -> list[Answer]:
-    """Greedy answers to many conversations, at most ``batch_size`` at a time: prompts of similar length are
-    batched together (in batches of even size), padded on the left, and generated with the KV cache; rows that
-    have stopped leave the batch (see :func:`_generate_rows`). Each answer equals the one :func:`generate` gives
-    for its conversation alone (a test checks it). ``progress`` is told how many answers are done; ``warn`` is
-    told of each prompt cut to fit the context (``names``: what to call them, by default "prompt N"); ``tools``:
-    each conversation's tools (None: none)."""
-    import math
+    """Greedy answers to many conversations, at most ``batch_size`` at a time, shortest prompts first, with the KV
+    cache; rows that stop leave the batch and waiting prompts take their place
+    (:mod:`lora_ft.batched_decoding`). Each answer equals the one :func:`generate` gives for its conversation
+    alone (a test checks it). ``progress`` is told how many answers are done; ``warn`` is told of each prompt cut
+    to fit the context (``names``: what to call them, by default "prompt N"); ``tools``: each conversation's tools
+    (None: none)."""
+    from lora_ft.batched_decoding import decode
 
     context = context_length(model)
     names = names or [f"prompt {number}" for number in range(1, len(conversations) + 1)]
@@ -177,73 +177,13 @@ def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[
         ids, cap = fit_to_context(ids, context, max_new_tokens, name, messages, warn)
         prompts.append(ids)
         caps.append(cap)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     stops = set(stop_token_ids(tokenizer, run))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
     kwargs = generation_kwargs(tokenizer, run, 0, temperature=0.0) | {"pad_token_id": pad}
     kwargs.pop("max_new_tokens")
-    answers: list[Answer | None] = [None] * len(prompts)
-    batches = math.ceil(len(order) / batch_size) if order else 0
-    done = 0
-    for number in range(batches):  # 70 prompts at 32: 24 + 23 + 23, not 32 + 32 + 6
-        rows = order[number * len(order) // batches:(number + 1) * len(order) // batches]
-        for index, tokens in zip(rows, _generate_rows(model, [prompts[i] for i in rows], pad, stops, kwargs,
-                                                      [caps[i] for i in rows])):
-            answers[index] = Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                                    bool(tokens) and tokens[-1] in stops, len(tokens))
-        done += len(rows)
-        if progress is not None:
-            progress(done)
-    return answers
-
-
-STEPS_PER_CALL = 32  # new tokens per generate call before rows that have stopped leave the batch
-
-
-def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], kwargs: dict,
-                   caps: list[int]) -> list[list[int]]:
-    """Each row's new tokens, through its first stop token where it has one, at most its cap. Generated for one
-    left-padded batch, ``STEPS_PER_CALL`` tokens per ``generate`` call; after each call the rows that reached a
-    stop token or their cap leave the batch and their KV cache entries are dropped, and the others go on from the
-    cache (the same computation as one uninterrupted call: the cache holds every token but the last, which the
-    next call reads). So a batch costs what its live rows cost, not what its longest answer costs."""
-    import torch
-
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):], mask[row, width - len(prompt):] = torch.tensor(prompt), 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    generated: list[list[int]] = [[] for _ in prompts]
-    live, carried = list(range(len(prompts))), {}
-    while live:  # the live rows have all generated the same number of tokens
-        steps = min(STEPS_PER_CALL, min(caps[row] for row in live) - len(generated[live[0]]))
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                                 return_dict_in_generate=True, **kwargs, **carried)
-        # the KV cache is `cache` in recent transformers, `past_key_values` before
-        name = "cache" if "cache" in out.__dataclass_fields__ else "past_key_values"
-        cache = getattr(out, name)
-        new = out.sequences[:, ids.shape[1]:]
-        keep = []
-        for position, (row, tokens) in enumerate(zip(live, new.tolist())):
-            end = next((at for at, token in enumerate(tokens) if token in stops), None)
-            generated[row] += tokens if end is None else tokens[:end + 1]
-            if end is None and len(generated[row]) < caps[row]:
-                keep.append(position)
-        if not keep:  # every row stopped in this call
-            break
-        ids, mask = out.sequences, torch.cat([mask, torch.ones_like(new)], dim=1)
-        if len(keep) < len(live):
-            index = torch.tensor(keep, dtype=torch.long, device=ids.device)
-            cache.reorder_cache(index)
-            live = [live[i] for i in keep]
-            ids, mask = ids[index], mask[index]
-        carried = {name: cache}
-        if new.shape[1] < steps:  # generate ended early: every row stopped
-            break
-    return generated
+    generated = decode(model, prompts, caps, stops, pad, batch_size, kwargs, progress) if prompts else []
+    return [Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), bool(tokens) and tokens[-1] in stops,
+                   len(tokens)) for tokens in generated]
 
 
 @contextmanager

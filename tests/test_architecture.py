@@ -57,7 +57,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("lora_ft.training",),  # the training loop
     ("lora_ft.rundir",),  # the run directory: lock, resume, checkpoints, the finished run
     # the steps the commands share
-    ("lora_ft.preparation", "lora_ft.planning", "lora_ft.inference", "lora_ft.tracking", "lora_ft.launching"),
+    ("lora_ft.preparation", "lora_ft.planning", "lora_ft.inference", "lora_ft.batched_decoding", "lora_ft.tracking",
+     "lora_ft.launching"),
     ("lora_ft.evaluation", "lora_ft.data_report"),  # `lora-ft eval`, `lora-ft data`
     ("lora_ft.exports",),  # `lora-ft merge`, `lora-ft export`
     ("lora_ft.commands",),  # one module per command

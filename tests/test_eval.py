@@ -81,13 +81,19 @@ def eval_run(tiny_llama, tmp_path_factory) -> Path:
     return root / "run"
 
 
-@pytest.mark.parametrize("steps_per_call", [3, 32])
-def test_batched_greedy_answers_equal_one_at_a_time(eval_run, steps_per_call, monkeypatch):
-    from lora_ft import inference
+@pytest.mark.parametrize("decoding", ["refilling", "in batches of 3 steps", "in batches of 32 steps"])
+def test_batched_greedy_answers_equal_one_at_a_time(eval_run, decoding, monkeypatch):
+    from lora_ft import batched_decoding, inference
     from lora_ft.rundir.finished import open_run
 
-    # 3 new tokens per generate call: rows that stopped leave the batch, the rest go on from the KV cache
-    monkeypatch.setattr(inference, "STEPS_PER_CALL", steps_per_call)
+    # refilling: rows that stop leave the batch and waiting prompts are prefilled into it, their caches padded to
+    # one length; in batches: 3 (or 32) new tokens per generate call, rows that stopped leave the batch, the rest
+    # go on from the KV cache
+    if decoding != "refilling":
+        monkeypatch.setattr(batched_decoding, "_plain_cache", lambda model: False)
+        monkeypatch.setattr(batched_decoding, "STEPS_PER_CALL", int(decoding.split()[3]))
+    else:
+        assert batched_decoding._plain_cache(inference.load_base(open_run(eval_run)))
     run = open_run(eval_run)
     model = inference.load_tuned(run)
     tokenizer = inference.load_tokenizer(run)

@@ -7,26 +7,40 @@ from lora_ft.data.tokenization import IGNORE
 
 
 def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], batch_size: int = 8) -> list[float]:
-    """The summed log-probability of each sequence's labelled tokens (batched by length, so little is padding)."""
+    """The summed log-probability of each sequence's labelled tokens.
+
+    Sequences are taken in order of length, ``batch_size`` at a time, and read as one unpadded row (each with
+    position ids from 0; per-sample attention keeps them apart), and only the labelled positions go through the LM
+    head (:func:`lora_ft.methods._packed.score`): no work on padding, and no logits for prompt tokens."""
     import torch
+
+    from lora_ft.methods._packed import score
 
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
     sums: list[float] = [0.0] * len(input_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        ids_batch, lab_batch = [input_ids[i] for i in rows], [labels[i] for i in rows]
-        width = max(len(x) for x in ids_batch)
-        ids = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        lab = torch.full((len(ids_batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros(len(ids_batch), width, dtype=torch.long)
-        for row, (x, y) in enumerate(zip(ids_batch, lab_batch)):
-            ids[row, : len(x)], lab[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        ids, positions, keep, targets, owner = [], [], [], [], []
+        for number, row in enumerate(rows):
+            offset, tokens, labelled = len(ids), input_ids[row], labels[row]
+            ids += tokens
+            positions += range(len(tokens))
+            scored = [at for at in range(1, len(tokens)) if labelled[at] != IGNORE]
+            keep += [offset + at - 1 for at in scored]
+            targets += [labelled[at] for at in scored]
+            owner += [number] * len(scored)
+        if not keep:
+            continue  # no labelled token: each sum is 0
+        device = model.device
+        batch = {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([positions],
+                                                                                               device=device),
+                 "keep": torch.tensor(keep, dtype=torch.long, device=device),
+                 "targets": torch.tensor(targets, dtype=torch.long, device=device)}
         with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        targets = lab[:, 1:].to(logits.device)
-        logps = torch.log_softmax(logits[:, :-1], dim=-1)
-        picked = logps.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        for index, value in zip(rows, (picked * (targets != IGNORE)).sum(dim=1).tolist()):
+            log_probs = score(model, batch).log_probs
+        totals = torch.zeros(len(rows), dtype=log_probs.dtype, device=log_probs.device)
+        totals = totals.index_add(0, torch.tensor(owner, dtype=torch.long, device=log_probs.device), log_probs)
+        for index, value in zip(rows, totals.tolist()):
             sums[index] = value
     return sums
 

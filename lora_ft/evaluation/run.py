@@ -320,6 +320,10 @@ def evaluate_run(run: FinishedRun, options: EvalOptions | None = None, **overrid
         with fixes_for_eval(run, "--general", str(general)):
             sets.append(_eval_set("general", run, str(general), options.max_answers))
     model = inference.load_tuned(run, options.base)
+    if model.config._attn_implementation == "sdpa":  # the losses read unpadded rows: attention within each sample
+        from lora_ft.model.attention import use_per_sample_attention
+
+        use_per_sample_attention(model, True)
     tokenizer = (sets[0].prepared if sets else held_out[0]).chat.tokenizer
     before = "base" if run.config.model.adapter is None else "start"
     results, records = [], []

@@ -97,12 +97,16 @@ def score(model, batch: dict, fused_head: bool = False, statistics: bool = False
     log_probs = -F.cross_entropy(logits, targets, reduction="none")
     if not statistics:
         return Scored(log_probs)
-    with torch.no_grad():
-        detached = logits.detach()
-        normalized = torch.log_softmax(detached, dim=-1)
-        entropy = -(normalized.exp() * normalized).sum(-1)
+    with torch.no_grad():  # a few hundred rows at a time: no second copy of the logits at the peak
+        detached, entropy = logits.detach(), []
+        for rows in detached.split(STATISTICS_ROWS):
+            normalized = torch.log_softmax(rows, dim=-1)
+            entropy.append(-(normalized.exp() * normalized).sum(-1))
         top1 = detached.argmax(-1) == targets
-        return Scored(log_probs, top1, entropy, detached.mean(-1))
+        return Scored(log_probs, top1, torch.cat(entropy), detached.mean(-1))
+
+
+STATISTICS_ROWS = 256
 
 
 def per_sequence(values, batch: dict, answers_only: bool = True):

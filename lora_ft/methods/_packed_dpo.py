@@ -108,14 +108,15 @@ def packed_dpo_trainer(base_class):
         def _compute_loss(self, model, inputs, return_outputs):
             mode = "train" if self.model.training else "eval"
             batch = moved(inputs, self.accelerator.device)
-            scored = score(model, batch, self._fused_head, statistics=True)
-            logps = per_sequence(scored.log_probs, batch)
-            chosen, rejected = logps.chunk(2)
-            pairs = chosen.shape[0]
+            # the reference first: its pass is over (its memory free) before the policy's activations are kept
             if "ref_chosen_logps" in batch:
                 ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
             else:
                 ref_chosen, ref_rejected = per_sequence(self.reference_scores(batch), batch).chunk(2)
+            scored = score(model, batch, self._fused_head, statistics=True)
+            logps = per_sequence(scored.log_probs, batch)
+            chosen, rejected = logps.chunk(2)
+            pairs = chosen.shape[0]
             lengths = batch["answer_lengths"]
             chosen_token = batch["owner"] < pairs
             loss = 0.0

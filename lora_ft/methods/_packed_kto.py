@@ -74,18 +74,19 @@ def packed_kto_trainer(base_class):
             mode = "train" if self.model.training else "eval"
             batch = inputs
             gather = self.accelerator.gather_for_metrics
+            # the passes without gradient first: their memory is free before the policy's activations are kept
             kl_logps = None
             if self.calculate_KL:
                 with torch.no_grad():
                     kl_logps = per_sequence(score(model, batch["KL"], self._fused_head).log_probs, batch["KL"])
-            scored = score(model, batch, self._fused_head, statistics=True)
-            logps = per_sequence(scored.log_probs, batch)
-            desirable = batch["label"].to(logps.device).bool()
-            chosen_idx, rejected_idx = desirable.nonzero().view(-1), (~desirable).nonzero().view(-1)
             if "ref_logps" in batch:
                 ref_logps, ref_kl = batch["ref_logps"], batch.get("ref_KL_logps")
             else:
                 ref_logps, ref_kl = self.reference_sums(batch)
+            scored = score(model, batch, self._fused_head, statistics=True)
+            logps = per_sequence(scored.log_probs, batch)
+            desirable = batch["label"].to(logps.device).bool()
+            chosen_idx, rejected_idx = desirable.nonzero().view(-1), (~desirable).nonzero().view(-1)
             kl = torch.zeros(1, device=logps.device)
             if self.calculate_KL:
                 kl = gather((kl_logps - ref_kl).mean().detach()).mean().clamp(min=0)
