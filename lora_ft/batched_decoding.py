@@ -23,9 +23,10 @@ STEPS_PER_CALL = 32  # fixed batches: new tokens per generate call before rows t
 
 
 def decode(model, prompts: list[list[int]], caps: list[int], stops: set[int], pad: int, batch_size: int,
-           kwargs: dict, progress: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Each prompt's greedy answer tokens, through its first stop token where it has one, at most its cap."""
-    if _plain_cache(model):
+           kwargs: dict, progress: Callable[[int], None] | None = None, refill: bool = True) -> list[list[int]]:
+    """Each prompt's greedy answer tokens, through its first stop token where it has one, at most its cap;
+    ``refill``: keep the batch full where the model's cache allows it, else fixed batches."""
+    if refill and _plain_cache(model):
         return decode_refilling(model, prompts, caps, stops, pad, batch_size, progress)
     return decode_in_batches(model, prompts, caps, stops, pad, batch_size, kwargs, progress)
 
@@ -52,7 +53,8 @@ def decode_refilling(model, prompts, caps, stops, pad, batch_size, progress=None
     answers: list[list[int]] = [[] for _ in prompts]
     live: list[int] = []  # the prompts in the batch, in row order
     cache = mask = tokens = None  # the batch's KV cache, attention mask [rows, length], next input [rows]
-    finished = 0
+    finished = reported = 0
+    step = max(1, len(prompts) // 10)
     while queue or live:
         if queue and batch_size - len(live) >= max(1, batch_size // 4):
             joining = [queue.popleft() for _ in range(min(batch_size - len(live), len(queue)))]
@@ -78,13 +80,16 @@ def decode_refilling(model, prompts, caps, stops, pad, batch_size, progress=None
                 keep.append(row)
         if len(keep) < len(live):
             finished += len(live) - len(keep)
-            if progress is not None:
-                progress(finished)
+            if progress is not None and (finished - reported >= step or finished == len(prompts)):
+                progress(finished)  # about every tenth of the prompts, and at the end
+                reported = finished
             index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             live, mask, tokens = [live[row] for row in keep], mask[index], tokens[index]
             if not live:
                 cache = mask = tokens = None
+            else:
+                cache, mask = _trimmed(cache, mask)
     return answers
 
 
@@ -104,6 +109,17 @@ def _prefill(model, prompts: list[list[int]], pad: int, device):
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
     return out.past_key_values, mask, out.logits[:, -1].argmax(-1)
+
+
+def _trimmed(cache, mask):
+    """The cache without the leading positions no row attends to any more (padding whose rows have left): the
+    batch lives as long as prompts wait, and its cache would otherwise grow with every step it ever took."""
+    unused = int(mask.any(dim=0).long().argmax())
+    if unused == 0:
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+    return cache, mask[:, unused:]
 
 
 def _merged(cache, mask, new_cache, new_mask):

@@ -159,13 +159,14 @@ class Answer:
 def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[dict[str, str]]],
                    max_new_tokens: int = 256, batch_size: int = 32,
                    progress: Callable[[int], None] | None = None, names: list[str] | None = None,
-                   warn: Warn | None = None, tools: list[Tools] | None = None) -> list[Answer]:
+                   warn: Warn | None = None, tools: list[Tools] | None = None, refill: bool = True) -> list[Answer]:
     """Greedy answers to many conversations, at most ``batch_size`` at a time, shortest prompts first, with the KV
     cache; rows that stop leave the batch and waiting prompts take their place
     (:mod:`lora_ft.batched_decoding`). Each answer equals the one :func:`generate` gives for its conversation
     alone (a test checks it). ``progress`` is told how many answers are done; ``warn`` is told of each prompt cut
     to fit the context (``names``: what to call them, by default "prompt N"); ``tools``: each conversation's tools
-    (None: none)."""
+    (None: none); ``refill: False`` decodes in fixed batches instead (what eval did before; a benchmark's
+    baseline)."""
     from lora_ft.batched_decoding import decode
 
     context = context_length(model)
@@ -181,7 +182,7 @@ def generate_batch(model, tokenizer, run: FinishedRun, conversations: list[list[
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
     kwargs = generation_kwargs(tokenizer, run, 0, temperature=0.0) | {"pad_token_id": pad}
     kwargs.pop("max_new_tokens")
-    generated = decode(model, prompts, caps, stops, pad, batch_size, kwargs, progress) if prompts else []
+    generated = decode(model, prompts, caps, stops, pad, batch_size, kwargs, progress, refill) if prompts else []
     return [Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), bool(tokens) and tokens[-1] in stops,
                    len(tokens)) for tokens in generated]
 

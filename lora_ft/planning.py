@@ -9,7 +9,8 @@ settings and the data's token count:
 - LoRA parameters with their gradients and optimizer state (AdamW: two fp32 moments; 8-bit AdamW: two bytes);
 - activations kept for the backward pass, per token and layer (all of them, or only each layer's input with
   gradient checkpointing plus one layer recomputed);
-- the logits of a micro-batch, in fp32, with their log-softmax and gradient;
+- the logits of a micro-batch, in fp32, with their log-softmax and gradient (preference methods on packed rows:
+  of its answer tokens only, at the data's share of answer tokens);
 - a fixed runtime overhead (the CUDA context, or the Python process and its libraries on a CPU).
 
 With several processes (``--nproc N``) the estimate is per process. Under DDP every process holds all of the above;
@@ -93,9 +94,11 @@ def lora_param_count(shape: ModelShape, cfg: RunConfig) -> int:
 
 
 def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_name: str = "cpu",
-             cpu_cores: int | None = None, longest_sample: int | None = None, processes: int = 1) -> Estimate:
+             cpu_cores: int | None = None, longest_sample: int | None = None, processes: int = 1,
+             answer_share: float = 1.0) -> Estimate:
     """Estimate peak memory per process and time per epoch for the resolved config ``cfg`` (no ``auto`` left in
-    it) on ``processes`` processes."""
+    it) on ``processes`` processes. ``answer_share``: the share of the data's tokens in answers, where only they
+    go through the LM head (preference methods on packed rows)."""
     compute = DTYPE_BYTES[cfg.model.dtype]
     quant = cfg.model.quantization
     per_linear = {"nf4": NF4_BYTES, "int8": 1.06, "none": compute}[quant]
@@ -119,6 +122,8 @@ def estimate(shape: ModelShape, cfg: RunConfig, tokens_per_epoch: int, device_na
     else:
         activations = tokens * shape.layers * full_layer
     logits = tokens * shape.vocab * (act + 3 * 4)  # logits, fp32 upcast, log-softmax, its gradient
+    if method_of(cfg.method).pairs and cfg.train.padding_free:  # packed pairs: answer positions only, in fp32
+        logits = tokens * answer_share * shape.vocab * 3 * 4  # logits, log-softmax, its gradient
 
     body = shape.linear_params + shape.vocab * h  # matmul parameters a token passes through, head included
     flops = 4 * body + 6 * lora + 4 * shape.layers * length / 2 * h * 3  # fwd + bwd, plus attention
@@ -298,12 +303,14 @@ class SampledTokens:
 
 
 def make_plan(resolved_cfg: RunConfig, shape: ModelShape, tokens_per_epoch: int, samples: int, device: str,
-              gpu: str | None = None, longest_sample: int | None = None, processes: int = 1) -> Plan:
+              gpu: str | None = None, longest_sample: int | None = None, processes: int = 1,
+              answer_share: float = 1.0) -> Plan:
     budget, label, name = device_budget(device, gpu)
     if gpu and resolved_cfg.train.device == "cpu":  # planning for a GPU from a CPU machine: decide as on the GPU
         resolved_cfg = resolved_cfg.model_copy(deep=True)
         resolved_cfg.model.dtype = "bfloat16" if resolved_cfg.model.dtype == "float32" else resolved_cfg.model.dtype
-    est = estimate(shape, resolved_cfg, tokens_per_epoch, name, longest_sample=longest_sample, processes=processes)
+    est = estimate(shape, resolved_cfg, tokens_per_epoch, name, longest_sample=longest_sample, processes=processes,
+                   answer_share=answer_share)
     effective = resolved_cfg.train.batch_size * resolved_cfg.train.gradient_accumulation_steps * processes
     steps = max(1, -(-samples // effective))
     fixes = [] if est.peak <= budget else suggestions(shape, resolved_cfg, tokens_per_epoch, name, budget,

@@ -1,19 +1,21 @@
-"""Benchmark eval generation: one prompt at a time (what `lora-ft generate` does) against `lora-ft eval`'s
-batched generation, on the same finished run and prompts, in one invocation.
+"""Benchmark eval generation: the answers `lora-ft eval` gives, decoded the way it did before (fixed batches)
+and the way it does now (a batch kept full), on the same finished run and prompts, in one invocation.
 
     python scripts/bench_eval_generation.py runs/legal-domain
-    python scripts/bench_eval_generation.py runs/legal-domain --prompts 32 --batch-size 16 --max-new-tokens 256
+    python scripts/bench_eval_generation.py runs/legal-domain --prompts 70 --batch-size 32 --max-new-tokens 256
+    python scripts/bench_eval_generation.py runs/legal-domain --one-at-a-time   # also one prompt at a time
 
-Arms (greedy, the same max_new_tokens, the tuned model = base + the run's adapter):
-- one-at-a-time: ``inference.generate`` per prompt, the adapter unmerged (as `lora-ft generate` runs);
-- batched: ``inference.generate_batch`` (prompts sorted by length, left padding, KV cache), the adapter merged in
-  memory on a CPU (``inference.merged_adapter``), as `lora-ft eval` runs.
+Arms (greedy, the same max_new_tokens; the tuned model = base + the run's adapter, merged into the float32 weights
+in memory on a CPU, as `lora-ft eval` runs; then the base model, the adapter off):
+- fixed batches (before): prompts sorted by length in batches of even size, each decoded by ``model.generate``
+  with the KV cache, rows that stopped leaving the batch every 32 tokens (``decode_in_batches``);
+- refilling (after, what `lora-ft eval` runs): one batch kept full: rows that stop leave, waiting prompts are
+  prefilled into it (``decode_refilling``);
+- one at a time (``--one-at-a-time``): ``inference.generate`` per prompt, as `lora-ft generate` runs.
 
-Figures: generated tokens per second (answer tokens up to and including the end-of-turn token; the padding a
-batch generates after a row has finished is not counted) and wall seconds. It also checks that the answers are
-equal, prompt by prompt, between one-at-a-time and batched with the adapter merged the same way (the equality the
-suite asserts on tiny models), and reports how many differ between the two arms as run (merged vs unmerged
-weights may round differently).
+Figures: generated tokens per second (answer tokens through the end-of-turn token) and wall seconds per arm and
+model, and how many answers are identical between the arms (the refilling arm must give the fixed batches'
+answers, prompt by prompt).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--prompts", type=int, default=16, help="eval prompts to answer (default 16)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=70, help="eval prompts to answer (default 70)")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--one-at-a-time", action="store_true", help="also answer one prompt at a time (slow)")
     args = parser.parse_args()
 
     from lora_ft import console, inference
@@ -63,46 +66,46 @@ def main() -> int:
     config = eval_config(run)  # the run's own eval data: its eval files, or the same held-out split
     with console.silenced():
         loaded = load_data(LoadedConfig(config, None, []))
-    source = loaded.eval_source
     conversations = [s.messages[:-1] for s in loaded.eval if s.messages][: args.prompts]
     model = inference.load_tuned(run)
     tokenizer = inference.load_tokenizer(run)
     print(f"machine: {machine()}")
-    print(f"run: {run.run_dir}; {len(conversations)} prompts from {source}; max_new_tokens {args.max_new_tokens}")
+    print(f"run: {run.run_dir}; {len(conversations)} prompts from {loaded.eval_source}; max_new_tokens "
+          f"{args.max_new_tokens}; batch size {args.batch_size}")
 
-    started = time.perf_counter()
-    single = [inference.generate(model, tokenizer, run, c, args.max_new_tokens) for c in conversations]
-    single_s = time.perf_counter() - started
-    single_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + stopped
-                        for text, stopped in single)
-
-    with inference.merged_adapter(model):
+    def timed(arm):
         started = time.perf_counter()
-        batched = inference.generate_batch(model, tokenizer, run, conversations, args.max_new_tokens,
-                                           args.batch_size)
-        batched_s = time.perf_counter() - started
-        # the same weights, one at a time: batching itself must not change a greedy answer
-        check = [inference.generate(model, tokenizer, run, c, args.max_new_tokens)[0]
-                 for c in conversations[: min(8, len(conversations))]]
-    batched_tokens = sum(a.tokens for a in batched)
-    same_weights = sum(a.text == b for a, b in zip(batched, check))
-    as_run = sum(a.text == b[0] for a, b in zip(batched, single))
+        answers = arm()
+        return answers, time.perf_counter() - started
 
-    rows = [("arm", "answers", "tokens", "seconds", "tokens/s"),
-            ("one at a time (unmerged)", str(len(single)), str(single_tokens), f"{single_s:.1f}",
-             f"{single_tokens / single_s:.1f}"),
-            (f"batched x{args.batch_size} (merged on CPU)", str(len(batched)), str(batched_tokens),
-             f"{batched_s:.1f}", f"{batched_tokens / batched_s:.1f}")]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    def batched(refill: bool):
+        return inference.generate_batch(model, tokenizer, run, conversations, args.max_new_tokens, args.batch_size,
+                                        refill=refill)
+
+    rows = [("model", "arm", "answers", "tokens", "seconds", "tokens/s")]
+    equal = {}
+    for label in ("tuned", "base"):
+        with (inference.merged_adapter(model) if label == "tuned" else model.disable_adapter()):
+            before, before_s = timed(lambda: batched(False))
+            after, after_s = timed(lambda: batched(True))
+            arms = [("fixed batches (before)", before, before_s), ("refilling (after)", after, after_s)]
+            if args.one_at_a_time:
+                single, single_s = timed(lambda: [inference.generate(model, tokenizer, run, c, args.max_new_tokens)
+                                                  for c in conversations])
+                arms.append(("one at a time", [inference.Answer(text, stopped, len(tokenizer(
+                    text, add_special_tokens=False)["input_ids"]) + stopped) for text, stopped in single], single_s))
+        for arm, answers, seconds in arms:
+            tokens = sum(a.tokens for a in answers)
+            rows.append((label, arm, str(len(answers)), f"{tokens:,}", f"{seconds:.1f}",
+                         f"{tokens / seconds:.1f}" if seconds else "n/a"))
+        equal[label] = sum(a.text == b.text for a, b in zip(before, after))
+        rows.append((label, "speed-up", "", "", "", f"{before_s / after_s:.2f}x" if after_s else "n/a"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
-    if single_tokens and batched_tokens:
-        print(f"speed-up: {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x")
-    else:  # a model whose answers are all empty (a tiny test model) generates nothing to time
-        print("speed-up: n/a (no answer tokens were generated)")
-    print(f"batched vs one at a time on the same weights: {same_weights}/{len(check)} answers equal")
-    print(f"batched (merged) vs one at a time (unmerged): {as_run}/{len(single)} answers equal")
-    return 0 if same_weights == len(check) else 1
+    for label, same in equal.items():
+        print(f"{label}: refilling vs fixed batches: {same}/{len(conversations)} answers identical")
+    return 0 if all(same == len(conversations) for same in equal.values()) else 1
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_refilled_batches_give_each_prompt_its_own_greedy_answer(model):
     assert batched == [trimmed(tokens) for tokens in alone]
     lengths = {len(tokens) for tokens in batched}
     assert len(lengths) >= 5 and any(tokens[-1] in stops for tokens in batched)  # rows left at many steps
-    assert done[-1] == len(prompts) and done == sorted(done)
+    assert done[-1] == len(prompts) and done == sorted(done) and len(done) <= 11
 
 
 def test_fixed_batches_give_the_same_answers(model):

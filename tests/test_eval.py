@@ -90,7 +90,6 @@ def test_batched_greedy_answers_equal_one_at_a_time(eval_run, decoding, monkeypa
     # one length; in batches: 3 (or 32) new tokens per generate call, rows that stopped leave the batch, the rest
     # go on from the KV cache
     if decoding != "refilling":
-        monkeypatch.setattr(batched_decoding, "_plain_cache", lambda model: False)
         monkeypatch.setattr(batched_decoding, "STEPS_PER_CALL", int(decoding.split()[3]))
     else:
         assert batched_decoding._plain_cache(inference.load_base(open_run(eval_run)))
@@ -102,7 +101,8 @@ def test_batched_greedy_answers_equal_one_at_a_time(eval_run, decoding, monkeypa
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     for merge in (False, True):
         with inference.merged_adapter(model, merge):
-            batched = inference.generate_batch(model, tokenizer, run, conversations, max_new_tokens=12, batch_size=3)
+            batched = inference.generate_batch(model, tokenizer, run, conversations, max_new_tokens=12, batch_size=3,
+                                               refill=decoding == "refilling")
             single = [inference.generate(model, tokenizer, run, c, max_new_tokens=12) for c in conversations]
         assert [(a.text, a.stopped) for a in batched] == single
         assert all(0 < a.tokens <= 12 for a in batched)

@@ -32,7 +32,7 @@ def _run(*command: str, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
 
 
 def test_every_script_is_covered_by_this_file():
-    covered = {"bench.py", "bench_preference.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
+    covered = {"bench.py", "bench_preference.py", "profile_step.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
                "engine_envs.sh", "gen_config_docs.py", "gpu_check.py", "gpu_check.sh", "gpu_wheels.sh", "setup.sh",
                "slurm_train.sh", "gpu_reference_losses.json"}
     present = {p.name for p in SCRIPTS.iterdir() if p.is_file()}
@@ -162,10 +162,24 @@ def test_bench_hash_times_hashing_a_small_file_and_an_entry_check(tmp_path):
     assert "flags" in result.stdout.lower(), "the CPU's flags are printed with the figures"
 
 
+def test_profile_step_puts_every_operator_in_a_part_of_the_step(tiny_llama, legal_data, tmp_path):
+    config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
+    result = _run(sys.executable, str(SCRIPTS / "profile_step.py"), str(config), "--steps", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "flags:" in result.stdout and "2 profiled steps" in result.stdout
+    shares = {line.split(" | ")[0].strip("| "): float(line.rsplit(" | ", 1)[1].strip(" |%"))
+              for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line}
+    assert set(shares) == set(_module("profile_step").PARTS)
+    assert shares["linear layers, frozen"] > 0 and shares["optimizer"] > 0 and shares["LoRA matmuls"] > 0
+    assert 98 <= sum(shares.values()) <= 102
+
+
 def test_bench_eval_generation_answers_a_few_prompts_both_ways(tiny_llama, legal_data, tmp_path):
     config = write_config(tmp_path / "run.yaml", tiny_llama, legal_data)
     assert cli.main(["train", str(config), "--set", "train.max_steps=1"]) == 0
-    result = _run(sys.executable, str(SCRIPTS / "bench_eval_generation.py"), str(tmp_path / "run"), "--prompts", "2",
-                  "--batch-size", "2", "--max-new-tokens", "4")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "tokens/s" in result.stdout or "tok/s" in result.stdout, result.stdout
+    result = _run(sys.executable, str(SCRIPTS / "bench_eval_generation.py"), str(tmp_path / "run"), "--prompts", "3",
+                  "--batch-size", "2", "--max-new-tokens", "4", "--one-at-a-time")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "flags:" in result.stdout and "tokens/s" in result.stdout, result.stdout
+    assert "tuned: refilling vs fixed batches: 3/3 answers identical" in result.stdout
+    assert "base: refilling vs fixed batches: 3/3 answers identical" in result.stdout

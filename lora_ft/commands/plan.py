@@ -20,7 +20,7 @@ def run(args) -> int:
     resolved = resolve(loaded, has_cuda=True if args.gpu else None)
     with console.held_back():  # the plan says it all; waits, damaged entries and progress still show
         prepared = prepare(loaded, resolved.config, cache=not args.no_cache)
-    tokens = prepared.train_tokens
+    tokens, share = prepared.train_tokens, 1.0
     if prepared.method.prompts:  # every prompt answered num_generations times, each answer at its longest
         settings, prompts = resolved.config.method_settings, tokens
         generations, answer = settings.num_generations, settings.max_completion_length
@@ -28,11 +28,12 @@ def run(args) -> int:
         tokens = planning.SampledTokens(generations * (prompts.tokens + len(prompts) * answer))
     elif prepared.is_preference:
         longest, samples = max((len(ids) for ids, _ in tokens.sequences()), default=0), len(tokens)  # pairs
+        share = tokens.trained_tokens / tokens.tokens if tokens.tokens else 1.0
     else:
         trained_lengths = tokens.lengths(kept_only=True)[0]
         longest, samples = int(trained_lengths.max()) if len(trained_lengths) else 0, tokens.kept
     result = planning.make_plan(resolved.config, planning.read_shape(prepared.chat.source.path), tokens.tokens,
-                                samples, resolved.device, args.gpu, longest, processes=args.nproc)
+                                samples, resolved.device, args.gpu, longest, processes=args.nproc, answer_share=share)
     if args.measure:
         console.say("measuring a few real training steps ...")
         result.measured_peak, result.measured_step_seconds = planning.measure(prepared, resolved)

@@ -57,10 +57,24 @@ def _window_mask(length: int, window: int | None, device):
     return ((distance >= 0) & (distance < window))[None, None]
 
 
+def per_sample_mask(batch_size: int, *args, attention_mask=None, **kwargs):
+    """The mask transformers builds for :func:`per_sample_sdpa`: none for a padding-free row (one row, no padding
+    mask: the attention splits it by its position ids), SDPA's mask for anything else (a padded batch, a
+    generation step over a left-padded KV cache), so padding is never attended to. Without a mask function
+    registered under its name, transformers would build no mask at all for a custom attention."""
+    from transformers.masking_utils import sdpa_mask
+
+    if batch_size == 1 and attention_mask is None:
+        return None
+    return sdpa_mask(batch_size, *args, attention_mask=attention_mask, **kwargs)
+
+
 def use_per_sample_attention(model, enabled: bool) -> None:
     """Switch the model's attention to :func:`per_sample_sdpa` (``enabled``) or back to SDPA."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(PER_SAMPLE_ATTENTION, per_sample_sdpa)
+    AttentionMaskInterface.register(PER_SAMPLE_ATTENTION, per_sample_mask)
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     target.set_attn_implementation(PER_SAMPLE_ATTENTION if enabled else "sdpa")
