@@ -413,7 +413,8 @@ def main() -> int:
         for key in ("gpu_allocated_gib", "gpu_reserved_gib"):
             if all(key in r for r in results):
                 row[key] = statistics.median(r[key] for r in results)
-        row["trained_tokens_per_s"] = row["tokens_per_s"] * fraction
+        sft_arm = args.method == "sft" or arm == "ours-sft"  # the trained fraction is the SFT data's
+        row["trained_tokens_per_s"] = row["tokens_per_s"] * fraction if sft_arm else None
         row["final_loss"] = results[-1]["final_loss"]
         row["losses"] = results[-1]["losses"]
         row["runs"] = len(results)
@@ -459,7 +460,8 @@ def render(report: dict) -> str:
         memory = ([f"{r['gpu_allocated_gib']:.2f}", f"{r['gpu_reserved_gib']:.2f}",
                    f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a", f"{100 * r['hfu']:.1f}%" if "hfu" in r else "n/a"]
                   if gpu else [f"{r['rss_gib']:.2f}"])
-        lines.append(f"| {arm} | {r['tokens_per_s']:.0f} | {r['trained_tokens_per_s']:.0f} | {r['step_s']:.2f} | "
+        trained = "n/a" if r["trained_tokens_per_s"] is None else f"{r['trained_tokens_per_s']:.0f}"
+        lines.append(f"| {arm} | {r['tokens_per_s']:.0f} | {trained} | {r['step_s']:.2f} | "
                      + " | ".join(memory) + f" | {r['final_loss']:.4f} |")
     ratio = report["ratios"]
     memory_ratio = (f"GPU reserved memory {ratio['gpu_reserved']:.2f}x, allocated {ratio['gpu_allocated']:.2f}x"

@@ -12,7 +12,8 @@ gpu-results/) with RESULTS.json, RESULTS.md and log.txt:
 3. a 40-step QLoRA run of configs/legal_domain.yaml on a SmolLM2-135M-shaped Llama with random weights (built
    from its config with a fixed seed: no hub) and the embedded model's tokenizer; its first logged losses are
    compared with the same run on a CPU, recorded in scripts/gpu_reference_losses.json (tolerance below);
-4. scripts/bench.py on the Llama-1B shape (ours against the hand-written TRL + PEFT baseline), and on the 8B shape
+4. scripts/bench.py on the Llama-1B shape (ours against the hand-written TRL + PEFT baseline), the same shape with
+   --method dpo (lora-ft's packed DPO against TRL's DPOTrainer + PEFT, and lora-ft's SFT), and on the 8B shape
    when the budget allows;
 5. `lora-ft plan --measure` on the 40-step run's config: the memory estimate against the measured peak.
 """
@@ -254,14 +255,15 @@ def cmd_run(args) -> int:
                   f"{summary['sharded_checkpoint']}")
 
     bench = {}
-    for shape, limit in (("llama-1b", 240), ("llama-8b", 300)):
-        folder = work / f"bench-{shape}"
-        if steps.run(f"bench {shape}", [python, "scripts/bench.py", "--workload", shape, "--steps", "8",
-                                        "--warmup", "2", "--out", str(folder), "--tokenizer", str(tokenizer)],
-                     limit, env):
-            shutil.copy2(folder / "RESULTS.md", out / f"bench_{shape}.md")
-            shutil.copy2(folder / "RESULTS.json", out / f"bench_{shape}.json")
-            bench[shape] = bench_summary(folder)
+    for shape, method, limit in (("llama-1b", "sft", 240), ("llama-1b", "dpo", 240), ("llama-8b", "sft", 300)):
+        name = shape if method == "sft" else f"{shape}-{method}"
+        folder = work / f"bench-{name}"
+        if steps.run(f"bench {name}", [python, "scripts/bench.py", "--workload", shape, "--method", method,
+                                       "--steps", "8", "--warmup", "2", "--out", str(folder), "--tokenizer",
+                                       str(tokenizer)], limit, env):
+            shutil.copy2(folder / "RESULTS.md", out / f"bench_{name}.md")
+            shutil.copy2(folder / "RESULTS.json", out / f"bench_{name}.json")
+            bench[name] = bench_summary(folder)
     steps.results["bench"] = bench
 
     if steps.run("plan --measure", [python, "-m", "lora_ft", "plan", str(REPO / "configs" / "legal_domain.yaml"),
