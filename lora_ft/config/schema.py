@@ -229,9 +229,8 @@ class TrainSection(Section):
         True,
         description="Concatenate each batch into one row with per-sample position ids instead of padding it: no "
         "compute is spent on pad tokens, and attention stays within each sample (same loss as padded batches). For "
-        "DPO, ORPO and KTO the row holds every answer with its prompt, and only answer positions go through the LM "
-        "head; `false` runs TRL's padded trainers. Unless set, it is turned off where the attention resolves to "
-        "`eager`, which would score the row whole.",
+        "DPO, ORPO and KTO only answer positions go through the LM head; `false` runs TRL's padded trainers. "
+        "Unless set, it is turned off where the attention resolves to `eager`, which would score the row whole.",
     )
     fused_kernels: bool | Literal["auto"] = Field(
         "auto",
