@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     # what every step uses: errors, what a person reads, files, finding an extension folder's modules, several
     # processes, the embedded model, a finished run's adapter files; the strict base of every config section
     ("lora_ft.errors", "lora_ft.console", "lora_ft.files", "lora_ft.plugins", "lora_ft.distributed",
-     "lora_ft.embedded", "lora_ft.adapter_files", "lora_ft.sections"),
+     "lora_ft.embedded", "lora_ft.adapter_files", "lora_ft.sections", "lora_ft.batched_decoding"),
     # what a config may name: a sample and the data formats, the model families, the chat templates, the methods,
     # and what the methods' rewards score answers by
     ("lora_ft.samples", "lora_ft.tool_turns", "lora_ft.conversations", "lora_ft.formats", "lora_ft.families",
@@ -57,8 +57,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lora_ft.training",),  # the training loop
     ("lora_ft.rundir",),  # the run directory: lock, resume, checkpoints, the finished run
     # the steps the commands share
-    ("lora_ft.preparation", "lora_ft.planning", "lora_ft.inference", "lora_ft.batched_decoding", "lora_ft.tracking",
-     "lora_ft.launching"),
+    ("lora_ft.preparation", "lora_ft.planning", "lora_ft.inference", "lora_ft.tracking", "lora_ft.launching"),
     ("lora_ft.evaluation", "lora_ft.data_report"),  # `lora-ft eval`, `lora-ft data`
     ("lora_ft.exports",),  # `lora-ft merge`, `lora-ft export`
     ("lora_ft.commands",),  # one module per command

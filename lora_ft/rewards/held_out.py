@@ -36,37 +36,19 @@ class HeldOutScores:
 def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, stop_ids: list[int],
                        batch_size: int) -> list[tuple[list[int], bool]]:
     """Each prompt's greedy completion (token ids, up to and without the stop token) and whether it stopped
-    there: prompts sorted by length into left-padded batches, a KV cache, each row done at its stop token."""
-    import torch
+    there: a batch kept full, shortest prompts first, with a KV cache (:mod:`lora_ft.batched_decoding`)."""
+    from lora_ft.batched_decoding import decode
 
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    out: list[tuple[list[int], bool]] = [([], False)] * len(encoded)
-    pad = tokenizer.pad_token_id
-    device = next(model.parameters()).device
+    stops, pad = set(stop_ids), tokenizer.pad_token_id
+    kwargs = {"do_sample": False, "eos_token_id": stop_ids, "pad_token_id": pad, "use_cache": True}
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            longest = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, index in enumerate(batch):
-                tokens = encoded[index]
-                ids[row, longest - len(tokens):] = torch.tensor(tokens)
-                mask[row, longest - len(tokens):] = 1
-            with torch.no_grad():
-                generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                                           pad_token_id=pad, use_cache=True)
-            for row, index in enumerate(batch):
-                completion = generated[row, longest:].tolist()
-                stop = next((k for k, token in enumerate(completion) if token in stop_ids), None)
-                out[index] = (completion[:stop], True) if stop is not None else (completion, False)
+        answers = decode(model, encoded, [max_new_tokens] * len(encoded), stops, pad, batch_size, kwargs)
     finally:
         model.train(was_training)
-    return out
+    return [(tokens[:-1], True) if tokens and tokens[-1] in stops else (tokens, False) for tokens in answers]
 
 
 def held_out_scores(model, tokenizer, dataset, specs, functions, max_new_tokens: int, stop_ids: list[int],
