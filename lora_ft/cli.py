@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "conversation before it, its calls scored (default 200, spread over all; 0: none)")
     evaluate.add_argument("--max-new-tokens", type=POSITIVE_INT, default=256,
                           help="longest answer in tokens (default 256)")
-    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=32,
-                          help="prompts answered at once (default 32)")
+    evaluate.add_argument("--batch-size", type=POSITIVE_INT, default=64,
+                          help="prompts answered at once (default 64)")
     evaluate.add_argument("--samples", type=COUNT, default=3, help="answers to show side by side (default 3)")
     evaluate.add_argument("--tasks", metavar="NAME[,NAME]",
                           help="lm-evaluation-harness tasks to run for both models (needs lora-ft[eval])")
