@@ -12,6 +12,7 @@ per-sequence sums, as TRL's padded trainers compute them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 IGNORE = -100
@@ -128,3 +129,33 @@ def answer_tokens(batch: dict, sequences=None):
 
 def moved(batch: dict, device) -> dict:
     return {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
+
+
+class PackedTrainer:
+    """What lora-ft's packed DPO and KTO trainers share, mixed in ahead of TRL's trainer class."""
+
+    @property
+    def _fused_head(self) -> bool:  # TRL's fused LM head scores only the kept positions on a GPU (Triton)
+        return self.accelerator.device.type == "cuda"
+
+    @contextmanager
+    def reference_pass(self):
+        """The reference active: the adapter off, or the starting adapter ("ref") on; no gradient, no
+        recomputation, under the trainer's autocast."""
+        import torch
+        from trl.models.utils import disable_gradient_checkpointing
+        from trl.trainer.utils import use_adapter
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        reference = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
+        with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+              use_adapter(unwrapped, reference), self.accelerator.autocast()):
+            yield
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the loss only (the metrics are logged as in training)."""
+        import torch
+
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, self._prepare_inputs(inputs))
+        return loss.detach(), None, None

@@ -7,7 +7,8 @@ trainer on tiny models), and the same metrics are logged under the same names.""
 
 from __future__ import annotations
 
-from lora_ft.methods._packed import PackedCollator, Sequence, answer_tokens, moved, per_sequence, score
+from lora_ft.methods._packed import (PackedCollator, PackedTrainer, Sequence, answer_tokens, moved, per_sequence,
+                                     score)
 
 
 def pair_sequences(examples: list[dict]) -> list[Sequence]:
@@ -74,30 +75,15 @@ DISCOPOP_TAU = 0.05  # DPOConfig's default discopop_tau
 def packed_dpo_trainer(base_class):
     """``base_class`` (lora-ft's DPOTrainer, its data as tokenized) with packed batches."""
     import torch
-    from trl.models.utils import disable_gradient_checkpointing
-    from trl.trainer.utils import use_adapter
 
-    class PackedDPOTrainer(base_class):
-        @property
-        def _fused_head(self) -> bool:  # TRL's fused LM head scores only the kept positions on a GPU (Triton)
-            return self.accelerator.device.type == "cuda"
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, self._prepare_inputs(inputs))
-            return loss.detach(), None, None
-
+    class PackedDPOTrainer(PackedTrainer, base_class):
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
                 self._signature_columns = ["prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps",
                                            "ref_rejected_logps"]
 
         def reference_scores(self, batch):
-            """The reference's scores: the adapter off, or the starting adapter ("ref") active; no gradient."""
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            reference = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
-            with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                  use_adapter(unwrapped, reference), self.accelerator.autocast()):
+            with self.reference_pass():
                 return score(self.model, batch, self._fused_head).log_probs
 
         def compute_ref_log_probs(self, model, inputs):  # TRL's precompute pass, packed

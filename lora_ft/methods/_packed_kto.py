@@ -8,7 +8,7 @@ checks them against TRL's padded trainer on tiny models."""
 
 from __future__ import annotations
 
-from lora_ft.methods._packed import PackedCollator, Sequence, moved, per_sequence, score
+from lora_ft.methods._packed import PackedCollator, PackedTrainer, Sequence, moved, per_sequence, score
 
 
 def _answers(key: str):
@@ -37,30 +37,16 @@ def packed_kto_trainer(base_class):
     """``base_class`` (lora-ft's KTOTrainer, its data as tokenized) with packed batches."""
     import torch
     import torch.nn.functional as F
-    from trl.models.utils import disable_gradient_checkpointing
-    from trl.trainer.utils import use_adapter
 
-    class PackedKTOTrainer(base_class):
-        @property
-        def _fused_head(self) -> bool:  # TRL's fused LM head scores only the kept positions on a GPU (Triton)
-            return self.accelerator.device.type == "cuda"
-
+    class PackedKTOTrainer(PackedTrainer, base_class):
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
                 self._signature_columns = ["prompt_ids", "completion_ids", "label", "KL_completion_ids",
                                            "ref_logps", "ref_KL_logps"]
 
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            with torch.no_grad(), self.compute_loss_context_manager():
-                loss = self.compute_loss(model, self._prepare_inputs(inputs))
-            return loss.detach(), None, None
-
         def reference_sums(self, batch):
-            """The reference's answer and mismatched-answer sums (the adapter off, or "ref" active); no gradient."""
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            reference = "ref" if "ref" in getattr(unwrapped, "peft_config", {}) else None
-            with (torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                  use_adapter(unwrapped, reference), self.accelerator.autocast()):
+            """The reference's answer and mismatched-answer sums."""
+            with self.reference_pass():
                 answers = per_sequence(score(self.model, batch, self._fused_head).log_probs, batch)
                 kl = None
                 if self.calculate_KL:
