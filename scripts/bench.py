@@ -59,7 +59,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LEGAL_CONFIG = REPO / "configs" / "legal_domain.yaml"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_preference import DPO_CONFIG, PAIRS, preference_workload  # noqa: E402
+from bench_preference import DPO_CONFIG, PAIRS, baseline_model, preference_workload  # noqa: E402
 LORA_R = 16  # both arms: the legal config's rank and the baseline's LoraConfig
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 SHAPES = {  # Llama-architecture shapes, random weights: speed and memory only
@@ -140,8 +140,7 @@ def run_baseline(model_dir: Path, data: Path, max_len: int, steps: int, work: Pa
     """The script a careful user writes from the TRL and PEFT docs."""
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
@@ -155,15 +154,7 @@ def run_baseline(model_dir: Path, data: Path, max_len: int, steps: int, work: Pa
     dataset = load_dataset("json", data_files=str(data), split="train")
     dataset = dataset.map(to_prompt_completion, remove_columns=dataset.column_names)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if cuda:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map={"": 0})
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                             task_type="CAUSAL_LM")
+    model, peft_config = baseline_model(model_dir)
     precision = {} if trl_defaults else {"bf16": cuda, "gradient_checkpointing": cuda}
     args = SFTConfig(
         output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,

@@ -25,12 +25,29 @@ PAIRS = REPO / "examples" / "legal" / "preferences.jsonl"
 SYSTEM = "You are a careful legal assistant. Answer clearly and concisely, in plain English."
 
 
+def baseline_model(model_dir: Path):
+    """The baselines' model and LoRA settings, as the TRL and PEFT docs show them: NF4 with bfloat16 compute on a
+    CUDA GPU, float32 on a CPU; rank 16 on every linear layer."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if torch.cuda.is_available():
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
+                                                     device_map={"": 0})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                             task_type="CAUSAL_LM")
+
+
 def run_trl_dpo(model_dir: Path, data: Path, max_len: int, steps: int, work: Path, clock) -> dict:
     """TRL's DPOTrainer + PEFT as their docs show it."""
     import torch
     from datasets import load_dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     cuda = torch.cuda.is_available()
@@ -43,15 +60,7 @@ def run_trl_dpo(model_dir: Path, data: Path, max_len: int, steps: int, work: Pat
     dataset = load_dataset("json", data_files=str(data), split="train")
     dataset = dataset.map(conversational, remove_columns=dataset.column_names)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if cuda:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map={"": 0})
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                             task_type="CAUSAL_LM")
+    model, peft_config = baseline_model(model_dir)
     args = DPOConfig(
         output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
         learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=steps, max_length=max_len,
