@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--prompts", type=int, default=70, help="eval prompts to answer (default 70)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64, help="rows decoded at once (default 64, as eval)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--one-at-a-time", action="store_true", help="also answer one prompt at a time (slow)")
     args = parser.parse_args()
