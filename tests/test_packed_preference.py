@@ -133,3 +133,24 @@ def test_a_packed_row_scores_each_sequence_as_it_scores_alone(tiny_llama):
                               PackedCollator(lambda _, s=s: [s])([{}]))[0] for s in sequences]
     assert batch["answer_lengths"].tolist() == [2, 5, 3]
     assert together.tolist() == pytest.approx([value.item() for value in alone], abs=1e-5)
+
+
+def test_the_fused_head_path_scores_what_the_kept_logits_path_scores(tiny_llama):
+    """The GPU path (TRL's fused LM head over the packed row's labels) and the CPU path (the kept positions'
+    logits) give the same log-probabilities and statistics; here the fused head runs its CPU fallback."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from lora_ft.model.attention import use_per_sample_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    use_per_sample_attention(model, True)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    batch = PackedCollator(lambda _: [Sequence([5, 6, 7, 8, 9], 3), Sequence([10, 11, 12, 13, 14, 15], 2),
+                                      Sequence([17, 18, 19, 20], 1, scored_from=1)])([{}])
+    with torch.no_grad():
+        kept, fused = score(model, batch, statistics=True), score(model, batch, fused_head=True)
+    assert fused.log_probs.tolist() == pytest.approx(kept.log_probs.tolist(), abs=1e-5)
+    assert fused.entropy.tolist() == pytest.approx(kept.entropy.tolist(), abs=1e-4)
+    assert fused.mean_logit.tolist() == pytest.approx(kept.mean_logit.tolist(), abs=1e-5)
+    assert fused.top1.tolist() == kept.top1.tolist()
