@@ -93,17 +93,24 @@ def decode_refilling(model, prompts, caps, stops, pad, batch_size, progress=None
     return answers
 
 
-def _prefill(model, prompts: list[list[int]], pad: int, device):
-    """Left-padded prompts read in one pass: their cache, mask and first answer tokens."""
+def _left_padded(prompts: list[list[int]], pad: int, device):
+    """Prompts as one left-padded batch: ids and attention mask."""
     import torch
-    from transformers import DynamicCache
 
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt):], mask[row, width - len(prompt):] = torch.tensor(prompt), 1
-    ids, mask = ids.to(device), mask.to(device)
+    return ids.to(device), mask.to(device)
+
+
+def _prefill(model, prompts: list[list[int]], pad: int, device):
+    """Left-padded prompts read in one pass: their cache, mask and first answer tokens."""
+    import torch
+    from transformers import DynamicCache
+
+    ids, mask = _left_padded(prompts, pad, device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -170,12 +177,7 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
     and the others go on from the cache (the same computation as one uninterrupted call)."""
     import torch
 
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):], mask[row, width - len(prompt):] = torch.tensor(prompt), 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    ids, mask = _left_padded(prompts, pad, model.device)
     generated: list[list[int]] = [[] for _ in prompts]
     live, carried = list(range(len(prompts))), {}
     while live:  # the live rows have all generated the same number of tokens

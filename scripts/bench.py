@@ -59,7 +59,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LEGAL_CONFIG = REPO / "configs" / "legal_domain.yaml"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_preference import DPO_CONFIG, PAIRS, baseline_model, preference_workload  # noqa: E402
+from bench_preference import (DPO_CONFIG, PAIRS, SYSTEM, baseline_arguments, baseline_model, preference_workload,  # noqa: E402
+                              trained)
 LORA_R = 16  # both arms: the legal config's rank and the baseline's LoraConfig
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 SHAPES = {  # Llama-architecture shapes, random weights: speed and memory only
@@ -144,11 +145,10 @@ def run_baseline(model_dir: Path, data: Path, max_len: int, steps: int, work: Pa
     from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
-    system = "You are a careful legal assistant. Answer clearly and concisely, in plain English."
 
     def to_prompt_completion(row):
         question = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
-        return {"prompt": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        return {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
                 "completion": [{"role": "assistant", "content": row["output"]}]}
 
     dataset = load_dataset("json", data_files=str(data), split="train")
@@ -156,19 +156,10 @@ def run_baseline(model_dir: Path, data: Path, max_len: int, steps: int, work: Pa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model, peft_config = baseline_model(model_dir)
     precision = {} if trl_defaults else {"bf16": cuda, "gradient_checkpointing": cuda}
-    args = SFTConfig(
-        output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        learning_rate=5e-4, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=steps, max_length=max_len,
-        logging_steps=1, save_strategy="no", report_to="none", seed=42, use_cpu=not cuda,
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True, **precision,
-    )
+    args = SFTConfig(**baseline_arguments(work, steps, max_len, 5e-4), **precision)
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[clock.callback()])
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    return {"steps": clock.steps, "checkpointing": bool(args.gradient_checkpointing)}
+    return trained(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[clock.callback()]), clock)
 
 
 def run_ours(config: Path, model_dir: Path, data: Path, max_len: int, steps: int, work: Path,

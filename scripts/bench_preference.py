@@ -61,18 +61,31 @@ def run_trl_dpo(model_dir: Path, data: Path, max_len: int, steps: int, work: Pat
     dataset = dataset.map(conversational, remove_columns=dataset.column_names)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model, peft_config = baseline_model(model_dir)
-    args = DPOConfig(
-        output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        learning_rate=5e-5, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=steps, max_length=max_len,
-        beta=0.1, logging_steps=1, save_strategy="no", report_to="none", seed=42, use_cpu=not cuda,
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True, bf16=cuda, gradient_checkpointing=cuda,
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[clock.callback()])
-    if cuda:
+    args = DPOConfig(**baseline_arguments(work, steps, max_len, 5e-5), beta=0.1, bf16=cuda,
+                     gradient_checkpointing=cuda)
+    return trained(DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[clock.callback()]), clock)
+
+
+def baseline_arguments(work: Path, steps: int, max_len: int, learning_rate: float) -> dict:
+    """The work settings the baselines share with each other and with ours: batch 4 x 2, a cosine schedule with
+    10% warm-up, the steps, the maximum length, seed 42, a log every step, no saving, non-pad tokens counted."""
+    import torch
+
+    return dict(output_dir=str(work / "baseline-out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.1, max_steps=steps,
+                max_length=max_len, logging_steps=1, save_strategy="no", report_to="none", seed=42,
+                use_cpu=not torch.cuda.is_available(), include_num_input_tokens_seen="non_padding", disable_tqdm=True)
+
+
+def trained(trainer, clock) -> dict:
+    """Train (the GPU's peak memory counted from here) and return the step clock's records."""
+    import torch
+
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    return {"steps": clock.steps, "checkpointing": bool(args.gradient_checkpointing)}
+    return {"steps": clock.steps, "checkpointing": bool(trainer.args.gradient_checkpointing)}
 
 
 def preference_workload(data: Path, work: Path) -> Path:

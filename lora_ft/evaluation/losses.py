@@ -14,32 +14,18 @@ def sequence_logps(model, input_ids: list[list[int]], labels: list[list[int]], b
     head (:func:`lora_ft.methods._packed.score`): no work on padding, and no logits for prompt tokens."""
     import torch
 
-    from lora_ft.methods._packed import score
+    from lora_ft.methods._packed import Sequence, pack, per_sequence, score
 
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
     sums: list[float] = [0.0] * len(input_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        ids, positions, keep, targets, owner = [], [], [], [], []
-        for number, row in enumerate(rows):
-            offset, tokens, labelled = len(ids), input_ids[row], labels[row]
-            ids += tokens
-            positions += range(len(tokens))
-            scored = [at for at in range(1, len(tokens)) if labelled[at] != IGNORE]
-            keep += [offset + at - 1 for at in scored]
-            targets += [labelled[at] for at in scored]
-            owner += [number] * len(scored)
-        if not keep:
+        batch = pack([Sequence(input_ids[row], labels=labels[row]) for row in rows])
+        if not batch["keep"].numel():
             continue  # no labelled token: each sum is 0
-        device = model.device
-        batch = {"input_ids": torch.tensor([ids], device=device), "position_ids": torch.tensor([positions],
-                                                                                               device=device),
-                 "keep": torch.tensor(keep, dtype=torch.long, device=device),
-                 "targets": torch.tensor(targets, dtype=torch.long, device=device)}
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         with torch.no_grad():
-            log_probs = score(model, batch).log_probs
-        totals = torch.zeros(len(rows), dtype=log_probs.dtype, device=log_probs.device)
-        totals = totals.index_add(0, torch.tensor(owner, dtype=torch.long, device=log_probs.device), log_probs)
+            totals = per_sequence(score(model, batch).log_probs, batch)
         for index, value in zip(rows, totals.tolist()):
             sums[index] = value
     return sums

@@ -21,15 +21,55 @@ IGNORE = -100
 @dataclass(frozen=True)
 class Sequence:
     ids: list[int]
-    answer_start: int  # the first answer token (the tokens before it are the prompt)
+    answer_start: int = 0  # the first answer token (the tokens before it are the prompt)
     scored_from: int | None = None  # the first token scored, when earlier than the answer (ORPO's chosen: 1)
+    labels: list[int] | None = None  # instead: score exactly the tokens labelled (not IGNORE), all as answer
+
+    def scored(self) -> list[tuple[int, bool]]:
+        """(position, in the answer) of every scored token; a token is scored from the position before it."""
+        if self.labels is not None:
+            return [(at, True) for at in range(1, len(self.ids)) if self.labels[at] != IGNORE]
+        first = self.answer_start if self.scored_from is None else self.scored_from
+        return [(at, at >= self.answer_start) for at in range(max(first, 1), len(self.ids))]
+
+    @property
+    def answer_length(self) -> int:
+        if self.labels is not None:
+            return sum(1 for label in self.labels if label != IGNORE)
+        return len(self.ids) - self.answer_start
+
+
+def pack(sequences: list[Sequence]) -> dict:
+    """Sequences as one unpadded row: the row's ids and position ids; for every scored token the position read
+    for it (``keep``), its id, the sequence it belongs to and whether it is in the answer; each answer's length."""
+    import torch
+
+    ids, positions, keep, targets, owner, answer = [], [], [], [], [], []
+    for number, sequence in enumerate(sequences):
+        offset = len(ids)
+        ids += sequence.ids
+        positions += range(len(sequence.ids))
+        for at, in_answer in sequence.scored():
+            keep.append(offset + at - 1)
+            targets.append(sequence.ids[at])
+            owner.append(number)
+            answer.append(in_answer)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "keep": torch.tensor(keep, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "owner": torch.tensor(owner, dtype=torch.long),
+        "in_answer": torch.tensor(answer, dtype=torch.bool),
+        "answer_lengths": torch.tensor([sequence.answer_length for sequence in sequences], dtype=torch.long),
+    }
 
 
 @dataclass
 class PackedCollator:
-    """Examples -> one packed row. ``sequences`` says which sequences an example list makes, in order (DPO: every
-    chosen answer, then every rejected one, TRL's order); ``columns`` are per-example numbers passed through as a
-    tensor (precomputed reference log-probabilities)."""
+    """Examples -> one packed row (:func:`pack`). ``sequences`` says which sequences an example list makes, in
+    order (DPO: every chosen answer, then every rejected one, TRL's order); ``columns`` are per-example numbers
+    passed through as a tensor (precomputed reference log-probabilities)."""
 
     sequences: Callable[[list[dict]], list[Sequence]]
     columns: tuple[str, ...] = ()
@@ -38,29 +78,7 @@ class PackedCollator:
     def __call__(self, examples: list[dict]) -> dict:
         import torch
 
-        sequences = self.sequences(examples)
-        ids, positions, keep, targets, owner, answer = [], [], [], [], [], []
-        lengths = []
-        for number, sequence in enumerate(sequences):
-            offset, size = len(ids), len(sequence.ids)
-            ids += sequence.ids
-            positions += range(size)
-            first = sequence.answer_start if sequence.scored_from is None else sequence.scored_from
-            scored = range(max(first, 1), size)  # a token is scored from the position before it
-            keep += [offset + at - 1 for at in scored]
-            targets += [sequence.ids[at] for at in scored]
-            owner += [number] * len(scored)
-            answer += [at >= sequence.answer_start for at in scored]
-            lengths.append(size - sequence.answer_start)
-        batch = {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long),
-            "keep": torch.tensor(keep, dtype=torch.long),
-            "targets": torch.tensor(targets, dtype=torch.long),
-            "owner": torch.tensor(owner, dtype=torch.long),
-            "in_answer": torch.tensor(answer, dtype=torch.bool),
-            "answer_lengths": torch.tensor(lengths, dtype=torch.long),
-        }
+        batch = pack(self.sequences(examples))
         for column in self.columns:
             if column in examples[0]:
                 batch[column] = torch.tensor([example[column] for example in examples])
@@ -110,25 +128,13 @@ def score(model, batch: dict, fused_head: bool = False, statistics: bool = False
 STATISTICS_ROWS = 256
 
 
-def per_sequence(values, batch: dict, answers_only: bool = True):
-    """Each sequence's sum of ``values`` (one per scored token), over its answer tokens by default."""
+def per_sequence(values, batch: dict):
+    """Each sequence's sum of ``values`` (one per scored token) over its answer tokens."""
     import torch
 
-    owner = batch["owner"]
+    values = values.masked_fill(~batch["in_answer"], 0)
     count = batch["answer_lengths"].numel()
-    if answers_only:
-        values = values.masked_fill(~batch["in_answer"], 0)
-    return torch.zeros(count, dtype=values.dtype, device=values.device).index_add(0, owner, values)
-
-
-def answer_tokens(batch: dict, sequences=None):
-    """The answer tokens of the given sequences (all of them by default)."""
-    lengths = batch["answer_lengths"]
-    return lengths.sum() if sequences is None else lengths[sequences].sum()
-
-
-def moved(batch: dict, device) -> dict:
-    return {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
+    return torch.zeros(count, dtype=values.dtype, device=values.device).index_add(0, batch["owner"], values)
 
 
 class PackedTrainer:

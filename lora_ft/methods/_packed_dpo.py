@@ -7,8 +7,7 @@ trainer on tiny models), and the same metrics are logged under the same names.""
 
 from __future__ import annotations
 
-from lora_ft.methods._packed import (PackedCollator, PackedTrainer, Sequence, answer_tokens, moved, per_sequence,
-                                     score)
+from lora_ft.methods._packed import PackedCollator, PackedTrainer, Sequence, per_sequence, score
 
 
 def pair_sequences(examples: list[dict]) -> list[Sequence]:
@@ -87,13 +86,11 @@ def packed_dpo_trainer(base_class):
                 return score(self.model, batch, self._fused_head).log_probs
 
         def compute_ref_log_probs(self, model, inputs):  # TRL's precompute pass, packed
-            batch = moved(inputs, self.accelerator.device)
-            sums = per_sequence(self.reference_scores(batch), batch)
-            return sums.chunk(2)
+            return per_sequence(self.reference_scores(inputs), inputs).chunk(2)
 
         def _compute_loss(self, model, inputs, return_outputs):
             mode = "train" if self.model.training else "eval"
-            batch = moved(inputs, self.accelerator.device)
+            batch = inputs  # on the device: the trainer (and TRL's precompute loader) put it there
             # the reference first: its pass is over (its memory free) before the policy's activations are kept
             if "ref_chosen_logps" in batch:
                 ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -118,7 +115,7 @@ def packed_dpo_trainer(base_class):
             """TRL's DPO metrics, under its names: entropy, tokens, mean logits, token accuracy, rewards, logps."""
             gather, metrics = self.accelerator.gather_for_metrics, self._metrics[mode]
             answer = batch["in_answer"]
-            tokens = gather(answer_tokens(batch)).sum()
+            tokens = gather(answer.sum()).sum()
             metrics["entropy"].append((gather(scored.entropy[answer].sum()).sum() / tokens.clamp(min=1)).item())
             if mode == "train":
                 self._total_train_tokens += gather(torch.tensor(batch["input_ids"].numel(),

@@ -8,7 +8,7 @@ checks them against TRL's padded trainer on tiny models."""
 
 from __future__ import annotations
 
-from lora_ft.methods._packed import PackedCollator, PackedTrainer, Sequence, moved, per_sequence, score
+from lora_ft.methods._packed import PackedCollator, PackedTrainer, Sequence, per_sequence, score
 
 
 def _answers(key: str):
@@ -54,7 +54,7 @@ def packed_kto_trainer(base_class):
             return answers, kl
 
         def compute_ref_log_probs(self, model, inputs):  # TRL's precompute pass, packed
-            return self.reference_sums(moved(inputs, self.accelerator.device))
+            return self.reference_sums(inputs)
 
         def _compute_loss(self, model, inputs, return_outputs):
             mode = "train" if self.model.training else "eval"
