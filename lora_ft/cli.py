@@ -20,6 +20,7 @@ EPILOG = """examples:
   lora-ft chat runs/legal-domain
   lora-ft export runs/legal-domain --format gguf
   lora-ft push runs/legal-domain --repo your-name/legal-lora   # the adapter, private, with a model card
+  lora-ft ui runs                                            # the runs in a browser: http://127.0.0.1:7860
 docs: docs/config.md (every key), docs/data.md (data formats), docs/run-directory.md, docs/evaluation.md,
       docs/serving.md"""
 
@@ -214,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a folder of harness task YAML files, e.g. examples/legal/harness (works offline)")
     evaluate.add_argument("--task-limit", type=POSITIVE_INT, help="score only the first N documents of each task")
     evaluate.add_argument("--out", type=PATH, help="report directory (default: RUN_DIR/eval)")
+    ui = sub.add_parser("ui", help="a local web page: runs, curves, reports, compare, chat, new runs",
+                        description="Serve a web page over a folder of runs: every run with its status and eval "
+                        "losses (live while training), a run's curves, config, data and eval reports and downloads, "
+                        "runs compared, the base and tuned model answering side by side, and a form that checks, "
+                        "plans, starts, stops and resumes training (the same commands as here). It listens on "
+                        "127.0.0.1 only, unless --host names another address and LORA_FT_UI_PASSWORD is set. Needs "
+                        "lora-ft[ui] (Gradio).")
+    ui.add_argument("runs_dir", type=PATH, nargs="?", default="runs", metavar="RUNS_DIR",
+                    help="the folder of run directories (default: runs)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; any other needs "
+                    "LORA_FT_UI_PASSWORD)")
+    ui.add_argument("--port", type=POSITIVE_INT, default=7860, help="port (default 7860)")
+    ui.add_argument("--user", default="lora-ft", help="login name when a password is set (default lora-ft)")
+    ui.add_argument("--open", action="store_true", help="open the page in this machine's browser")
     return parser
 
 

@@ -3,12 +3,14 @@
 #   bash scripts/setup.sh          # what training needs
 #   bash scripts/setup.sh --dev    # plus the test tools
 #   bash scripts/setup.sh --eval   # plus lm-evaluation-harness (lora-ft eval --tasks)
+#   bash scripts/setup.sh --ui     # plus Gradio (lora-ft ui)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"       # the test tools (they include lm-evaluation-harness)
 [ "${1:-}" = "--eval" ] && extras="[eval]"     # lm-evaluation-harness, for lora-ft eval --tasks
+[ "${1:-}" = "--ui" ] && extras="[ui]"         # Gradio, for lora-ft ui
 
 python_bin="${PYTHON:-python3}"
 if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

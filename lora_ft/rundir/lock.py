@@ -201,6 +201,26 @@ def _read_holder(fd: int) -> str:
             f"since {info.get('since', '?')}")
 
 
+def holder(run_dir: Path | str) -> dict | None:
+    """The process that holds the run's lock now (``pid``, ``host``, ``command``, ``since``), read without taking
+    the lock (taking it, even shared, could make a starting ``train`` refuse the run); None when nobody holds it.
+    A record left by a process of this host that has ended is no holder (its lock ended with it)."""
+    try:
+        info = json.loads((Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8") or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or "pid" not in info:
+        return None
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError):
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+    return info
+
+
 def command_line() -> str:
     """This process's command, for the lock's holder record."""
     return " ".join(["lora-ft", *sys.argv[1:]]) if sys.argv else "lora-ft"

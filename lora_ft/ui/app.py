@@ -1,0 +1,219 @@
+"""The page's layout: five tabs (Runs, Run, Compare, Chat, New run) over :class:`lora_ft.ui.pages.Pages`, live
+parts refreshed by a timer. Gradio draws it; nothing here reads a run directory itself."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from lora_ft.ui import chat_pair, curves, run_form, runs_index
+from lora_ft.ui.pages import ANSWER_HEADERS, Pages, failure_text
+
+REFRESH_SECONDS = 2.0
+CSS = ".mono textarea { font-family: ui-monospace, monospace; font-size: 13px; }"
+
+
+def _plot(title: str, elem_id: str, color: bool = False):
+    return gr.LinePlot(x=curves.STEP, y=curves.VALUE, color=curves.RUN if color else None, title=title,
+                       x_title="step", y_title=title, elem_id=elem_id, height=260)
+
+
+def _field(field: run_form.FormField):
+    """A form component for one schema field: its kind, default, choices and description from the schema."""
+    if field.kind == "choice":
+        return gr.Dropdown(list(field.choices), value=field.default, label=field.label, info=field.info)
+    if field.kind == "flag":
+        return gr.Checkbox(value=bool(field.default), label=field.label, info=field.info)
+    if field.kind in ("int", "float"):
+        return gr.Number(value=field.default, label=field.label, info=field.info, precision=0 if field.kind == "int"
+                         else None)
+    return gr.Textbox(value=field.default or "", label=field.label, info=field.info)
+
+
+def build(pages: Pages) -> gr.Blocks:
+    with gr.Blocks(title="lora-ft", analytics_enabled=False) as page:
+        gr.Markdown(f"# lora-ft\nRuns in `{pages.runs_dir}`")
+        timer = gr.Timer(REFRESH_SECONDS)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Runs", id="runs"):
+                runs_table = gr.Dataframe(headers=runs_index.TABLE_HEADERS, value=pages.runs_table,
+                                          interactive=False, wrap=True, elem_id="runs-table")
+                gr.Markdown("Click a run to open its page. Running runs update by themselves.")
+            with gr.Tab("Run", id="run"):
+                run_choice = gr.Dropdown(pages.names(), label="run", elem_id="run-choice", allow_custom_value=True)
+                run_status = gr.Markdown(elem_id="run-status")
+                with gr.Row():
+                    stop_button = gr.Button("Stop (checkpoint, then stop)", variant="stop", elem_id="stop")
+                    resume_button = gr.Button("Resume", elem_id="resume")
+                action_text = gr.Textbox(label="what happened", lines=1, max_lines=12, interactive=False,
+                                         elem_id="run-action", elem_classes="mono")
+                run_log = gr.Textbox(label="training log (runs started here)", lines=2, max_lines=16,
+                                     interactive=False, autoscroll=True, elem_id="run-log", elem_classes="mono")
+                with gr.Row():
+                    run_plots = [_plot(title, f"plot-{key}") for key, title in curves.CURVES]
+                with gr.Accordion("Eval report (lora-ft eval)", open=True):
+                    eval_report = gr.Markdown(elem_id="eval-report")
+                    answers = gr.Dataframe(headers=ANSWER_HEADERS, interactive=False, wrap=True,
+                                           elem_id="eval-answers", max_height=400)
+                with gr.Accordion("Config (resolved)", open=False):
+                    config_text = gr.Code(language="yaml", elem_id="run-config")
+                with gr.Accordion("Data report (lora-ft data)", open=False):
+                    data_button = gr.Button("Read the data and report", elem_id="data-report-button")
+                    data_text = gr.Textbox(show_label=False, lines=2, max_lines=60, interactive=False,
+                                           elem_id="data-report", elem_classes="mono")
+                with gr.Accordion("Model card", open=False):
+                    card = gr.Markdown(elem_id="model-card")
+                with gr.Accordion("Downloads", open=True):
+                    downloads = gr.Markdown(elem_id="downloads")
+            with gr.Tab("Compare", id="compare"):
+                compare_choice = gr.Dropdown(pages.names(), multiselect=True, label="runs to compare",
+                                             elem_id="compare-choice")
+                compare_error = gr.Markdown()
+                with gr.Row():
+                    compare_plots = [_plot(title, f"compare-{key}", color=True) for key, title in curves.CURVES]
+                compare_table = gr.Dataframe(headers=curves.COMPARE_HEADERS, interactive=False,
+                                             elem_id="compare-table")
+            with gr.Tab("Chat", id="chat"):
+                chat_run = gr.Dropdown(pages.names(finished_only=True), label="finished run", elem_id="chat-run")
+                with gr.Row():
+                    base_chat = gr.Chatbot(label="base model", elem_id="chat-base", height=360)
+                    tuned_chat = gr.Chatbot(label="tuned model (base + adapter)", elem_id="chat-tuned", height=360)
+                message = gr.Textbox(label="message", placeholder="ask both models the same thing", elem_id="message")
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    clear = gr.Button("Clear")
+                    max_new = gr.Slider(16, 1024, value=256, step=16, label="longest answer (tokens)")
+                    temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="temperature (0: greedy)")
+                chat_note = gr.Markdown(elem_id="chat-note")
+            with gr.Tab("New run", id="new"):
+                gr.Markdown("A config built from the settings below (the rest keep their defaults, docs/config.md). "
+                            "Check runs `lora-ft validate`'s checks; Plan runs `lora-ft plan`; Start runs "
+                            "`lora-ft train` on the written config.")
+                name = gr.Textbox(label="run name (its folder in the runs folder)", elem_id="new-name")
+                fields = run_form.form_fields()
+                with gr.Row(equal_height=False):
+                    inputs = [_field(f) for f in fields]
+                more = gr.Textbox(label="more settings, one KEY=VALUE per line (as --set takes them)", lines=3,
+                                  elem_id="new-more")
+                with gr.Row():
+                    check_button = gr.Button("Check", elem_id="check")
+                    plan_button = gr.Button("Plan", elem_id="plan")
+                    start_button = gr.Button("Start", variant="primary", elem_id="start")
+                new_output = gr.Textbox(label="result", lines=2, max_lines=40, interactive=False, elem_id="new-output",
+                                        elem_classes="mono")
+
+        def on_refresh(chosen):
+            names = pages.names()
+            updates = [pages.runs_table(), gr.update(choices=names), gr.update(choices=names),
+                       gr.update(choices=pages.names(finished_only=True))]
+            try:
+                status, log_text, frames = pages.live(chosen) if chosen else (None, None, None)
+            except Exception:  # the run folder was removed meanwhile
+                status, log_text, frames = None, None, None
+            if status is None:
+                return updates + [gr.update()] * 5
+            if frames is None:
+                return updates + [status] + [gr.update()] * 4
+            return updates + [status, log_text, *[frames[key] for key, _ in curves.CURVES]]
+
+        timer.tick(on_refresh, run_choice, [runs_table, run_choice, compare_choice, chat_run, run_status, run_log,
+                                            *run_plots], show_progress="hidden")
+
+        def open_run(chosen):
+            if not chosen:
+                return [gr.update()] * 11
+            try:
+                shown = pages.run_page(chosen)
+            except Exception as exc:
+                return [failure_text(exc)] + [gr.update()] * 10
+            return [shown["status"], shown["progress"], *[shown["curves"][key] for key, _ in curves.CURVES],
+                    shown["eval_report"], shown["answers"], shown["config"], shown["card"], shown["downloads"], ""]
+
+        run_outputs = [run_status, run_log, *run_plots, eval_report, answers, config_text, card, downloads,
+                       action_text]
+        run_choice.change(open_run, run_choice, run_outputs)
+
+        def table_click(evt: gr.SelectData):
+            row = evt.row_value or []
+            return (gr.update(value=row[0]), gr.Tabs(selected="run")) if row else (gr.update(), gr.update())
+
+        runs_table.select(table_click, None, [run_choice, tabs])
+
+        def guarded(work):
+            def call(*args):
+                try:
+                    return work(*args)
+                except Exception as exc:
+                    return failure_text(exc)
+            return call
+
+        stop_button.click(guarded(pages.stop), run_choice, action_text)
+        resume_button.click(guarded(pages.resume), run_choice, action_text)
+        data_button.click(guarded(pages.data_report), run_choice, data_text)
+
+        def on_compare(chosen):
+            try:
+                frames, rows = pages.compare(chosen)
+            except Exception as exc:
+                return [failure_text(exc)] + [gr.update()] * 4
+            return ["", *[frames[key] for key, _ in curves.CURVES], rows]
+
+        compare_choice.change(on_compare, compare_choice, [compare_error, *compare_plots, compare_table])
+
+        def on_send(chosen, text, base_history, tuned_history, tokens, heat, progress=gr.Progress()):
+            if not chosen or not (text or "").strip():
+                yield base_history, tuned_history, "Choose a finished run and write a message.", text
+                return
+            try:
+                progress(0, desc="loading the model")
+                loaded = pages_chat.load(pages.summary(chosen).path)
+                base_history, tuned_history = _plain(base_history), _plain(tuned_history)
+                asked = {"role": "user", "content": text.strip()}
+                for base, tuned, note in chat_pair.answer_pair(loaded, base_history, tuned_history, text.strip(),
+                                                               int(tokens), float(heat)):
+                    yield ([*base_history, asked, {"role": "assistant", "content": base}],
+                           [*tuned_history, asked, {"role": "assistant", "content": tuned}],
+                           note + (f" Tools offered: {', '.join(t['function']['name'] for t in loaded.tools)}."
+                                   if loaded.tools else ""), "")
+            except Exception as exc:
+                yield base_history, tuned_history, f"```\n{failure_text(exc)}\n```", text
+
+        pages_chat = chat_pair.ChatModels()
+        chat_inputs = [chat_run, message, base_chat, tuned_chat, max_new, temperature]
+        send.click(on_send, chat_inputs, [base_chat, tuned_chat, chat_note, message])
+        message.submit(on_send, chat_inputs, [base_chat, tuned_chat, chat_note, message])
+        clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_note])
+        chat_run.change(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_note])
+
+        def form_action(action):
+            def call(run_name, more_text, *values):
+                try:
+                    run_name, config = pages.form_config(run_name, dict(zip(run_form.FORM_KEYS, values)), more_text)
+                    if action == "check":
+                        return run_form.validate(config)[1]
+                    if action == "plan":
+                        ok, text = run_form.validate(config)
+                        return run_form.plan(config)[1] if ok else text
+                    return pages.start(run_name, config)
+                except Exception as exc:
+                    return failure_text(exc)
+            return call
+
+        form_inputs = [name, more, *inputs]
+        check_button.click(form_action("check"), form_inputs, new_output)
+        plan_button.click(form_action("plan"), form_inputs, new_output)
+        start_button.click(form_action("start"), form_inputs, new_output).then(
+            lambda run_name: (gr.update(value=run_name.strip()), gr.Tabs(selected="run"))
+            if pages.jobs.get(run_name.strip()) is not None else (gr.update(), gr.update()), name, [run_choice, tabs])
+    return page
+
+
+def _plain(history) -> list[dict]:
+    """A chat's turns as the model reads them: role and text only."""
+    turns = []
+    for turn in history or []:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list):  # Gradio may hand text back as parts
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if isinstance(content, str):
+            turns.append({"role": turn["role"], "content": content})
+    return turns

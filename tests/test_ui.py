@@ -1,0 +1,176 @@
+"""lora-ft ui's parts without a browser: the runs index read from real run directories, the files it may serve,
+the new-run form read from the schema and checked as `lora-ft validate` checks, training started, stopped (SIGTERM:
+a checkpoint) and resumed as the CLI does, and the address rules. The page itself: tests/test_ui_browser.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lora_ft import cli
+from lora_ft.commands import ui as ui_command
+from lora_ft.errors import UserError
+from lora_ft.rundir import checkpoints
+from lora_ft.ui import curves, jobs, run_form, runs_index, served_files
+from lora_ft.ui.pages import Pages, failure_text
+from tests.conftest import run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_llama):
+    """A runs folder with one finished tiny run (3 steps, eval before and after)."""
+    from tests.conftest import legal_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("ui-runs")
+    data = root.parent / f"{root.name}-data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", legal_rows(12))
+    write_jsonl(data / "eval.jsonl", legal_rows(4, offset=100))
+    config = write_config(data / "tiny.yaml", tiny_llama, data, output_dir=root / "tiny")
+    assert cli.main(["train", str(config)]) == 0
+    return root, root / "tiny", data
+
+
+def test_the_index_lists_a_finished_run_with_its_figures(finished_run):
+    runs_dir, run_dir, _ = finished_run
+    (runs_dir / "notes").mkdir(exist_ok=True)  # a folder that is no run is not listed
+    (runs_dir / ".lora-ft-ui").mkdir(exist_ok=True)
+    (summary,) = runs_index.list_runs(runs_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())["metrics"]
+    assert (summary.name, summary.status, summary.method, summary.data) == ("tiny", "finished", "sft", "train.jsonl")
+    assert (summary.step, summary.total_steps) == (3, 3)
+    assert summary.eval_before == manifest["eval_loss_before"] and summary.eval_after == manifest["eval_loss_after"]
+    assert summary.row()[-1] == "(not evaluated)"
+    frames = curves.run_frames(summary)
+    assert list(frames["loss"]["step"]) == [1, 2, 3]
+    assert list(frames["eval_loss"]["step"]) == [0, 3]
+
+
+def test_an_interrupted_run_shows_its_checkpoint_and_a_live_one_its_holder(finished_run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    runs_dir, run_dir, _ = finished_run
+    copy = tmp_path / "runs" / "cut"
+    shutil.copytree(run_dir, copy)
+    (copy / "manifest.json").unlink()
+    (copy / "checkpoints" / "checkpoint-3" / "checkpoint.json").unlink()  # the last save was cut short
+    committed, _ = checkpoints.scan_names(copy / "checkpoints")
+    assert committed, "the tiny run keeps an earlier checkpoint"
+    summary = runs_index.summarize(copy, tmp_path / "runs")
+    assert (summary.status, summary.checkpoint) == (runs_index.INTERRUPTED, committed[-1].name)
+    assert summary.status_text == f"interrupted at {committed[-1].name}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        (copy / ".lora-ft.lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                          "command": "lora-ft train x.yaml", "since": "now"}))
+        live = runs_index.summarize(copy, tmp_path / "runs")
+        assert live.status == runs_index.RUNNING and live.status_text == f"running (pid {sleeper.pid})"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert runs_index.summarize(copy, tmp_path / "runs").status != runs_index.RUNNING  # its process ended
+
+
+def test_only_files_inside_the_runs_folder_get_links(finished_run, tmp_path):
+    runs_dir, run_dir, data = finished_run
+    assert served_files.inside(runs_dir, run_dir / "adapter" / "adapter_config.json") is not None
+    assert served_files.inside(runs_dir, runs_dir / ".." / data.name / "train.jsonl") is None
+    assert served_files.url_for(runs_dir, data / "train.jsonl") is None
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    link = run_dir / "adapter" / "escape.txt"
+    link.symlink_to(outside)
+    try:
+        assert served_files.url_for(runs_dir, link) is None  # a symlink out of the folder is outside
+        labels = [d.label for d in served_files.downloads(runs_dir, run_dir)]
+    finally:
+        link.unlink()
+    assert "adapter/adapter_model.safetensors" in labels and "adapter/escape.txt" not in labels
+    with pytest.raises(UserError, match="no run called"):
+        Pages(runs_dir).summary("../" + data.name)
+
+
+def test_the_form_is_read_from_the_schema():
+    fields = {f.key: f for f in run_form.form_fields()}
+    assert fields["method"].kind == "choice" and {"sft", "dpo", "orpo", "kto", "grpo"} <= set(fields["method"].choices)
+    assert fields["model.quantization"].choices == ("auto", "nf4", "int8", "none")
+    assert (fields["train.learning_rate"].kind, fields["train.learning_rate"].default) == ("float", 2e-4)
+    assert (fields["lora.r"].kind, fields["lora.r"].default) == ("int", 16)
+    assert fields["train.max_steps"].optional and fields["data.eval.0.path"].optional
+    assert fields["data.train.0.path"].info.startswith("A .jsonl")
+
+
+def _form(data: Path, model: Path, **changes) -> dict:
+    values = {f.key: f.default for f in run_form.form_fields()}
+    values.update({"model.base": str(model), "data.train.0.path": "train.jsonl", "data.eval.0.path": "",
+                   "train.max_steps": 3.0, "train.batch_size": 2.0, "data.max_seq_length": 128.0}, **changes)
+    return values
+
+
+def test_a_form_config_error_reads_as_lora_ft_validate_says_it(tmp_path, tiny_llama, legal_data, capsys):
+    pages = Pages(tmp_path / "runs", here=legal_data)  # paths typed in the form are read from where the page started
+    values = _form(legal_data, tiny_llama, **{"train.learning_rate": 5.0})
+    name, config = pages.form_config("bad-lr", values, "lora.dropout=2\n# a comment line")
+    written = yaml.safe_load(config.read_text())
+    assert written["data"]["train"] == [{"path": str(legal_data / "train.jsonl")}] and "eval" not in written["data"]
+    assert written["output_dir"] == str(pages.runs_dir / "bad-lr") and written["train"]["max_steps"] == 3
+    ok, shown = run_form.validate(config)
+    code, _, err = run_cli(capsys, ["validate", str(config)])
+    assert not ok and code == 2 and shown == err.strip()
+    assert "train.learning_rate" in shown and "lora.dropout" in shown and f"{config}:" in shown
+    assert "Traceback" not in failure_text(UserError("x", fix="y"))
+
+
+def test_a_run_started_here_stops_with_a_checkpoint_and_resumes_to_the_end(tmp_path, tiny_llama, legal_data):
+    pages = Pages(tmp_path / "runs", here=legal_data)
+    values = _form(legal_data, tiny_llama, **{"train.max_steps": 400.0})
+    name, config = pages.form_config("long", values, "train.logging_steps=1\ntrain.save_steps=1000")
+    assert pages.start(name, config).startswith("started: lora-ft train")
+    run_dir = pages.runs_dir / name
+    deadline = time.time() + 180
+    while time.time() < deadline and max((r["step"] for r in runs_index.read_metrics(run_dir)), default=0) < 3:
+        assert pages.jobs.get(name).running, jobs.log_tail(pages.jobs.get(name).log)
+        time.sleep(0.2)
+    assert runs_index.summarize(run_dir, pages.runs_dir).status == runs_index.RUNNING
+    assert pages.stop(name).startswith("sent SIGTERM to long")
+    assert pages.jobs.get(name).process.wait(120) == 143
+    stopped = runs_index.summarize(run_dir, pages.runs_dir)
+    assert stopped.status == runs_index.INTERRUPTED and stopped.checkpoint.startswith("checkpoint-")
+    assert 3 <= int(stopped.checkpoint.split("-")[1]) < 400
+    assert "after saving a checkpoint" in pages.jobs.get(name).outcome()
+    assert jobs.error_text(jobs.log_path(pages.runs_dir, name)).startswith("stopped:")
+    assert pages.resume(name).startswith("resumed: lora-ft train")
+    assert pages.jobs.get(name).process.wait(300) == 0, jobs.log_tail(pages.jobs.get(name).log)
+    done = runs_index.summarize(run_dir, pages.runs_dir)
+    assert done.status == runs_index.FINISHED and done.step == 400
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert jobs.progress(jobs.log_path(pages.runs_dir, name))[1] == 400
+    with pytest.raises(UserError, match="has finished"):
+        pages.resume(name)
+
+
+def test_another_address_needs_a_password(monkeypatch):
+    monkeypatch.delenv(ui_command.PASSWORD_ENV, raising=False)
+    assert ui_command.credentials("127.0.0.1", "lora-ft") is None
+    assert ui_command.credentials("::1", "lora-ft") is None
+    with pytest.raises(UserError, match="no password is set"):
+        ui_command.credentials("0.0.0.0", "lora-ft")
+    monkeypatch.setenv(ui_command.PASSWORD_ENV, "short")
+    with pytest.raises(UserError, match="shorter than 8"):
+        ui_command.credentials("192.168.1.5", "lora-ft")
+    monkeypatch.setenv(ui_command.PASSWORD_ENV, "a long secret")
+    assert ui_command.credentials("0.0.0.0", "me") == ("me", "a long secret")
+
+
+def test_ui_refuses_an_open_address_without_a_password_before_serving(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(ui_command.PASSWORD_ENV, raising=False)
+    code, out, err = run_cli(capsys, ["ui", str(tmp_path / "runs"), "--host", "0.0.0.0"])
+    assert code == 2 and "LORA_FT_UI_PASSWORD" in err and "127.0.0.1" in err and not out
