@@ -237,8 +237,12 @@ def pytest_collection_modifyitems(config, items):
     engines = os.environ.get("LORA_FT_ENGINES") == "1"
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_engines = pytest.mark.skip(reason="engine tier: run bash scripts/engine_check.sh")
+    browser = os.environ.get("LORA_FT_BROWSER") == "1"
+    skip_browser = pytest.mark.skip(reason="browser tier: run bash scripts/browser_check.sh")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
         if "engines" in item.keywords and not engines:
             item.add_marker(skip_engines)
+        if "browser" in item.keywords and not browser:
+            item.add_marker(skip_browser)

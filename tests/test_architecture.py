@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lora_ft.preparation", "lora_ft.planning", "lora_ft.inference", "lora_ft.tracking", "lora_ft.launching"),
     ("lora_ft.evaluation", "lora_ft.data_report"),  # `lora-ft eval`, `lora-ft data`
     ("lora_ft.exports",),  # `lora-ft merge`, `lora-ft export`
+    ("lora_ft.ui",),  # `lora-ft ui`: the web page over the run directories (runs the commands as processes)
     ("lora_ft.commands",),  # one module per command
     ("lora_ft.cli", "lora_ft.__main__"),
 ]

@@ -32,7 +32,7 @@ def _run(*command: str, timeout: int = 600, **kwargs) -> subprocess.CompletedPro
 
 
 def test_every_script_is_covered_by_this_file():
-    covered = {"bench.py", "bench_preference.py", "profile_step.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "engine_check.sh",
+    covered = {"bench.py", "bench_preference.py", "profile_step.py", "bench_data.py", "bench_distributed.py", "bench_eval_generation.py", "bench_hash.py", "browser_check.sh", "engine_check.sh",
                "engine_envs.sh", "gen_config_docs.py", "gpu_check.py", "gpu_check.sh", "gpu_wheels.sh", "setup.sh",
                "slurm_train.sh", "gpu_reference_losses.json"}
     present = {p.name for p in SCRIPTS.iterdir() if p.is_file()}
@@ -41,7 +41,8 @@ def test_every_script_is_covered_by_this_file():
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
 def test_every_shell_script_parses(script):
-    # setup.sh runs at the start of CI, engine_envs.sh and engine_check.sh in its engine tier, gpu_wheels.sh
+    # setup.sh runs at the start of CI, browser_check.sh in its browser tier (tests/test_ui_browser.py), engine_envs.sh
+    # and engine_check.sh in its engine tier, gpu_wheels.sh
     # through `gpu_check.py prepare` where the GPU check is prepared; here each must at least parse
     result = _run("bash", "-n", str(SCRIPTS / script))
     assert result.returncode == 0, result.stderr

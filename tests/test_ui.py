@@ -79,6 +79,19 @@ def test_an_interrupted_run_shows_its_checkpoint_and_a_live_one_its_holder(finis
     assert runs_index.summarize(copy, tmp_path / "runs").status != runs_index.RUNNING  # its process ended
 
 
+def test_a_runs_page_holds_its_config_curves_card_and_downloads_and_its_data_report(finished_run):
+    runs_dir, run_dir, _ = finished_run
+    pages = Pages(runs_dir)
+    shown = pages.run_page("tiny")
+    assert "finished" in shown["status"] and shown["config"] == (run_dir / "config.yaml").read_text()
+    assert list(shown["curves"]["learning_rate"]["step"]) == [1, 2, 3]
+    assert shown["card"] == (run_dir / "adapter" / "README.md").read_text()
+    assert "adapter/adapter_model.safetensors" in shown["downloads"] and shown["answers"] == []
+    assert "lora-ft eval" in shown["eval_report"]  # says how to get one
+    report = pages.data_report("tiny")
+    assert "train.jsonl" in report and "12" in report and "\x1b[" not in report  # lora-ft data's text, no colour
+
+
 def test_only_files_inside_the_runs_folder_get_links(finished_run, tmp_path):
     runs_dir, run_dir, data = finished_run
     assert served_files.inside(runs_dir, run_dir / "adapter" / "adapter_config.json") is not None
@@ -174,3 +187,25 @@ def test_ui_refuses_an_open_address_without_a_password_before_serving(tmp_path, 
     monkeypatch.delenv(ui_command.PASSWORD_ENV, raising=False)
     code, out, err = run_cli(capsys, ["ui", str(tmp_path / "runs"), "--host", "0.0.0.0"])
     assert code == 2 and "LORA_FT_UI_PASSWORD" in err and "127.0.0.1" in err and not out
+
+
+def test_chat_streams_the_base_and_tuned_answers_each_as_alone(finished_run):
+    """Both answers come from one batch (the base's row without the adapter) and are, greedy, each model's
+    answer to its own conversation alone, as `lora-ft chat` would give it."""
+    from lora_ft import inference
+    from lora_ft.ui.chat_pair import ChatModels, answer_pair
+
+    _, run_dir, _ = finished_run
+    loaded = ChatModels().load(run_dir)
+    asked = {"role": "user", "content": "What is consideration in contract 7?"}
+    earlier = [{"role": "user", "content": "What is consideration in contract 3?"},
+               {"role": "assistant", "content": "Consideration is something of value."}]
+    for base_history, tuned_history in (([], []), (earlier, [])):
+        steps = list(answer_pair(loaded, base_history, tuned_history, asked["content"], max_new_tokens=12))
+        base, tuned, _ = steps[-1]
+        with loaded.model.disable_adapter():
+            alone_base, _ = inference.generate(loaded.model, loaded.tokenizer, loaded.run, [*base_history, asked], 12)
+        alone_tuned, _ = inference.generate(loaded.model, loaded.tokenizer, loaded.run, [*tuned_history, asked], 12)
+        assert (base, tuned) == (alone_base, alone_tuned)
+    assert tuned and base != tuned  # the tiny model: the tuned one answers, the untrained base gives no text
+    assert len({t for _, t, _ in steps}) > 2  # streamed: the tuned answer grew over several updates

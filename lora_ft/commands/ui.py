@@ -3,6 +3,7 @@ runs compared, base and tuned model side by side in a chat, and new runs started
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -59,11 +60,9 @@ def run(args) -> int:
         raise UserError(f"port {args.port} on {args.host} is in use (another lora-ft ui, or another program)",
                         fix=f"choose another: lora-ft ui {args.runs_dir} --port {args.port + 1}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:
         raise UserError("lora-ft ui needs Gradio, which is not installed",
-                        fix="bash scripts/setup.sh --ui (or: pip install 'lora-ft[ui]')") from None
+                        fix="bash scripts/setup.sh --ui (or: pip install 'lora-ft[ui]')")
     from lora_ft.ui.app import CSS, build
     from lora_ft.ui.pages import Pages
 

@@ -3,6 +3,8 @@ parts refreshed by a timer. Gradio draws it; nothing here reads a run directory 
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from lora_ft.ui import chat_pair, curves, run_form, runs_index
@@ -81,7 +83,7 @@ def build(pages: Pages) -> gr.Blocks:
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear")
-                    max_new = gr.Slider(16, 1024, value=256, step=16, label="longest answer (tokens)")
+                    max_new = gr.Slider(16, 1024, value=256, step=16, label="longest answer (tokens)", elem_id="max-new")
                     temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="temperature (0: greedy)")
                 chat_note = gr.Markdown(elem_id="chat-note")
             with gr.Tab("New run", id="new"):
@@ -102,9 +104,10 @@ def build(pages: Pages) -> gr.Blocks:
                                         elem_classes="mono")
 
         def on_refresh(chosen):
-            names = pages.names()
-            updates = [pages.runs_table(), gr.update(choices=names), gr.update(choices=names),
-                       gr.update(choices=pages.names(finished_only=True))]
+            summaries = pages.runs()  # the folder read once per refresh
+            names = [s.name for s in summaries]
+            updates = [[s.row() for s in summaries], gr.update(choices=names), gr.update(choices=names),
+                       gr.update(choices=[s.name for s in summaries if s.status == runs_index.FINISHED])]
             try:
                 status, log_text, frames = pages.live(chosen) if chosen else (None, None, None)
             except Exception:  # the run folder was removed meanwhile
@@ -168,12 +171,15 @@ def build(pages: Pages) -> gr.Blocks:
                 loaded = pages_chat.load(pages.summary(chosen).path)
                 base_history, tuned_history = _plain(base_history), _plain(tuned_history)
                 asked = {"role": "user", "content": text.strip()}
+                tools = (f" Tools offered: {', '.join(t['function']['name'] for t in loaded.tools)}."
+                         if loaded.tools else "")
+                started, shown = time.perf_counter(), ([], [], "", "")
                 for base, tuned, note in chat_pair.answer_pair(loaded, base_history, tuned_history, text.strip(),
                                                                int(tokens), float(heat)):
-                    yield ([*base_history, asked, {"role": "assistant", "content": base}],
-                           [*tuned_history, asked, {"role": "assistant", "content": tuned}],
-                           note + (f" Tools offered: {', '.join(t['function']['name'] for t in loaded.tools)}."
-                                   if loaded.tools else ""), "")
+                    shown = ([*base_history, asked, {"role": "assistant", "content": base}],
+                             [*tuned_history, asked, {"role": "assistant", "content": tuned}], note + tools, "")
+                    yield shown
+                yield shown[0], shown[1], (f"answered in {time.perf_counter() - started:.1f} s. " + shown[2]).strip(), ""
             except Exception as exc:
                 yield base_history, tuned_history, f"```\n{failure_text(exc)}\n```", text
 

@@ -1,13 +1,14 @@
 """The base model and a run's tuned model answering the same message, streamed, as ``lora-ft chat`` answers.
 
-One model is loaded: the base with the run's adapter (PEFT, unmerged); the base's answer is generated with the
-adapter switched off. Both answers use the tokenizer and chat template saved with the adapter, and stop at the
+One model is loaded: the base with the run's adapter (PEFT, unmerged). Both answers are generated together, one
+batch of two rows, the base's row with the adapter off (PEFT's per-row adapters). Both answers use the tokenizer and chat template saved with the adapter, and stop at the
 run's end-of-turn token (:mod:`lora_ft.inference`). Where the run trained on conversations with tools, the tools
 its data offered are put in the prompt, as in training.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,26 +77,76 @@ def _messages(system: str | None, history: list[dict], message: str) -> list[dic
         {"role": "user", "content": message}]
 
 
+BASE = "__base__"  # PEFT's name for "no adapter" in a batch whose rows use different adapters
+
+
+class _PairStreamer:
+    """Receives the two rows' new tokens as ``generate`` makes them (transformers' streamer interface: ``put``
+    and ``end``) and queues both answers' text so far; a row's answer ends at its first stop token."""
+
+    def __init__(self, tokenizer, stops: set[int]) -> None:
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[list[int]] = [[], []]
+        self.done = [False, False]
+        self.prompt_seen = False
+        self.queue: queue.Queue = queue.Queue()
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompts
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[row]:
+                continue
+            if token in self.stops:
+                self.done[row] = True
+            else:
+                self.ids[row].append(token)
+        self.queue.put(tuple(self.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.ids))
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
 def answer_pair(loaded: LoadedRun, base_history: list[dict], tuned_history: list[dict], message: str,
                 max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[tuple[str, str, str]]:
     """Stream both answers to ``message``, each model continuing its own conversation: yields (base answer so
-    far, tuned answer so far, note), the base model's first, then the tuned model's."""
-    run, notes = loaded.run, []
+    far, tuned answer so far, notes). Both are generated together, as one batch of two rows: the first without
+    the adapter, the second with it (PEFT's per-row adapters), so they grow side by side at one model's cost."""
+    import torch
+
+    run, model, tokenizer, notes = loaded.run, loaded.model, loaded.tokenizer, []
     system = run.config.data.system_prompt
+    context = inference.context_length(model)
+    rows, limit = [], max_new_tokens
+    for name, history in (("the base model's conversation", base_history),
+                          ("the tuned model's conversation", tuned_history)):
+        messages = _messages(system, history, message)
+        ids, room = inference.fit_to_context(inference.prompt_tokens(tokenizer, messages, loaded.tools), context,
+                                             max_new_tokens, name, messages, notes.append)
+        rows.append(ids)
+        limit = min(limit, room)
+    width = max(len(ids) for ids in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows], device=model.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=model.device)
+    streamer = _PairStreamer(tokenizer, set(inference.stop_token_ids(tokenizer, run)))
+    failed: list[BaseException] = []
 
-    def warn(text: str) -> None:
-        notes.append(text)
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(input_ids=input_ids, attention_mask=mask, adapter_names=[BASE, "default"],
+                               streamer=streamer, **inference.generation_kwargs(tokenizer, run, limit, temperature))
+        except BaseException as exc:  # shown in the page by the caller
+            failed.append(exc)
+            streamer.end()
 
-    base, tuned = "", ""
     with loaded.busy:
-        with loaded.model.disable_adapter():
-            for piece in inference.stream(loaded.model, loaded.tokenizer, run, _messages(system, base_history, message),
-                                          max_new_tokens, temperature, name="the base model's conversation", warn=warn,
-                                          tools=loaded.tools):
-                base += piece
-                yield base, tuned, " ".join(notes)
-        for piece in inference.stream(loaded.model, loaded.tokenizer, run, _messages(system, tuned_history, message),
-                                      max_new_tokens, temperature, name="the tuned model's conversation", warn=warn,
-                                      tools=loaded.tools):
-            tuned += piece
-            yield base, tuned, " ".join(notes)
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while (texts := streamer.queue.get()) is not None:
+            yield texts[0].strip(), texts[1].strip(), " ".join(notes)
+        thread.join()
+    if failed:
+        raise failed[0]

@@ -76,7 +76,8 @@ def schema_field(key: str) -> FormField:
         field = FormField(key, annotation.__name__, default)
     else:
         field = FormField(key, "text", default if default is not None else "")
-    field.info = (info.description or "").replace("`", "")
+    description = (info.description or "").replace("`", "")
+    field.info = description.split(". ")[0].rstrip(".") + "."  # its first sentence; docs/config.md has the rest
     field.optional = optional or key in OPTIONAL_KEYS
     return field
 
@@ -169,5 +170,7 @@ def plan(path: Path, timeout: float = 600) -> tuple[bool, str]:
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"error: lora-ft plan {path} took longer than {timeout:.0f} s"
-    text = (done.stdout.strip() + "\n" + done.stderr.strip()).strip()
+    # the plan is on standard output; standard error holds the one-screen error when there is one (and library
+    # notices otherwise, which say nothing about the plan)
+    text = done.stdout.strip() if done.returncode in (0, 2) and done.stdout.strip() else done.stderr.strip()
     return done.returncode == 0, text
