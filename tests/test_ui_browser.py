@@ -102,11 +102,11 @@ def page(browser, site):
 
 
 def _choose(page, elem_id: str, value: str) -> None:
-    """Pick ``value`` in a Gradio dropdown, as a person does: type it and press Enter."""
+    """Pick ``value`` in a Gradio dropdown, as a person does: open it, type, click the option."""
     box = page.locator(f"#{elem_id} input")
     box.click()
     box.fill(value)
-    box.press("Enter")
+    page.get_by_role("option", name=value, exact=True).click()
 
 
 def _form(page, site, name: str, **settings: str) -> None:
@@ -130,8 +130,8 @@ def test_the_runs_table_lists_a_finished_run(page, site):
 
 def test_a_runs_page_draws_its_curves_and_reports(page, site):
     page.locator("#runs-table span", has_text="legal-a").first.click()
-    for key in ("loss", "eval_loss", "learning_rate"):
-        page.locator(f"#plot-{key} canvas, #plot-{key} svg.marks").first.wait_for()
+    for key in ("loss", "eval_loss", "learning_rate"):  # each curve drawn: Vega's SVG with its line
+        page.locator(f"#plot-{key} svg.marks path[aria-roledescription='line mark']").first.wait_for()
     assert "finished" in page.locator("#run-status").inner_text()
     page.locator("#eval-answers .virtual-row").filter(visible=True).first.wait_for()
     assert page.locator("#eval-answers .virtual-row").filter(visible=True).count() == 4  # base and tuned answers side by side
@@ -145,8 +145,13 @@ def test_compare_overlays_two_runs(page, site):
     page.get_by_role("tab", name="Compare").click()
     _choose(page, "compare-choice", "legal-a")
     _choose(page, "compare-choice", "legal-b")
+    page.keyboard.press("Escape")
+    page.locator("#compare-button").click()
     page.locator("#compare-table .virtual-row", has_text="legal-b").filter(visible=True).wait_for()
-    page.locator("#compare-loss canvas, #compare-loss svg.marks").first.wait_for()
+    for key in ("loss", "eval_loss", "learning_rate"):  # one line per run in each plot
+        page.wait_for_function("(id) => document.querySelectorAll("
+                               "`#${id} svg.marks path[aria-roledescription='line mark']`).length === 2",
+                               arg=f"compare-{key}")
     assert page.locator("#compare-table .virtual-row", has_text="legal-a").filter(visible=True).count() == 1
     page.screenshot(path=str(site.shots / "compare.png"), full_page=True)
 
@@ -154,6 +159,7 @@ def test_compare_overlays_two_runs(page, site):
 def test_chat_answers_from_both_models(page, site):
     page.get_by_role("tab", name="Chat").click()
     _choose(page, "chat-run", "legal-a")
+    assert page.locator("#chat-run input").input_value() == "legal-a"
     page.locator("#max-new input[type=number]").fill("96")  # the answers' length cap (a slider's number box)
     page.locator("#max-new input[type=number]").press("Enter")
     page.locator("#message textarea").fill("What is a force majeure clause?")
@@ -192,7 +198,7 @@ def test_a_run_started_from_the_form_reaches_finished(page, site):
         assert "stopped:" not in status.inner_text() and "failed" not in status.inner_text()
         page.wait_for_timeout(1000)
     assert (site.runs / "from-form" / "adapter" / "adapter_model.safetensors").is_file()
-    page.locator("#plot-loss canvas, #plot-loss svg.marks").first.wait_for()
+    page.locator("#plot-eval_loss svg.marks path[aria-roledescription='line mark']").first.wait_for()
     page.screenshot(path=str(site.shots / "run-from-form.png"), full_page=True)
 
 

@@ -11,6 +11,8 @@ from lora_ft.ui import chat_pair, curves, run_form, runs_index
 from lora_ft.ui.pages import ANSWER_HEADERS, Pages, failure_text
 
 REFRESH_SECONDS = 2.0
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")  # one colour per compared run
 CSS = ".mono textarea { font-family: ui-monospace, monospace; font-size: 13px; }"
 
 
@@ -55,7 +57,8 @@ def build(pages: Pages) -> gr.Blocks:
                 with gr.Accordion("Eval report (lora-ft eval)", open=True):
                     eval_report = gr.Markdown(elem_id="eval-report")
                     answers = gr.Dataframe(headers=ANSWER_HEADERS, interactive=False, wrap=True,
-                                           elem_id="eval-answers", max_height=400)
+                                           elem_id="eval-answers", max_height=600,
+                                           column_widths=["7%", "17%", "19%", "21%", "7%", "22%", "7%"])
                 with gr.Accordion("Config (resolved)", open=False):
                     config_text = gr.Code(language="yaml", elem_id="run-config")
                 with gr.Accordion("Data report (lora-ft data)", open=False):
@@ -69,6 +72,7 @@ def build(pages: Pages) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 compare_choice = gr.Dropdown(pages.names(), multiselect=True, label="runs to compare",
                                              elem_id="compare-choice")
+                compare_button = gr.Button("Compare", elem_id="compare-button")
                 compare_error = gr.Markdown()
                 with gr.Row():
                     compare_plots = [_plot(title, f"compare-{key}", color=True) for key, title in curves.CURVES]
@@ -158,9 +162,12 @@ def build(pages: Pages) -> gr.Blocks:
                 frames, rows = pages.compare(chosen)
             except Exception as exc:
                 return [failure_text(exc)] + [gr.update()] * 4
-            return ["", *[frames[key] for key, _ in curves.CURVES], rows]
+            # each run's colour named with the data: the plot otherwise keeps the series of its first drawing
+            colors = {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(chosen)}
+            return ["", *[gr.update(value=frames[key], color_map=colors) for key, _ in curves.CURVES], rows]
 
-        compare_choice.change(on_compare, compare_choice, [compare_error, *compare_plots, compare_table])
+        # on the button, not on each choice: a plot updated twice in quick succession keeps its first series
+        compare_button.click(on_compare, compare_choice, [compare_error, *compare_plots, compare_table])
 
         def on_send(chosen, text, base_history, tuned_history, tokens, heat, progress=gr.Progress()):
             if not chosen or not (text or "").strip():

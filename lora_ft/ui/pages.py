@@ -174,4 +174,4 @@ def answer_rows(run_dir: Path) -> list[list]:
 
 
 def _score(value) -> str:
-    return "" if value is None else f"{value:.3f}"
+    return "" if value is None else f"{value:.1f}"  # ROUGE-L in points (0-100), as the report gives it
