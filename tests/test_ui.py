@@ -209,3 +209,32 @@ def test_chat_streams_the_base_and_tuned_answers_each_as_alone(finished_run):
         assert (base, tuned) == (alone_base, alone_tuned)
     assert tuned and base != tuned  # the tiny model: the tuned one answers, the untrained base gives no text
     assert len({t for _, t, _ in steps}) > 2  # streamed: the tuned answer grew over several updates
+
+
+def test_chat_offers_the_tools_a_run_trained_with(tmp_path, tiny_llama, legal_data):
+    """A run trained on conversations with tools answers the page's chat with those tools in its prompt; a run
+    trained on plain instructions is offered none."""
+    from dataclasses import replace
+
+    from lora_ft.ui.chat_pair import ChatModels, data_tools
+    from tests.conftest import write_jsonl
+    from tests.test_tool_data import STATUTE, _openai_row
+
+    import shutil
+
+    model = tmp_path / "model"  # the tiny model with a longer context: its byte-level tokens spell the tool list
+    shutil.copytree(tiny_llama, model)
+    shape = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**shape, "max_position_embeddings": 4096}))
+    data = tmp_path / "agent-data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [_openai_row() for _ in range(4)])
+    config = write_config(tmp_path / "tools.yaml", model, data, eval_file=None,
+                          output_dir=tmp_path / "runs" / "agent")
+    assert cli.main(["train", str(config), "--set", "train.max_steps=1", "--set", "data.max_seq_length=2048"]) == 0
+    loaded = ChatModels().load(tmp_path / "runs" / "agent")
+    assert [tool["function"]["name"] for tool in loaded.tools] == ["get_statute", "compute_deadline"]
+    assert loaded.tools[0] == STATUTE
+    plain = loaded.run.config.model_copy(deep=True)
+    plain.data.train[0].path = str(legal_data / "train.jsonl")
+    assert data_tools(replace(loaded.run, config=plain)) is None

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +40,25 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _serve(runs: Path, here: Path, log_file: Path, env: dict | None = None):
+    """`lora-ft ui RUNS` on a free port of 127.0.0.1, started from ``here``, once it answers: (process, url, log)."""
+    port = _free_port()
+    log = log_file.open("w")
+    server = subprocess.Popen([sys.executable, "-m", "lora_ft", "ui", str(runs), "--port", str(port)], cwd=here,
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return server, url, log
+        except urllib.error.HTTPError:  # it answers (a login page answers 401 to a bare request)
+            return server, url, log
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, log_file.read_text()
+            time.sleep(0.5)
+
+
 def _shots(tmp_path_factory) -> Path:
     folder = os.environ.get("LORA_FT_UI_SCREENSHOTS")
     return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
@@ -61,19 +81,7 @@ def site(tmp_path_factory):
                          "--set", f"output_dir={runs / name}"]) == 0
     assert cli.main(["eval", str(runs / "legal-a"), "--no-general", "--max-answers", "4", "--max-new-tokens",
                      "48"]) == 0
-    port = _free_port()
-    log = (root / "ui.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "lora_ft", "ui", str(runs), "--port", str(port)], cwd=data,
-                              stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, (root / "ui.log").read_text()
-            time.sleep(0.5)
+    server, url, log = _serve(runs, data, root / "ui.log")
     yield SimpleNamespace(url=url, runs=runs, data=data, log=root / "ui.log", shots=_shots(tmp_path_factory))
     server.terminate()
     server.wait(30)
@@ -209,3 +217,29 @@ def test_a_file_outside_the_runs_folder_is_refused(page, site):
     for outside in (site.data / "train.jsonl", Path("/etc/passwd"), site.runs / ".." / "data" / "train.jsonl",
                     site.log):
         assert page.request.get(base + str(outside)).status == 403, outside
+
+
+def test_with_a_password_nothing_is_shown_or_served_before_login(browser, site, tmp_path):
+    server, url, log = _serve(site.runs, site.data, tmp_path / "ui-login.log",
+                              env={"LORA_FT_UI_PASSWORD": "a long secret"})
+    try:
+        page = browser.new_page()
+        inside = site.runs / "legal-a" / "adapter" / "adapter_config.json"
+        assert page.request.get(url + "gradio_api/file=" + str(inside)).status in (401, 403)
+        page.goto(url)
+        page.locator("input[type=password]").wait_for()
+        assert page.locator("#runs-table").count() == 0
+        page.locator("input[type=password]").fill("a wrong one")
+        page.locator("input").first.fill("lora-ft")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect").wait_for()
+        page.locator("input").first.fill("lora-ft")
+        page.locator("input[type=password]").fill("a long secret")
+        page.get_by_role("button", name="Login").click()
+        page.locator("#runs-table .virtual-row", has_text="legal-a").filter(visible=True).wait_for()
+        assert page.request.get(url + "gradio_api/file=" + str(inside)).status == 200  # logged in: its cookie
+        page.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()

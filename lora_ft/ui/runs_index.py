@@ -7,6 +7,7 @@ resolved config, ``metrics.jsonl``, the names of committed checkpoints, ``manife
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +75,22 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of ``metrics.jsonl`` that reads whole (the last line may be half written while a run trains)."""
+    """Every record of ``metrics.jsonl`` that reads whole (the last line may be half written while a run trains).
+    The page reads it every few seconds: a file unchanged since the last read (same size and time) is not parsed
+    again. The list returned is shared: read it, do not change it."""
+    path = Path(run_dir) / artifacts.METRICS_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return []
+    return _parsed_metrics(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_metrics(path: str, _mtime_ns: int, _size: int) -> list[dict]:
     records = []
     try:
-        text = (Path(run_dir) / artifacts.METRICS_FILE).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return records
     for line in text.splitlines():
