@@ -92,3 +92,20 @@ def _read_call(raw: str) -> ParsedCall:
     if not isinstance(arguments, dict):
         return ParsedCall(raw, name=name, problem=f"its arguments are {type(arguments).__name__}, not an object")
     return ParsedCall(raw, name=name, arguments=arguments)
+
+
+def assistant_turn(answer: str, tools: list[dict] | None) -> tuple[dict, ParsedAnswer | None]:
+    """A generated answer as the next turn of its conversation: with tools, its valid calls as ``tool_calls`` and
+    its reasoning apart, so the chat template renders them as in training (``lora-ft chat`` and ``lora-ft ui``'s
+    chat continue conversations with it); and the answer as read (None without tools)."""
+    if not tools:
+        return {"role": "assistant", "content": answer.strip()}, None
+    parsed = parse_tool_calls(answer)
+    turn: dict = {"role": "assistant", "content": parsed.text}
+    if parsed.reasoning:
+        turn["reasoning_content"] = parsed.reasoning
+    calls = [{"type": "function", "id": f"call_{n + 1}", "function": {"name": c.name, "arguments": c.arguments}}
+             for n, c in enumerate(c for c in parsed.calls if c.valid)]
+    if calls:
+        turn["tool_calls"] = calls
+    return turn, parsed

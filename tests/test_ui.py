@@ -216,6 +216,7 @@ def test_chat_offers_the_tools_a_run_trained_with(tmp_path, tiny_llama, legal_da
     trained on plain instructions is offered none."""
     from dataclasses import replace
 
+    from lora_ft.ui import chat_pair
     from lora_ft.ui.chat_pair import ChatModels, data_tools
     from tests.conftest import write_jsonl
     from tests.test_tool_data import STATUTE, _openai_row
@@ -235,6 +236,10 @@ def test_chat_offers_the_tools_a_run_trained_with(tmp_path, tiny_llama, legal_da
     loaded = ChatModels().load(tmp_path / "runs" / "agent")
     assert [tool["function"]["name"] for tool in loaded.tools] == ["get_statute", "compute_deadline"]
     assert loaded.tools[0] == STATUTE
+    answer = '<think>UCC first.</think>Looking.<tool_call>{"name": "get_statute", "arguments": {"code": "UCC"}}'
+    assert chat_pair.shown(answer, loaded.tools) == ('*thinking:* UCC first.\n\nLooking.\n\n'
+                                                     '`call: get_statute({"code": "UCC"})`')
+    assert chat_pair.shown(answer, None) == answer  # a run without tools shows the text as written
     plain = loaded.run.config.model_copy(deep=True)
     plain.data.train[0].path = str(legal_data / "train.jsonl")
     assert data_tools(replace(loaded.run, config=plain)) is None

@@ -176,6 +176,15 @@ def test_chat_answers_from_both_models(page, site):
     for side in ("chat-base", "chat-tuned"):
         assert len(page.locator(f"#{side} .bot").last.inner_text().strip()) > 20
     page.screenshot(path=str(site.shots / "chat.png"))
+    page.locator("#max-new input[type=number]").fill("16")  # a second message continues both conversations
+    page.locator("#max-new input[type=number]").press("Enter")
+    page.locator("#message textarea").fill("Thank you.")
+    page.locator("#send").click()
+    # the question shows at the first update, which also clears the note; "answered in" then marks the end
+    page.wait_for_function("() => document.querySelectorAll('#chat-tuned .user').length === 2", timeout=60_000)
+    page.locator("#chat-note").get_by_text("answered in").wait_for(timeout=120_000)
+    for side in ("chat-base", "chat-tuned"):
+        assert page.locator(f"#{side} .user").count() == 2 and page.locator(f"#{side} .bot").count() >= 2
 
 
 def test_a_config_error_shows_the_same_message_as_the_cli(page, site):

@@ -8,24 +8,12 @@ from lora_ft.errors import EXIT_OK
 
 
 def _assistant_turn(answer: str, tools: list[dict] | None) -> dict:
-    """The model's answer as a turn of the history: with tools, its valid calls as ``tool_calls`` (each shown as
-    ``call: name({...})``) and its reasoning apart, so the chat template renders them as in training."""
-    if not tools:
-        return {"role": "assistant", "content": answer.strip()}
-    from lora_ft.tool_call_text import parse_tool_calls
+    """The model's answer as a turn of the history (its calls shown, each as ``call: name({...})``)."""
+    from lora_ft.tool_call_text import assistant_turn
 
-    parsed = parse_tool_calls(answer)
-    turn: dict = {"role": "assistant", "content": parsed.text}
-    if parsed.reasoning:
-        turn["reasoning_content"] = parsed.reasoning
-    calls = []
-    for call in parsed.calls:
+    turn, parsed = assistant_turn(answer, tools)
+    for call in parsed.calls if parsed else []:
         console.say(f"call: {call.shown()}")
-        if call.valid:
-            calls.append({"type": "function", "id": f"call_{len(calls) + 1}",
-                          "function": {"name": call.name, "arguments": call.arguments}})
-    if calls:
-        turn["tool_calls"] = calls
     return turn
 
 

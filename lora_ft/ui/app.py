@@ -8,6 +8,7 @@ import time
 import gradio as gr
 
 from lora_ft.ui import chat_pair, curves, run_form, runs_index
+from lora_ft.tool_call_text import assistant_turn
 from lora_ft.ui.pages import ANSWER_HEADERS, Pages, failure_text
 
 REFRESH_SECONDS = 2.0
@@ -169,33 +170,42 @@ def build(pages: Pages) -> gr.Blocks:
         # on the button, not on each choice: a plot updated twice in quick succession keeps its first series
         compare_button.click(on_compare, compare_choice, [compare_error, *compare_plots, compare_table])
 
-        def on_send(chosen, text, base_history, tuned_history, tokens, heat, progress=gr.Progress()):
+        def on_send(chosen, text, base_shown, tuned_shown, base_turns, tuned_turns, tokens, heat,
+                    progress=gr.Progress()):
+            """Both models answer ``text``; the chats show the answers (calls read out), the states keep each
+            model's conversation as its template reads it (calls as tool_calls)."""
+            unchanged = (base_shown, tuned_shown, base_turns, tuned_turns)
             if not chosen or not (text or "").strip():
-                yield base_history, tuned_history, "Choose a finished run and write a message.", text
+                yield *unchanged, "Choose a finished run and write a message.", text
                 return
             try:
                 progress(0, desc="loading the model")
                 loaded = pages_chat.load(pages.summary(chosen).path)
-                base_history, tuned_history = _plain(base_history), _plain(tuned_history)
                 asked = {"role": "user", "content": text.strip()}
                 tools = (f" Tools offered: {', '.join(t['function']['name'] for t in loaded.tools)}."
                          if loaded.tools else "")
-                started, shown = time.perf_counter(), ([], [], "", "")
-                for base, tuned, note in chat_pair.answer_pair(loaded, base_history, tuned_history, text.strip(),
-                                                               int(tokens), float(heat)):
-                    shown = ([*base_history, asked, {"role": "assistant", "content": base}],
-                             [*tuned_history, asked, {"role": "assistant", "content": tuned}], note + tools, "")
-                    yield shown
-                yield shown[0], shown[1], (f"answered in {time.perf_counter() - started:.1f} s. " + shown[2]).strip(), ""
+                started, base, tuned, note = time.perf_counter(), "", "", ""
+                for base, tuned, note in chat_pair.answer_pair(loaded, base_turns or [], tuned_turns or [],
+                                                               text.strip(), int(tokens), float(heat)):
+                    yield ([*base_shown, asked, {"role": "assistant", "content": chat_pair.shown(base, loaded.tools)}],
+                           [*tuned_shown, asked, {"role": "assistant", "content": chat_pair.shown(tuned, loaded.tools)}],
+                           base_turns, tuned_turns, note + tools, "")
+                base_turns = [*(base_turns or []), asked, assistant_turn(base, loaded.tools)[0]]
+                tuned_turns = [*(tuned_turns or []), asked, assistant_turn(tuned, loaded.tools)[0]]
+                yield (gr.update(), gr.update(), base_turns, tuned_turns,
+                       f"answered in {time.perf_counter() - started:.1f} s. {note}{tools}".strip(), "")
             except Exception as exc:
-                yield base_history, tuned_history, f"```\n{failure_text(exc)}\n```", text
+                yield *unchanged, f"```\n{failure_text(exc)}\n```", text
 
         pages_chat = chat_pair.ChatModels()
-        chat_inputs = [chat_run, message, base_chat, tuned_chat, max_new, temperature]
-        send.click(on_send, chat_inputs, [base_chat, tuned_chat, chat_note, message])
-        message.submit(on_send, chat_inputs, [base_chat, tuned_chat, chat_note, message])
-        clear.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_note])
-        chat_run.change(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_note])
+        base_turns, tuned_turns = gr.State([]), gr.State([])
+        chat_inputs = [chat_run, message, base_chat, tuned_chat, base_turns, tuned_turns, max_new, temperature]
+        chat_outputs = [base_chat, tuned_chat, base_turns, tuned_turns, chat_note, message]
+        send.click(on_send, chat_inputs, chat_outputs)
+        message.submit(on_send, chat_inputs, chat_outputs)
+        cleared = [base_chat, tuned_chat, base_turns, tuned_turns, chat_note]
+        clear.click(lambda: ([], [], [], [], ""), None, cleared)
+        chat_run.change(lambda: ([], [], [], [], ""), None, cleared)
 
         def form_action(action):
             def call(run_name, more_text, *values):
@@ -219,14 +229,3 @@ def build(pages: Pages) -> gr.Blocks:
             if pages.jobs.get(run_name.strip()) is not None else (gr.update(), gr.update()), name, [run_choice, tabs])
     return page
 
-
-def _plain(history) -> list[dict]:
-    """A chat's turns as the model reads them: role and text only."""
-    turns = []
-    for turn in history or []:
-        content = turn.get("content") if isinstance(turn, dict) else None
-        if isinstance(content, list):  # Gradio may hand text back as parts
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if isinstance(content, str):
-            turns.append({"role": turn["role"], "content": content})
-    return turns

@@ -150,3 +150,17 @@ def answer_pair(loaded: LoadedRun, base_history: list[dict], tuned_history: list
         thread.join()
     if failed:
         raise failed[0]
+
+
+def shown(answer: str, tools: list[dict] | None) -> str:
+    """An answer as the page shows it: with tools, its text, its reasoning and each call read out (a call's raw
+    tags would be taken for HTML), as ``lora-ft chat`` prints them."""
+    if not tools:
+        return answer
+    from lora_ft.tool_call_text import parse_tool_calls
+
+    parsed = parse_tool_calls(answer)
+    parts = [f"*thinking:* {parsed.reasoning}"] if parsed.reasoning else []
+    parts += [parsed.text] if parsed.text else []
+    parts += [f"`call: {call.shown()}`" for call in parsed.calls]
+    return "\n\n".join(parts)
