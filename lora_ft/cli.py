@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes logs at import, on CPUs with AVX-512, that an optional kernel cannot be fetched from the hub
     # (it falls back to its own): noise that means nothing to the user
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # its kernel resolver warns, offline (HF_HUB_OFFLINE=1), that it skips a hub check it could not make anyway
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     try:
         return importlib.import_module(f"lora_ft.commands.{args.command}").run(args)
     except UserError as exc:
