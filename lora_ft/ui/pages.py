@@ -88,7 +88,7 @@ class Pages:
         log_file = jobs.log_path(self.runs_dir, name) if name else None
         if log_file is not None and log_file.is_file():
             return jobs.log_tail(log_file)
-        return ""
+        return "(not started from this page: its output went to the terminal that started it)" if name else ""
 
     def run_page(self, name: str) -> dict:
         """Everything a run's page shows."""
