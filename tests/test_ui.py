@@ -16,7 +16,7 @@ from lora_ft.commands import ui as ui_command
 from lora_ft.errors import UserError
 from lora_ft.rundir import checkpoints
 from lora_ft.ui import curves, jobs, run_form, runs_index, served_files
-from lora_ft.ui.pages import Pages, failure_text
+from lora_ft.ui.pages import RUN_PAGE_PARTS, Pages, failure_text
 from tests.conftest import run_cli, write_config
 
 
@@ -48,6 +48,8 @@ def test_the_index_lists_a_finished_run_with_its_figures(finished_run):
     frames = curves.run_frames(summary)
     assert list(frames["loss"]["step"]) == [1, 2, 3]
     assert list(frames["eval_loss"]["step"]) == [0, 3]
+    empty = curves.frame({"starting": []}, "loss")  # a run with nothing logged yet: numbers all the same
+    assert (str(empty["step"].dtype), str(empty["value"].dtype)) == ("int64", "float64")
 
 
 def test_an_interrupted_run_shows_its_checkpoint_and_a_live_one_its_holder(finished_run, tmp_path):
@@ -84,7 +86,7 @@ def test_a_runs_page_holds_its_config_curves_card_and_downloads_and_its_data_rep
     pages = Pages(runs_dir)
     shown = pages.run_page("tiny")
     assert "finished" in shown["status"] and shown["config"] == (run_dir / "config.yaml").read_text()
-    assert list(shown["curves"]["learning_rate"]["step"]) == [1, 2, 3]
+    assert list(shown["learning_rate"]["step"]) == [1, 2, 3] and set(shown) == set(RUN_PAGE_PARTS)
     assert shown["card"] == (run_dir / "adapter" / "README.md").read_text()
     assert "adapter/adapter_model.safetensors" in shown["downloads"] and shown["answers"] == []
     assert "lora-ft eval" in shown["eval_report"]  # says how to get one

@@ -133,6 +133,7 @@ def test_the_runs_table_lists_a_finished_run(page, site):
     row = table.locator(".virtual-row", has_text="legal-a").filter(visible=True)
     row.wait_for()
     assert "finished" in row.inner_text() and "sft" in row.inner_text() and "6/6" in row.inner_text()
+    page.wait_for_timeout(500)  # the table drawn whole
     page.screenshot(path=str(site.shots / "runs.png"))
 
 
@@ -202,6 +203,7 @@ def test_a_config_error_shows_the_same_message_as_the_cli(page, site):
 
 def test_a_run_started_from_the_form_reaches_finished(page, site):
     _form(page, site, "from-form")
+    page.locator("#new-more textarea").fill("train.logging_steps=1")  # any key, as --set takes it
     page.locator("#plan").click()
     page.wait_for_function("() => /peak|memory/i.test(document.querySelector('#new-output textarea').value)",
                            timeout=180_000)
@@ -215,6 +217,8 @@ def test_a_run_started_from_the_form_reaches_finished(page, site):
         assert "stopped:" not in status.inner_text() and "failed" not in status.inner_text()
         page.wait_for_timeout(1000)
     assert (site.runs / "from-form" / "adapter" / "adapter_model.safetensors").is_file()
+    page.locator("#downloads a", has_text="adapter/adapter_model.safetensors").wait_for()  # the page filled in
+    assert "logging_steps: 1" in (site.runs / "from-form" / "config.yaml").read_text()
     page.locator("#plot-eval_loss svg.marks path[aria-roledescription='line mark']").first.wait_for()
     page.screenshot(path=str(site.shots / "run-from-form.png"), full_page=True)
 

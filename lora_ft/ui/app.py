@@ -9,7 +9,7 @@ import gradio as gr
 
 from lora_ft.ui import chat_pair, curves, run_form, runs_index
 from lora_ft.tool_call_text import assistant_turn
-from lora_ft.ui.pages import ANSWER_HEADERS, Pages, failure_text
+from lora_ft.ui.pages import ANSWER_HEADERS, RUN_PAGE_PARTS, Pages, failure_text
 
 REFRESH_SECONDS = 2.0
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -40,8 +40,8 @@ def build(pages: Pages) -> gr.Blocks:
         timer = gr.Timer(REFRESH_SECONDS)
         with gr.Tabs() as tabs:
             with gr.Tab("Runs", id="runs"):
-                runs_table = gr.Dataframe(headers=runs_index.TABLE_HEADERS, value=pages.runs_table,
-                                          interactive=False, wrap=True, elem_id="runs-table")
+                runs_table = gr.Dataframe(headers=runs_index.TABLE_HEADERS, interactive=False, wrap=True,
+                                          elem_id="runs-table")
                 gr.Markdown("Click a run to open its page. Running runs update by themselves.")
             with gr.Tab("Run", id="run"):
                 run_choice = gr.Dropdown(pages.names(), label="run", elem_id="run-choice", allow_custom_value=True)
@@ -108,36 +108,36 @@ def build(pages: Pages) -> gr.Blocks:
                 new_output = gr.Textbox(label="result", lines=2, max_lines=40, interactive=False, elem_id="new-output",
                                         elem_classes="mono")
 
+        run_parts = [run_status, run_log, *run_plots, eval_report, answers, config_text, card, downloads]
+
+        def parts(shown: dict) -> list:
+            """A run page's components' new values: the parts ``shown`` holds, the others unchanged."""
+            return [shown.get(key, gr.update()) for key in RUN_PAGE_PARTS]
+
         def on_refresh(chosen):
             summaries = pages.runs()  # the folder read once per refresh
             names = [s.name for s in summaries]
             updates = [[s.row() for s in summaries], gr.update(choices=names), gr.update(choices=names),
                        gr.update(choices=[s.name for s in summaries if s.status == runs_index.FINISHED])]
             try:
-                status, log_text, frames = pages.live(chosen) if chosen else (None, None, None)
+                shown = pages.live(chosen) if chosen else {}
             except Exception:  # the run folder was removed meanwhile
-                status, log_text, frames = None, None, None
-            if status is None:
-                return updates + [gr.update()] * 5
-            if frames is None:
-                return updates + [status] + [gr.update()] * 4
-            return updates + [status, log_text, *[frames[key] for key, _ in curves.CURVES]]
+                shown = {}
+            return updates + parts(shown)
 
-        timer.tick(on_refresh, run_choice, [runs_table, run_choice, compare_choice, chat_run, run_status, run_log,
-                                            *run_plots], show_progress="hidden")
+        page.load(pages.runs_table, None, runs_table, show_progress="hidden")  # filled when the page opens
+        timer.tick(on_refresh, run_choice, [runs_table, run_choice, compare_choice, chat_run, *run_parts],
+                   show_progress="hidden")
 
         def open_run(chosen):
             if not chosen:
-                return [gr.update()] * 11
+                return parts({}) + [gr.update()]
             try:
-                shown = pages.run_page(chosen)
+                return parts(pages.run_page(chosen)) + [""]
             except Exception as exc:
-                return [failure_text(exc)] + [gr.update()] * 10
-            return [shown["status"], shown["progress"], *[shown["curves"][key] for key, _ in curves.CURVES],
-                    shown["eval_report"], shown["answers"], shown["config"], shown["card"], shown["downloads"], ""]
+                return parts({"status": failure_text(exc)}) + [gr.update()]
 
-        run_outputs = [run_status, run_log, *run_plots, eval_report, answers, config_text, card, downloads,
-                       action_text]
+        run_outputs = [*run_parts, action_text]
         run_choice.change(open_run, run_choice, run_outputs)
 
         def table_click(evt: gr.SelectData):

@@ -25,7 +25,8 @@ def frame(runs: dict[str, list[dict]], key: str):
     import pandas as pd
 
     rows = [(name, step, value) for name, records in runs.items() for step, value in points(records, key)]
-    return pd.DataFrame(rows, columns=[RUN, STEP, VALUE])
+    # typed even when empty: the plot fixes its axes' kinds (numbers, not categories) at its first drawing
+    return pd.DataFrame(rows, columns=[RUN, STEP, VALUE]).astype({RUN: "str", STEP: "int64", VALUE: "float64"})
 
 
 def run_frames(summary: RunSummary) -> dict[str, object]:

@@ -27,6 +27,11 @@ def failure_text(exc: BaseException) -> str:
             "`lora-ft ui` shows the details; please report them if they look like a bug in lora-ft")
 
 
+# the parts of a run's page, in the order the page lays them out
+RUN_PAGE_PARTS = ("status", "progress", *(key for key, _ in curves.CURVES), "eval_report", "answers", "config", "card",
+                  "downloads")
+
+
 class Pages:
     """The page's view of one runs folder."""
 
@@ -69,19 +74,19 @@ class Pages:
                          "command again).")
         return "\n\n".join(lines)
 
-    def live(self, name: str) -> tuple[str, str, dict | None]:
-        """What refreshes while a run trains: its status, the log of a run started here, and its curves (None when
-        the run is neither training nor started here: nothing changes)."""
+    def live(self, name: str) -> dict:
+        """The parts of a run's page that change while it trains (keys of :meth:`run_page`): everything for a run
+        that trains or was started here, its status alone for any other."""
         job = self.jobs.get(name)
         try:
             summary = self.summary(name)
         except UserError:
             if job is None:
                 raise
-            return f"### {name}\n\n**started here:** {job.outcome()}", self.progress_text(name), None
+            return {"status": f"### {name}\n\n**started here:** {job.outcome()}", "progress": self.progress_text(name)}
         if summary.status != runs_index.RUNNING and job is None:
-            return self.status_markdown(summary), "", None
-        return self.status_markdown(summary), self.progress_text(name), curves.run_frames(summary)
+            return {"status": self.status_markdown(summary)}
+        return self.run_page(name)
 
     def progress_text(self, name: str) -> str:
         """The training log of a run this page started (its last lines), or the run's progress from its files."""
@@ -91,7 +96,7 @@ class Pages:
         return "(not started from this page: its output went to the terminal that started it)" if name else ""
 
     def run_page(self, name: str) -> dict:
-        """Everything a run's page shows."""
+        """Everything a run's page shows, by part (:data:`RUN_PAGE_PARTS`)."""
         summary = self.summary(name)
         path = summary.path
         card = path / "adapter" / "README.md"
@@ -99,7 +104,7 @@ class Pages:
         return {
             "status": self.status_markdown(summary),
             "progress": self.progress_text(summary.name),
-            "curves": curves.run_frames(summary),
+            **curves.run_frames(summary),  # by metrics key: loss, eval_loss, learning_rate
             "config": _read(path / "config.yaml") or "(no config.yaml yet)",
             "eval_report": _read(report) or ("No evaluation yet. `lora-ft eval RUN` compares the base and tuned "
                                             "model, and its report appears here."),
