@@ -93,7 +93,7 @@ def decode_refilling(model, prompts, caps, stops, pad, batch_size, progress=None
     return answers
 
 
-def _left_padded(prompts: list[list[int]], pad: int, device):
+def left_padded(prompts: list[list[int]], pad: int, device):
     """Prompts as one left-padded batch: ids and attention mask."""
     import torch
 
@@ -110,7 +110,7 @@ def _prefill(model, prompts: list[list[int]], pad: int, device):
     import torch
     from transformers import DynamicCache
 
-    ids, mask = _left_padded(prompts, pad, device)
+    ids, mask = left_padded(prompts, pad, device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -177,7 +177,7 @@ def _generate_rows(model, prompts: list[list[int]], pad: int, stops: set[int], k
     and the others go on from the cache (the same computation as one uninterrupted call)."""
     import torch
 
-    ids, mask = _left_padded(prompts, pad, model.device)
+    ids, mask = left_padded(prompts, pad, model.device)
     generated: list[list[int]] = [[] for _ in prompts]
     live, carried = list(range(len(prompts))), {}
     while live:  # the live rows have all generated the same number of tokens

@@ -35,6 +35,8 @@ def _field(field: run_form.FormField):
 
 
 def build(pages: Pages) -> gr.Blocks:
+    runs = pages.runs()  # the runs folder read once for the first choices (the timer keeps them current)
+    names, finished = [s.name for s in runs], [s.name for s in runs if s.status == runs_index.FINISHED]
     with gr.Blocks(title="lora-ft", analytics_enabled=False) as page:
         gr.Markdown(f"# lora-ft\nRuns in `{pages.runs_dir}`")
         timer = gr.Timer(REFRESH_SECONDS)
@@ -44,7 +46,7 @@ def build(pages: Pages) -> gr.Blocks:
                                           elem_id="runs-table")
                 gr.Markdown("Click a run to open its page. Running runs update by themselves.")
             with gr.Tab("Run", id="run"):
-                run_choice = gr.Dropdown(pages.names(), label="run", elem_id="run-choice", allow_custom_value=True)
+                run_choice = gr.Dropdown(names, label="run", elem_id="run-choice", allow_custom_value=True)
                 run_status = gr.Markdown(elem_id="run-status")
                 with gr.Row():
                     stop_button = gr.Button("Stop (checkpoint, then stop)", variant="stop", elem_id="stop")
@@ -71,7 +73,7 @@ def build(pages: Pages) -> gr.Blocks:
                 with gr.Accordion("Downloads", open=True):
                     downloads = gr.Markdown(elem_id="downloads")
             with gr.Tab("Compare", id="compare"):
-                compare_choice = gr.Dropdown(pages.names(), multiselect=True, label="runs to compare",
+                compare_choice = gr.Dropdown(names, multiselect=True, label="runs to compare",
                                              elem_id="compare-choice")
                 compare_button = gr.Button("Compare", elem_id="compare-button")
                 compare_error = gr.Markdown()
@@ -80,7 +82,7 @@ def build(pages: Pages) -> gr.Blocks:
                 compare_table = gr.Dataframe(headers=curves.COMPARE_HEADERS, interactive=False,
                                              elem_id="compare-table")
             with gr.Tab("Chat", id="chat"):
-                chat_run = gr.Dropdown(pages.names(finished_only=True), label="finished run", elem_id="chat-run")
+                chat_run = gr.Dropdown(finished, label="finished run", elem_id="chat-run")
                 with gr.Row():
                     base_chat = gr.Chatbot(label="base model", elem_id="chat-base", height=360)
                     tuned_chat = gr.Chatbot(label="tuned model (base + adapter)", elem_id="chat-tuned", height=360)
@@ -116,8 +118,8 @@ def build(pages: Pages) -> gr.Blocks:
 
         def on_refresh(chosen):
             summaries = pages.runs()  # the folder read once per refresh
-            names = [s.name for s in summaries]
-            updates = [[s.row() for s in summaries], gr.update(choices=names), gr.update(choices=names),
+            listed = [s.name for s in summaries]
+            updates = [[s.row() for s in summaries], gr.update(choices=listed), gr.update(choices=listed),
                        gr.update(choices=[s.name for s in summaries if s.status == runs_index.FINISHED])]
             try:
                 shown = pages.live(chosen) if chosen else {}
@@ -209,17 +211,14 @@ def build(pages: Pages) -> gr.Blocks:
 
         def form_action(action):
             def call(run_name, more_text, *values):
-                try:
-                    run_name, config = pages.form_config(run_name, dict(zip(run_form.FORM_KEYS, values)), more_text)
-                    if action == "check":
-                        return run_form.validate(config)[1]
-                    if action == "plan":
-                        ok, text = run_form.validate(config)
-                        return run_form.plan(config)[1] if ok else text
-                    return pages.start(run_name, config)
-                except Exception as exc:
-                    return failure_text(exc)
-            return call
+                run_name, config = pages.form_config(run_name, dict(zip(run_form.FORM_KEYS, values)), more_text)
+                if action == "check":
+                    return run_form.validate(config)[1]
+                if action == "plan":
+                    ok, text = run_form.validate(config)
+                    return run_form.plan(config)[1] if ok else text
+                return pages.start(run_name, config)
+            return guarded(call)
 
         form_inputs = [name, more, *inputs]
         check_button.click(form_action("check"), form_inputs, new_output)

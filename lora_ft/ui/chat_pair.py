@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_ft import inference
+from lora_ft.batched_decoding import left_padded
 from lora_ft.rundir.finished import FinishedRun, open_run
 
 TOOL_ROWS = 500  # rows of each training file read to find the tools it offers
@@ -126,18 +127,18 @@ def answer_pair(loaded: LoadedRun, base_history: list[dict], tuned_history: list
                                              max_new_tokens, name, messages, notes.append)
         rows.append(ids)
         limit = min(limit, room)
-    width = max(len(ids) for ids in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows], device=model.device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=model.device)
-    streamer = _PairStreamer(tokenizer, set(inference.stop_token_ids(tokenizer, run)))
+    stops = set(inference.stop_token_ids(tokenizer, run))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)  # as generate_batch pads
+    input_ids, mask = left_padded(rows, pad, model.device)
+    streamer = _PairStreamer(tokenizer, stops)
     failed: list[BaseException] = []
 
     def work() -> None:
         try:
             with torch.no_grad():
                 model.generate(input_ids=input_ids, attention_mask=mask, adapter_names=[BASE, "default"],
-                               streamer=streamer, **inference.generation_kwargs(tokenizer, run, limit, temperature))
+                               streamer=streamer, **inference.generation_kwargs(tokenizer, run, limit, temperature)
+                               | {"pad_token_id": pad})
         except BaseException as exc:  # shown in the page by the caller
             failed.append(exc)
             streamer.end()

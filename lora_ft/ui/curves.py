@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_ft.ui.runs_index import RunSummary, read_json, read_metrics
+from lora_ft.ui.runs_index import RunSummary, figure, read_metrics
 
 # the curves a run's page draws: (metrics.jsonl key, title)
 CURVES = (("loss", "training loss"), ("eval_loss", "eval loss"), ("learning_rate", "learning rate"))
@@ -52,14 +52,12 @@ def _final(records: list[dict], key: str) -> float | None:
 
 def compare_row(summary: RunSummary) -> list:
     """One run's figures in the compare table: from its manifest when it finished, else from its metrics so far."""
-    records = read_metrics(summary.path)
-    metrics = ((read_json(summary.path / "manifest.json") or {}).get("metrics")) or {}
-    loss = metrics.get("train_loss", _final(records, "loss"))
+    metrics = summary.metrics
+    loss = metrics.get("train_loss", _final(read_metrics(summary.path), "loss"))
     before, after = summary.eval_before, summary.eval_after
     change = f"{after - before:+.4f}" if before is not None and after is not None else ""
     rate = metrics.get("tokens_per_second")
     seconds = metrics.get("train_seconds")
     return [summary.name, summary.status_text, summary.method, summary.base, summary.steps_text,
-            "" if loss is None else f"{loss:.4f}", "" if before is None else f"{before:.4f}",
-            "" if after is None else f"{after:.4f}", change, "" if rate is None else f"{rate:.0f}",
+            figure(loss), figure(before), figure(after), change, "" if rate is None else f"{rate:.0f}",
             metrics.get("peak_memory", ""), "" if seconds is None else f"{seconds / 60:.1f} min"]

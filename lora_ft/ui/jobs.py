@@ -9,7 +9,6 @@ terminal started (not the page) is stopped the same way, through the pid its loc
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from lora_ft.errors import UserError
 from lora_ft.rundir import artifacts, lock
 
 UI_DIR = ".lora-ft-ui"  # the page's own files inside the runs folder: the configs its form wrote, the jobs' logs
-PROGRESS = re.compile(r"step (\d+)/(\d+) ")  # the training log's line per logging step (training/callbacks.py)
 EXIT_MEANING = {0: "finished", 2: "stopped: the config, data or files need a fix (the error is below)",
                 3: "stopped: the loss became NaN or Inf (the error says what to try)",
                 4: "stopped: a checkpoint could not be written (the previous one is intact)",
@@ -71,22 +69,6 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return ""
     shown = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
     return "\n".join(shown[-lines:])
-
-
-def error_text(path: Path) -> str | None:
-    """The command's one-screen error (from its ``error:`` or ``stopped:`` line on), when it ended on one."""
-    text = log_tail(path, 200)
-    for marker in ("\nerror: ", "\nstopped: "):
-        at = ("\n" + text).rfind(marker)
-        if at >= 0:
-            return text[at:].strip()
-    return None
-
-
-def progress(path: Path) -> tuple[int, int] | None:
-    """(step, of steps) from the training log's newest progress line."""
-    found = PROGRESS.findall(log_tail(path, 400))
-    return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
 class Jobs:

@@ -63,8 +63,8 @@ class Pages:
         lines = [f"### {summary.name}", f"**status:** {summary.status_text} · **method:** {summary.method} · "
                  f"**base:** {summary.base} · **data:** {summary.data} · **steps:** {summary.steps_text}"]
         if summary.eval_before is not None or summary.eval_after is not None:
-            lines.append(f"**eval loss:** {runs_index._figure(summary.eval_before) or '-'} before, "
-                         f"{runs_index._figure(summary.eval_after) or '-'} after")
+            lines.append(f"**eval loss:** {runs_index.figure(summary.eval_before) or '-'} before, "
+                         f"{runs_index.figure(summary.eval_after) or '-'} after")
         if summary.verdict:
             lines.append(f"**eval verdict:** {summary.verdict}")
         if job is not None:
@@ -86,7 +86,7 @@ class Pages:
             return {"status": f"### {name}\n\n**started here:** {job.outcome()}", "progress": self.progress_text(name)}
         if summary.status != runs_index.RUNNING and job is None:
             return {"status": self.status_markdown(summary)}
-        return self.run_page(name)
+        return self._page(summary)
 
     def progress_text(self, name: str) -> str:
         """The training log of a run this page started (its last lines), or the run's progress from its files."""
@@ -97,7 +97,9 @@ class Pages:
 
     def run_page(self, name: str) -> dict:
         """Everything a run's page shows, by part (:data:`RUN_PAGE_PARTS`)."""
-        summary = self.summary(name)
+        return self._page(self.summary(name))
+
+    def _page(self, summary: runs_index.RunSummary) -> dict:
         path = summary.path
         card = path / "adapter" / "README.md"
         report = path / runs_index.EVAL_DIR / "report.md"

@@ -8,6 +8,7 @@ set in its "more settings" box as ``KEY=VALUE`` lines, as ``--set`` takes them.
 from __future__ import annotations
 
 import re
+import types
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def _plain(annotation: Any) -> tuple[Any, bool]:
     """The annotation without Annotated and None, and whether None was allowed."""
     if get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
-    if get_origin(annotation) in (Union, __import__("types").UnionType):
+    if get_origin(annotation) in (Union, types.UnionType):
         options = [a for a in get_args(annotation) if a is not type(None)]
         optional = len(options) < len(get_args(annotation))
         inner, _ = _plain(options[0]) if len(options) == 1 else (annotation, False)

@@ -37,7 +37,7 @@ class RunSummary:
     eval_after: float | None = None
     verdict: str | None = None  # `lora-ft eval`'s verdict, when it ran
     holder: dict | None = None  # the process training it, while running
-    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the manifest's final figures, once it finished
     updated: float = 0.0  # seconds since the epoch, of the newest of its files read here
 
     @property
@@ -55,14 +55,15 @@ class RunSummary:
     def row(self) -> list:
         """Its line in the runs table."""
         return [self.name, self.status_text, self.method, self.base, self.data, self.steps_text,
-                _figure(self.eval_before), _figure(self.eval_after), self.verdict or "(not evaluated)"]
+                figure(self.eval_before), figure(self.eval_after), self.verdict or "(not evaluated)"]
 
 
 TABLE_HEADERS = ["run", "status", "method", "base model", "data", "steps", "eval loss before", "eval loss after",
                  "eval verdict"]
 
 
-def _figure(value: float | None) -> str:
+def figure(value: float | None) -> str:
+    """A loss for a table: four decimals, blank when there is none."""
     return "" if value is None else f"{value:.4f}"
 
 
@@ -138,7 +139,7 @@ def _base_name(config: dict, manifest: dict | None) -> str:
     return base if "/" not in base or not Path(base).is_absolute() else Path(base).name
 
 
-def _total_steps(run_dir: Path, config: dict, newest: Path | None) -> int | None:
+def _total_steps(config: dict, newest: Path | None) -> int | None:
     """The run's planned optimizer steps: from its newest checkpoint's trainer state, else its config's cap."""
     if newest is not None:
         state = read_json(newest / "trainer_state.json")
@@ -166,10 +167,10 @@ def summarize(run_dir: Path, runs_dir: Path) -> RunSummary:
         name=str(run_dir.relative_to(runs_dir)) if run_dir.is_relative_to(runs_dir) else run_dir.name,
         path=run_dir, status=status, method=str(config.get("method", "?")), base=_base_name(config, manifest),
         data=_data_names(config), step=max((r["step"] for r in records), default=0),
-        total_steps=_total_steps(run_dir, config, newest), checkpoint=newest.name if newest else None,
-        holder=holder, config=config)
+        total_steps=_total_steps(config, newest), checkpoint=newest.name if newest else None, holder=holder,
+        metrics=(manifest or {}).get("metrics") or {})
     evals = [r["eval_loss"] for r in sorted(records, key=lambda r: r["step"]) if "eval_loss" in r]
-    metrics = (manifest or {}).get("metrics") or {}
+    metrics = summary.metrics
     summary.eval_before = metrics.get("eval_loss_before", evals[0] if evals else None)
     summary.eval_after = metrics.get("eval_loss_after", evals[-1] if len(evals) > 1 else None)
     if manifest:
